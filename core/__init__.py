@@ -1,0 +1,1 @@
+"""BetterTogether Studio core: everything but the UI. Never imports streamlit."""
