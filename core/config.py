@@ -1,0 +1,336 @@
+"""The run configuration: one plain, versioned, validated JSON document.
+
+The dashboard builds it, the CLI runs it, the export carries it (without secrets).
+``load_config`` / ``parse_config`` turn any schema violation into a ``ConfigError`` whose
+message names the field, the bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from core.errors import ConfigError, StrategyError
+from core.programs import ProgramSpec
+from core.strategy import normalize_strategy
+
+CONFIG_VERSION = 1
+ROLES = ("large", "small")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- LMs -------------------------------------------------------------------------------------------
+
+
+class EmbeddedLMSpec(_Model):
+    """One of the embedded local models (llama.cpp, offline)."""
+
+    kind: Literal["embedded"]
+    model: str = Field(description="catalogue key, see `python -m core models`")
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    max_tokens: int = Field(384, ge=1, le=4096)
+
+
+class LiteLLMSpec(_Model):
+    """A hosted or self-hosted model through a LiteLLM model string (``openai/gpt-4o-mini``...)."""
+
+    kind: Literal["litellm"]
+    model: str = Field(pattern=r"^[A-Za-z0-9_.-]+/.+$", description="provider/model, e.g. openai/gpt-4o-mini")
+    api_base: str | None = None
+    api_key_env: str | None = Field(None, description="name of the environment variable holding the key")
+    api_key: SecretStr | None = Field(None, exclude=True, description="typed key: kept in memory only")
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    max_tokens: int = Field(512, ge=1, le=32768)
+    num_threads: int = Field(4, ge=1, le=64, description="parallel calls to this LM")
+    finetune: Literal["none", "openai"] = "none"
+    price_per_1m_input: float | None = Field(None, ge=0)
+    price_per_1m_output: float | None = Field(None, ge=0)
+
+
+class FactoryLMSpec(_Model):
+    """An import path ``module:function`` returning a ``dspy.LM`` (user code unless in ``core.``)."""
+
+    kind: Literal["factory"]
+    factory: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def is_builtin(self) -> bool:
+        return self.factory.startswith("core.")
+
+
+LMSpec = Annotated[EmbeddedLMSpec | LiteLLMSpec | FactoryLMSpec, Field(discriminator="kind")]
+
+
+class PredictorAssignment(_Model):
+    lm: str
+    role: Literal["large", "small"]
+
+
+# --- data ------------------------------------------------------------------------------------------
+
+
+class SampleSource(_Model):
+    kind: Literal["sample"]
+    name: str = Field(description="a file in data/, e.g. documents.csv")
+
+
+class FileSource(_Model):
+    kind: Literal["file"]
+    path: str
+
+
+class SplitSpec(_Model):
+    train: float = Field(0.6, gt=0)
+    val: float = Field(0.2, gt=0)
+    test: float = Field(0.2, gt=0)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _same_kind(self) -> SplitSpec:
+        sizes = (self.train, self.val, self.test)
+        as_counts = all(float(s).is_integer() and s >= 1 for s in sizes)
+        as_ratios = all(0 < s < 1 for s in sizes)
+        if not (as_counts or as_ratios):
+            raise ValueError(
+                f"split sizes {sizes} mix counts and ratios; use three counts (e.g. 40, 20, 30) "
+                "or three ratios below 1 (e.g. 0.6, 0.2, 0.2)"
+            )
+        if as_ratios and sum(sizes) > 1.0 + 1e-6:
+            raise ValueError(f"split ratios add up to {sum(sizes):.2f}; they must add up to at most 1.0")
+        return self
+
+    def sizes(self) -> tuple[int | float, int | float, int | float]:
+        if all(float(s).is_integer() and s >= 1 for s in (self.train, self.val, self.test)):
+            return int(self.train), int(self.val), int(self.test)
+        return self.train, self.val, self.test
+
+
+class DataSpec(_Model):
+    source: Annotated[SampleSource | FileSource, Field(discriminator="kind")]
+    mapping: dict[str, str] = Field(description="program field -> column")
+    inputs: list[str] = Field(min_length=1)
+    labels: list[str] = Field(min_length=1)
+    split: SplitSpec = Field(default_factory=SplitSpec)
+
+
+class MetricSpec(_Model):
+    name: str = "exact_match"
+    fields: list[str] | None = Field(None, description="label fields compared; default: data.labels")
+
+
+# --- optimizers ------------------------------------------------------------------------------------
+
+
+class RandomSearchSettings(_Model):
+    max_bootstrapped_demos: int = Field(2, ge=0, le=16)
+    max_labeled_demos: int = Field(2, ge=0, le=16)
+    num_candidate_programs: int = Field(2, ge=1, le=32)
+    max_rounds: int = Field(1, ge=1, le=5)
+
+
+class MiproSettings(_Model):
+    num_candidates: int = Field(3, ge=3, le=30, description=">= 3 is needed for any bootstrapped set")
+    num_trials: int = Field(4, ge=1, le=100)
+    max_bootstrapped_demos: int = Field(2, ge=0, le=16)
+    max_labeled_demos: int = Field(2, ge=0, le=16)
+    minibatch: bool = Field(False, description="True needs a validation set of at least 35")
+
+
+class FinetuneSettings(_Model):
+    epochs: int = Field(2, ge=1, le=20)
+    max_steps: int | None = Field(None, ge=1, le=10000)
+    learning_rate: float = Field(1e-3, gt=0, le=1.0)
+    lora_rank: int = Field(16, ge=1, le=256)
+    lora_alpha: int = Field(32, ge=1, le=512)
+    batch_size: int = Field(8, ge=1, le=128)
+    max_length: int = Field(384, ge=32, le=4096)
+    min_score: float = Field(
+        1.0,
+        ge=0.0,
+        le=1.0,
+        description="keep traces whose metric score is at least this (1.0 = only fully correct)",
+    )
+    exclude_demos: bool = False
+
+
+class RandomSearchStep(_Model):
+    type: Literal["random_search"]
+    settings: RandomSearchSettings = Field(default_factory=RandomSearchSettings)
+
+
+class MiproStep(_Model):
+    type: Literal["mipro"]
+    settings: MiproSettings = Field(default_factory=MiproSettings)
+
+
+class FinetuneStep(_Model):
+    type: Literal["finetune"]
+    settings: FinetuneSettings = Field(default_factory=FinetuneSettings)
+
+
+OptimizerSpec = Annotated[RandomSearchStep | MiproStep | FinetuneStep, Field(discriminator="type")]
+PROMPT_OPTIMIZERS = ("random_search", "mipro")
+WEIGHT_OPTIMIZERS = ("finetune",)
+
+
+def step_kind(spec: RandomSearchStep | MiproStep | FinetuneStep) -> str:
+    """'prompt' or 'weight'."""
+    return "weight" if spec.type in WEIGHT_OPTIMIZERS else "prompt"
+
+
+def default_optimizers() -> dict[str, Any]:
+    return {"p": RandomSearchStep(type="random_search"), "w": FinetuneStep(type="finetune")}
+
+
+class Limits(_Model):
+    num_threads: int = Field(1, ge=1, le=64, description="parallel evaluation threads (1 for CPU models)")
+    max_errors: int | None = Field(None, ge=1)
+
+
+# --- the document ----------------------------------------------------------------------------------
+
+
+class RunConfig(_Model):
+    version: Literal[1] = CONFIG_VERSION
+    name: str = Field("untitled run", max_length=200)
+    program: ProgramSpec
+    allow_user_code: bool = False
+    lms: dict[str, LMSpec] = Field(min_length=1)
+    predictors: dict[str, PredictorAssignment] = Field(min_length=1)
+    data: DataSpec
+    metric: MetricSpec = Field(default_factory=MetricSpec)
+    strategy: str = "p -> w -> p"
+    optimizers: dict[str, OptimizerSpec] = Field(default_factory=default_optimizers)
+    limits: Limits = Field(default_factory=Limits)
+    seed: int = 0
+
+    @field_validator("optimizers")
+    @classmethod
+    def _keys(cls, value: dict[str, Any]) -> dict[str, Any]:
+        import re
+
+        for key in value:
+            if not re.fullmatch(r"[a-z][a-z0-9_]*", key):
+                raise ValueError(
+                    f"step key {key!r} must be lowercase letters, digits or _, starting with a letter"
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _cross_check(self) -> RunConfig:
+        try:
+            self.strategy = normalize_strategy(self.strategy, self.optimizers.keys())
+        except StrategyError as e:
+            raise ValueError(str(e)) from e
+        for name, assignment in self.predictors.items():
+            if assignment.lm not in self.lms:
+                raise ValueError(
+                    f"predictor {name!r} uses LM {assignment.lm!r}, which is not defined; "
+                    f"defined LMs: {sorted(self.lms)}"
+                )
+        for name, spec in self.lms.items():
+            if isinstance(spec, FactoryLMSpec) and not spec.is_builtin and not self.allow_user_code:
+                raise ValueError(
+                    f"LM {name!r} uses the factory {spec.factory!r}, which runs your code; "
+                    "set allow_user_code to true to allow it"
+                )
+        if self.program.kind == "user_file" and not self.allow_user_code:
+            raise ValueError(
+                "program.kind 'user_file' runs your Python file; set allow_user_code to true to allow it"
+            )
+        uses_weights = any(step_kind(self.optimizers[k]) == "weight" for k in self.strategy.split(" -> "))
+        if uses_weights and not any(a.role == "small" for a in self.predictors.values()):
+            raise ValueError(
+                f"strategy {self.strategy!r} has a weight step but no predictor has the role 'small'; "
+                "assign 'small' to at least one predictor or drop the weight steps"
+            )
+        return self
+
+    def metric_fields(self) -> list[str]:
+        return list(self.metric.fields or self.data.labels)
+
+    def lm_for(self, predictor: str) -> str:
+        return self.predictors[predictor].lm
+
+
+# --- loading and dumping ---------------------------------------------------------------------------
+
+
+def _format_validation_error(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors()[:8]:
+        path = ".".join(str(p) for p in item["loc"]) or "(document)"
+        message = item["msg"].removeprefix("Value error, ")
+        bad = item.get("input")
+        shown = ""
+        if item["type"] not in ("missing",) and not isinstance(bad, dict | list):
+            shown = f" (got {bad!r})"
+        if item["type"] == "extra_forbidden":
+            message = "unknown field; remove it"
+        if item["type"] == "union_tag_invalid" or item["type"] == "union_tag_not_found":
+            message = item["msg"]
+        lines.append(f"{path}: {message}{shown}")
+    more = len(error.errors()) - len(lines)
+    if more > 0:
+        lines.append(f"... and {more} more")
+    return "invalid run configuration: " + "; ".join(lines)
+
+
+def parse_config(data: dict[str, Any]) -> RunConfig:
+    """Validate a configuration document (a dict)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"a run configuration must be a JSON object, got {type(data).__name__}")
+    version = data.get("version", CONFIG_VERSION)
+    if version != CONFIG_VERSION:
+        raise ConfigError(f"version: unsupported configuration version {version!r}; this app reads version 1")
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_validation_error(e)) from e
+
+
+def parse_config_text(text: str) -> RunConfig:
+    """Validate a configuration given as JSON text."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(
+            f"the configuration is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}"
+        ) from e
+    return parse_config(data)
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read and validate a configuration file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"configuration file not found: {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read configuration file {path}: {e}") from e
+    return parse_config_text(text)
+
+
+def config_to_dict(config: RunConfig) -> dict[str, Any]:
+    """The document without secrets (typed API keys are excluded), as plain JSON types."""
+    return config.model_dump(mode="json", exclude_none=False)
+
+
+def config_to_json(config: RunConfig) -> str:
+    return json.dumps(config_to_dict(config), indent=2, ensure_ascii=False)
