@@ -4,10 +4,13 @@ It honours DSPy's engine + provider contract like the embedded models do:
 
 * inference reads the ChatAdapter prompt (input fields, requested output fields, demos as extra
   turns) and answers in the ChatAdapter format;
-* a base model copies the outputs of the demo whose inputs overlap most with the current inputs
-  (so prompt optimization that adds demos helps), otherwise echoes its inputs for text fields;
+* a base model copies the outputs of the demo whose inputs overlap most with the current inputs,
+  else the demos' most common value per field (so prompt optimization that adds demos helps),
+  and without demos echoes its inputs for text fields;
 * fine-tuning (the provider) memorises the training rows; the fine-tuned model answers with the
   outputs of the nearest training row (so weight steps change behaviour);
+* ``hints`` (keyword -> outputs) give the base model a weak, partial competence, so that some
+  traces are correct before any optimization, as with a real LM;
 * options simulate slow calls (``delay``), an LM that starts failing after N calls
   (``fail_after``) and slow training steps (``train_step_delay``).
 """
@@ -37,12 +40,13 @@ MODEL_PREFIX = "scripted/"
 
 def parse_sections(text: str) -> dict[str, str]:
     """Split a ChatAdapter message into ``{field: value}`` by its ``[[ ## field ## ]]`` markers."""
+    text = text.split("\n\nRespond with the corresponding output fields", 1)[0]
     parts = _FIELD_RE.split(text)
     sections: dict[str, str] = {}
     for name, value in zip(parts[1::2], parts[2::2], strict=False):
         if name == "completed":
             continue
-        sections[name] = value.split("\n\nRespond with the corresponding output fields")[0].strip()
+        sections[name] = value.strip()
     return sections
 
 
@@ -89,6 +93,14 @@ class _Memory:
                 best, best_score = outputs, score
         return best
 
+    def majority(self, name: str) -> str | None:
+        """The most frequent value of an output field among the rows (ties: first seen)."""
+        counts: dict[str, int] = {}
+        for _, outputs in self.rows:
+            if name in outputs:
+                counts[outputs[name]] = counts.get(outputs[name], 0) + 1
+        return max(counts, key=counts.__getitem__) if counts else None
+
 
 def row_from_messages(messages: list[dict[str, str]]) -> tuple[dict[str, str], dict[str, str]]:
     """(inputs, outputs) of a chat training row: last user turn and the assistant answer."""
@@ -106,8 +118,14 @@ class ScriptedEngine:
     _lock = threading.Lock()
 
     def __init__(
-        self, delay: float = 0.0, fail_after: int | None = None, demo_threshold: float = 0.3, tag: str = ""
+        self,
+        delay: float = 0.0,
+        fail_after: int | None = None,
+        demo_threshold: float = 0.3,
+        tag: str = "",
+        hints: dict[str, dict[str, str]] | None = None,
     ):
+        self.hints = {k.lower(): v for k, v in (hints or {}).items()}
         self.tag = tag  # separates call counters of otherwise identical engines (tests)
         self.delay = delay
         self.fail_after = fail_after
@@ -131,6 +149,7 @@ class ScriptedEngine:
             "fail_after": self.fail_after,
             "demo_threshold": self.demo_threshold,
             "tag": self.tag,
+            "hints": self.hints,
         }
 
     def __deepcopy__(self, memo: dict) -> ScriptedEngine:
@@ -191,6 +210,13 @@ class ScriptedEngine:
     def close(self) -> None:
         return None
 
+    def _hinted(self, query: set[str], wanted: list[str]) -> dict[str, str] | None:
+        """Outputs of the first hint keyword found in the inputs (a weak built-in 'competence')."""
+        for keyword, outputs in self.hints.items():
+            if keyword in query and any(name in outputs for name in wanted):
+                return outputs
+        return None
+
     def _answer(self, model: str, system: str, turns: list[tuple[str, str]]) -> str:
         last_user = next((t for r, t in reversed(turns) if r == "user"), "")
         wanted = requested_outputs(last_user)
@@ -205,11 +231,16 @@ class ScriptedEngine:
             answer = self._finetuned[model].nearest(query, wanted, 0.0)
         if answer is None:
             answer = demos.nearest(query, wanted, self.demo_threshold)
+        if answer is None:
+            answer = self._hinted(query, wanted)
         types = output_types(system)
         values = {}
         for name in wanted:
+            prior = demos.majority(name)
             if answer is not None and name in answer:
                 values[name] = answer[name]
+            elif prior is not None:
+                values[name] = prior  # no similar demo: fall back on the demos' most common value
             elif name == "reasoning":
                 values[name] = "Let me think step by step."
             elif types.get(name, "").startswith("list"):
@@ -299,8 +330,11 @@ def make_lm(
     train_step_delay: float = 0.0,
     demo_threshold: float = 0.3,
     tag: str = "",
+    hints: dict[str, dict[str, str]] | None = None,
 ) -> dspy.LM:
     """Factory used by configs: ``{"kind": "factory", "factory": "core.lms.scripted:make_lm"}``."""
-    engine = ScriptedEngine.shared(delay=delay, fail_after=fail_after, demo_threshold=demo_threshold, tag=tag)
+    engine = ScriptedEngine.shared(
+        delay=delay, fail_after=fail_after, demo_threshold=demo_threshold, tag=tag, hints=hints
+    )
     provider = ScriptedProvider(train_step_delay=train_step_delay)
     return dspy.LM(f"{MODEL_PREFIX}{name}", engine=engine, provider=provider, cache=False, num_retries=0)

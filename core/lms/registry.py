@@ -1,0 +1,121 @@
+"""Build ``dspy.LM`` objects from the LM specs of a run configuration, and tell their capabilities."""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import dspy
+
+from core.config import EmbeddedLMSpec, FactoryLMSpec, LiteLLMSpec
+from core.errors import LMError
+
+# Default key variables of common LiteLLM providers, used when a spec names none.
+DEFAULT_KEY_ENV = {
+    "openai": "OPENAI_API_KEY",
+    "anthropic": "ANTHROPIC_API_KEY",
+    "gemini": "GEMINI_API_KEY",
+    "groq": "GROQ_API_KEY",
+    "mistral": "MISTRAL_API_KEY",
+    "together_ai": "TOGETHERAI_API_KEY",
+    "openrouter": "OPENROUTER_API_KEY",
+}
+
+
+@dataclass(frozen=True)
+class LMCapabilities:
+    finetunable: bool
+    local_cpu: bool  # runs on this machine's CPU: such runs are queued one at a time
+    parallel_calls: int
+    reason: str  # why it cannot be fine-tuned, or how it is
+
+
+def capabilities(spec: Any) -> LMCapabilities:
+    """What an LM spec can do, without building it (factory LMs are built to find out)."""
+    if isinstance(spec, EmbeddedLMSpec):
+        return LMCapabilities(True, True, 1, "LoRA fine-tuning on this CPU")
+    if isinstance(spec, LiteLLMSpec):
+        if spec.finetune == "openai":
+            if not spec.model.startswith("openai/"):
+                return LMCapabilities(False, False, spec.num_threads, "OpenAI fine-tuning needs an openai/ model")
+            return LMCapabilities(True, False, spec.num_threads, "OpenAI fine-tuning job")
+        return LMCapabilities(
+            False, False, spec.num_threads, "no fine-tuning path: set finetune to 'openai' for OpenAI models"
+        )
+    if isinstance(spec, FactoryLMSpec):
+        lm = build_lm("factory", spec, allow_user_code=True)
+        provider = getattr(lm, "provider", None)
+        ok = bool(getattr(provider, "finetunable", False))
+        local = bool(spec.options.get("local_cpu", False))
+        return LMCapabilities(ok, local, 1, "its provider fine-tunes" if ok else "its provider cannot fine-tune")
+    raise LMError(f"unknown LM spec {spec!r}")
+
+
+def resolve_api_key(spec: LiteLLMSpec) -> str | None:
+    """The key for a LiteLLM spec: typed in this session, else its env variable, else the provider's default."""
+    if spec.api_key is not None and spec.api_key.get_secret_value():
+        return spec.api_key.get_secret_value()
+    env_name = spec.api_key_env or DEFAULT_KEY_ENV.get(spec.model.split("/", 1)[0])
+    if env_name:
+        return os.environ.get(env_name) or None
+    return None
+
+
+def build_lm(name: str, spec: Any, *, allow_user_code: bool = False) -> dspy.LM:
+    """A fresh ``dspy.LM`` for the spec named ``name`` in the configuration."""
+    if isinstance(spec, EmbeddedLMSpec):
+        from core.lms.embedded import make_embedded_lm
+
+        return make_embedded_lm(spec.model, temperature=spec.temperature, max_tokens=spec.max_tokens)
+    if isinstance(spec, LiteLLMSpec):
+        return _build_litellm(spec)
+    if isinstance(spec, FactoryLMSpec):
+        return _build_factory(name, spec, allow_user_code=allow_user_code)
+    raise LMError(f"LM {name!r}: unknown kind; allowed kinds: embedded, litellm, factory")
+
+
+def _build_litellm(spec: LiteLLMSpec) -> dspy.LM:
+    kwargs: dict[str, Any] = {
+        "temperature": spec.temperature,
+        "max_tokens": spec.max_tokens,
+        "cache": False,
+        "num_retries": 3,
+    }
+    if spec.api_base:
+        kwargs["api_base"] = spec.api_base
+    key = resolve_api_key(spec)
+    if key:
+        kwargs["api_key"] = key
+    if spec.finetune == "openai":
+        kwargs["provider"] = dspy.OpenAIProvider()
+    try:
+        return dspy.LM(spec.model, **kwargs)
+    except Exception as e:  # noqa: BLE001 - any construction failure becomes a user message
+        raise LMError(f"cannot set up LM {spec.model!r}: {e}") from e
+
+
+def _build_factory(name: str, spec: FactoryLMSpec, *, allow_user_code: bool) -> dspy.LM:
+    if not spec.is_builtin and not allow_user_code:
+        raise LMError(f"LM {name!r}: the factory {spec.factory!r} runs your code; enable allow_user_code")
+    module_name, func_name = spec.factory.split(":")
+    try:
+        module = importlib.import_module(module_name)
+        factory = getattr(module, func_name)
+    except (ImportError, AttributeError) as e:
+        raise LMError(f"LM {name!r}: cannot import factory {spec.factory!r}: {e}") from e
+    options = {k: v for k, v in spec.options.items() if k != "local_cpu"}
+    try:
+        lm = factory(**options)
+    except TypeError as e:
+        raise LMError(f"LM {name!r}: factory {spec.factory!r} rejected its options {sorted(options)}: {e}") from e
+    if not isinstance(lm, dspy.BaseLM):
+        raise LMError(f"LM {name!r}: factory {spec.factory!r} returned {type(lm).__name__}, not a dspy.LM")
+    return lm
+
+
+def engine_of(lm: Any) -> Any:
+    """The custom engine object of an LM, or None for LiteLLM/lm15 LMs."""
+    engine = getattr(lm, "engine", None)
+    return None if isinstance(engine, str) or engine is None else engine

@@ -1,0 +1,193 @@
+"""``RoleAwareFinetune``: the weight step, fine-tuning only the predictors whose role is ``small``.
+
+Why not DSPy's ``BootstrapFinetune`` (see the dspy-3.4.1 notes): it fine-tunes every LM found on
+the predictors (a large hosted LM fails or starts a paid job), trains each LM on other LMs' rows
+with ``multitask``, needs ``num_threads >= jobs``, and crashes on one unparseable answer or one LM
+error during trace collection. This step:
+
+* collects traces with ``bootstrap_trace_data(..., raise_on_error=False, capture_crashes=True)``;
+* keeps traces whose metric score is at least ``min_score`` (failed parses are dropped);
+* builds chat rows with the adapter's ``format_finetune_data`` for small predictors only, grouped by
+  the model serving them: one fine-tuning job per small LM, trained on its own predictors' rows;
+* runs the jobs one after the other (CPU training does not parallelise well), reporting progress
+  and honouring cancel between training steps;
+* raises a clear error when zero traces are usable.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dspy
+from dspy.clients.utils_finetune import TrainDataFormat
+from dspy.primitives.prediction import Prediction
+from dspy.teleprompt.bootstrap_trace import FailedPrediction, bootstrap_trace_data
+from dspy.teleprompt.teleprompt import Teleprompter
+
+from core.config import FinetuneSettings
+from core.errors import LMError, StepCancelled, StudioError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TraceStats:
+    collected: int  # training examples run through the program
+    kept: int  # traces usable for training (parsed, score >= min_score)
+    failed: int  # examples whose run crashed or did not parse
+    rows: dict[str, int]  # model name -> training rows
+
+
+@dataclass
+class WeightStepHooks:
+    """How the runner observes and steers a weight step (all optional)."""
+
+    output_dir: Path
+    on_traces: Callable[[TraceStats], None] = lambda stats: None
+    on_job_start: Callable[[str, int], None] = lambda model, rows: None
+    on_progress: Callable[[str, int, int, float], None] = lambda model, step, total, loss: None
+    on_finetuned: Callable[[str, str], None] = lambda old, new: None
+    should_stop: Callable[[], bool] = lambda: False
+    extra_train_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+class RoleAwareFinetune(Teleprompter):
+    """Fine-tune the LMs of the ``small`` predictors on traces of the whole program."""
+
+    def __init__(
+        self,
+        metric: Callable,
+        small_predictors: Sequence[str],
+        settings: FinetuneSettings,
+        hooks: WeightStepHooks,
+        *,
+        num_threads: int | None = 1,
+        adapter: dspy.Adapter | None = None,
+        seed: int = 0,
+    ):
+        super().__init__()
+        if not small_predictors:
+            raise StudioError("the weight step needs at least one predictor with the role 'small'")
+        self.metric = metric
+        self.small_predictors = tuple(small_predictors)
+        self.settings = settings
+        self.hooks = hooks
+        self.num_threads = num_threads
+        self.adapter = adapter
+        self.seed = seed
+        self.last_stats: TraceStats | None = None
+        self.finetuned: dict[str, str] = {}
+
+    def compile(self, student: dspy.Module, *, trainset: list[dspy.Example], teacher: Any = None) -> dspy.Module:
+        student = student.deepcopy()
+        small = self._small_predictors(student)
+        traces = self._collect_traces(student, trainset)
+        groups = self._rows_by_model(traces, small, len(trainset))
+        for model, (lm, predictors, rows) in groups.items():
+            new_lm = self._finetune(lm, rows)
+            for predictor in predictors:
+                predictor.lm = new_lm
+            self.finetuned[model] = new_lm.model
+            self.hooks.on_finetuned(model, new_lm.model)
+        return student
+
+    # -- steps -----------------------------------------------------------------------------------
+    def _small_predictors(self, student: dspy.Module) -> dict[int, tuple[str, Any]]:
+        named = dict(student.named_predictors())
+        missing = [n for n in self.small_predictors if n not in named]
+        if missing:
+            raise StudioError(f"small-role predictors {missing} are not in the program; it has {sorted(named)}")
+        small = {id(named[n]): (n, named[n]) for n in self.small_predictors}
+        for name, predictor in small.values():
+            lm = predictor.lm
+            if lm is None:
+                raise StudioError(f"predictor {name!r} has no LM assigned")
+            if not getattr(getattr(lm, "provider", None), "finetunable", False):
+                raise LMError(f"predictor {name!r} has the role 'small' but its LM {lm.model!r} cannot be fine-tuned")
+        return small
+
+    def _collect_traces(self, student: dspy.Module, trainset: list[dspy.Example]) -> list[dict[str, Any]]:
+        data = bootstrap_trace_data(
+            program=student,
+            dataset=trainset,
+            metric=self.metric,
+            num_threads=self.num_threads,
+            raise_on_error=False,
+            capture_crashes=True,
+        )
+        kept = []
+        failed = 0
+        for item in data:
+            prediction, score = item["prediction"], item.get("score")
+            if isinstance(prediction, FailedPrediction) or not isinstance(prediction, Prediction):
+                failed += 1
+                continue
+            if score is not None and score >= self.settings.min_score:
+                kept.append(item)
+        failed += len(trainset) - len(data)
+        self._counts = (len(trainset), len(kept), failed)
+        return kept
+
+    def _rows_by_model(
+        self, traces: list[dict[str, Any]], small: dict[int, tuple[str, Any]], collected: int
+    ) -> dict[str, tuple[Any, list[Any], list[dict]]]:
+        adapter = self.adapter or dspy.settings.adapter or dspy.ChatAdapter()
+        groups: dict[str, tuple[Any, list[Any], list[dict]]] = {}
+        for _, predictor in small.values():
+            groups.setdefault(predictor.lm.model, (predictor.lm, [], []))[1].append(predictor)
+        for item in traces:
+            for predictor, inputs, outputs in item["trace"]:
+                if id(predictor) not in small or isinstance(outputs, FailedPrediction):
+                    continue
+                demos = [] if self.settings.exclude_demos else predictor.demos
+                row = adapter.format_finetune_data(
+                    signature=predictor.signature, demos=demos, inputs=inputs, outputs=outputs
+                )
+                groups[predictor.lm.model][2].append(row)
+        total, kept, failed = self._counts
+        stats = TraceStats(total, kept, failed, {m: len(g[2]) for m, g in groups.items()})
+        self.last_stats = stats
+        self.hooks.on_traces(stats)
+        if kept == 0:
+            raise StudioError(
+                f"the weight step has nothing to train on: 0 of {total} training examples gave a usable trace "
+                f"(parsed, metric score >= {self.settings.min_score}; {failed} failed or did not parse). "
+                "Put a prompt step before it (e.g. 'p -> w'), lower min_score, or use a stronger LM upstream."
+            )
+        empty = [m for m, g in groups.items() if not g[2]]
+        if empty:
+            raise StudioError(f"no training rows for the small LM(s) {empty}: their predictors never ran on kept traces")
+        return groups
+
+    def _finetune(self, lm: Any, rows: list[dict]) -> Any:
+        s = self.settings
+        model = lm.model
+        train_kwargs = {
+            "epochs": s.epochs,
+            "max_steps": s.max_steps,
+            "learning_rate": s.learning_rate,
+            "lora_rank": s.lora_rank,
+            "lora_alpha": s.lora_alpha,
+            "batch_size": s.batch_size,
+            "max_length": s.max_length,
+            "seed": self.seed,
+            "output_dir": str(self.hooks.output_dir),
+            "progress": lambda step, total, loss: self.hooks.on_progress(model, step, total, loss),
+            "should_stop": self.hooks.should_stop,
+            **self.hooks.extra_train_kwargs,
+        }
+        self.hooks.on_job_start(model, len(rows))
+        logger.info("fine-tuning %s on %d rows", model, len(rows))
+        job = lm.finetune(train_data=rows, train_data_format=TrainDataFormat.CHAT, train_kwargs=train_kwargs)
+        result = job.result()
+        if job.thread is not None:
+            job.thread.join()
+        if isinstance(result, StepCancelled):
+            raise result
+        if isinstance(result, BaseException):
+            raise LMError(f"fine-tuning {model} failed: {result}") from result
+        return result

@@ -1,0 +1,129 @@
+"""Turn a validated ``RunConfig`` into the objects a run needs: program with LMs, data split, metric.
+
+Everything that can be checked before a run starts is checked here, so that a user sees
+"what is wrong and what is allowed" at once instead of a failed run minutes later.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dspy
+
+from core.config import FileSource, RunConfig, SampleSource
+from core.data import Split, Table, build_examples, load_table_from_path, split_examples
+from core.errors import ConfigError, DataError, LMError, StudioError
+from core.lms.registry import LMCapabilities, build_lm, capabilities
+from core.metrics import make_metric
+from core.paths import sample_path
+from core.programs import ProgramFields, build_program, module_fields
+
+
+@dataclass(frozen=True)
+class PreparedRun:
+    config: RunConfig
+    program: dspy.Module  # the student, every predictor with its LM
+    lms: dict[str, Any]  # config LM name -> dspy.LM
+    capabilities: dict[str, LMCapabilities]
+    fields: ProgramFields
+    split: Split
+    metric: Callable
+    small_predictors: tuple[str, ...]
+
+    @property
+    def uses_local_cpu(self) -> bool:
+        """True when any LM runs on this machine's CPU (such runs are queued one at a time)."""
+        return any(c.local_cpu for c in self.capabilities.values())
+
+    @property
+    def context_lm(self) -> Any:
+        """The LM for optimizers that need a context LM (MIPROv2's proposer): the first large one."""
+        for name, assignment in self.config.predictors.items():
+            if assignment.role == "large":
+                return self.lms[assignment.lm]
+        return next(iter(self.lms.values()))
+
+
+def data_source_path(config: RunConfig, base_dir: Path | None = None) -> Path:
+    source = config.data.source
+    if isinstance(source, SampleSource):
+        path = sample_path(source.name)
+        if not path.is_file():
+            available = sorted(p.name for p in path.parent.glob("*") if p.suffix in (".csv", ".json", ".jsonl"))
+            raise DataError(f"data.source: no sample named {source.name!r}; available samples: {available}")
+        return path
+    if isinstance(source, FileSource):
+        path = Path(source.path)
+        if not path.is_absolute() and base_dir is not None:
+            path = base_dir / path
+        return path
+    raise ConfigError("data.source: unknown kind; allowed kinds: sample, file")
+
+
+def load_data(config: RunConfig, base_dir: Path | None = None) -> tuple[Table, Split]:
+    table = load_table_from_path(data_source_path(config, base_dir))
+    examples = build_examples(table, config.data.mapping, config.data.inputs, config.data.labels)
+    split = split_examples(examples, *config.data.split.sizes(), seed=config.data.split.seed)
+    return table, split
+
+
+def _check_fields(config: RunConfig, fields: ProgramFields) -> None:
+    missing_inputs = [f for f in fields.inputs if f not in config.data.inputs]
+    extra_inputs = [f for f in config.data.inputs if f not in fields.inputs]
+    if missing_inputs or extra_inputs:
+        raise ConfigError(
+            f"data.inputs {config.data.inputs} must be exactly the program's inputs {list(fields.inputs)}"
+        )
+    unknown = [f for f in config.data.labels if f not in fields.outputs]
+    if unknown:
+        raise ConfigError(f"data.labels {unknown} are not outputs of the program; its outputs: {list(fields.outputs)}")
+    bad_metric = [f for f in config.metric_fields() if f not in config.data.labels]
+    if bad_metric:
+        raise ConfigError(f"metric.fields {bad_metric} are not label fields; labels: {config.data.labels}")
+
+
+def _assign_lms(config: RunConfig, program: dspy.Module, lms: dict[str, Any]) -> None:
+    named = dict(program.named_predictors())
+    missing = [n for n in named if n not in config.predictors]
+    unknown = [n for n in config.predictors if n not in named]
+    if missing or unknown:
+        parts = []
+        if missing:
+            parts.append(f"no LM/role assigned to {missing}")
+        if unknown:
+            parts.append(f"{unknown} are not predictors of the program")
+        raise ConfigError(f"predictors: {'; '.join(parts)}; the program's predictors are {list(named)}")
+    for name, predictor in named.items():
+        predictor.lm = lms[config.predictors[name].lm]
+
+
+def prepare_run(config: RunConfig, *, base_dir: Path | None = None) -> PreparedRun:
+    """Build and check everything a run needs; raises a ``StudioError`` naming the first problem."""
+    program = build_program(config.program, allow_user_code=config.allow_user_code, base_dir=base_dir)
+    fields = module_fields(program)
+    _check_fields(config, fields)
+    caps = {name: capabilities(spec) for name, spec in config.lms.items()}
+    for pname, assignment in config.predictors.items():
+        if assignment.role == "small" and not caps[assignment.lm].finetunable:
+            raise LMError(
+                f"predictor {pname!r} has the role 'small' but LM {assignment.lm!r} cannot be fine-tuned "
+                f"({caps[assignment.lm].reason}); give it the role 'large' or pick a fine-tunable LM"
+            )
+    lms = {name: build_lm(name, spec, allow_user_code=config.allow_user_code) for name, spec in config.lms.items()}
+    _assign_lms(config, program, lms)
+    _, split = load_data(config, base_dir)
+    metric = make_metric(config.metric.name, config.metric_fields())
+    small = tuple(n for n, a in config.predictors.items() if a.role == "small")
+    return PreparedRun(config, program, lms, caps, fields, split, metric, small)
+
+
+def preflight(config: RunConfig, *, base_dir: Path | None = None) -> list[str]:
+    """Problems that stop ``config`` from running, as messages (empty when it can start)."""
+    try:
+        prepare_run(config, base_dir=base_dir)
+    except StudioError as e:
+        return [str(e)]
+    return []
