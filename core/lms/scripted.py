@@ -211,11 +211,14 @@ class ScriptedEngine:
         return None
 
     def _hinted(self, query: set[str], wanted: list[str]) -> dict[str, str] | None:
-        """Outputs of the first hint keyword found in the inputs (a weak built-in 'competence')."""
+        """Per output field, the value of the first hint keyword found in the inputs."""
+        found: dict[str, str] = {}
         for keyword, outputs in self.hints.items():
-            if keyword in query and any(name in outputs for name in wanted):
-                return outputs
-        return None
+            if keyword in query:
+                for name, value in outputs.items():
+                    if name in wanted:
+                        found.setdefault(name, value)
+        return found or None
 
     def _answer(self, model: str, system: str, turns: list[tuple[str, str]]) -> str:
         last_user = next((t for r, t in reversed(turns) if r == "user"), "")

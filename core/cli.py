@@ -1,0 +1,163 @@
+"""Command line: run a configuration headless, export a run, predict with a bundle, list models.
+
+    python -m core run CONFIG.json        progress on stderr, the run summary as JSON on stdout
+    python -m core export RUN_ID OUT      OUT a folder or a .zip
+    python -m core predict BUNDLE --input '{"field": "..."}'
+    python -m core models [--json]
+
+Any failure exits non-zero with a one-line message on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from core.errors import StudioError
+
+logger = logging.getLogger("core.cli")
+
+
+def _quiet_libraries() -> None:
+    for name in ("dspy", "LiteLLM", "litellm", "httpx", "urllib3"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _summary(store: Any, run_id: int) -> dict[str, Any]:
+    run = store.get_run(run_id)
+    return {
+        "run_id": run.id,
+        "status": run.status.value,
+        "error": run.error,
+        "baseline_score": run.baseline_score,
+        "best_score": run.best_score,
+        "best_strategy": run.best_strategy,
+        "test_scores": {"baseline": run.test_baseline_score, "best": run.test_best_score},
+        "rounds": [
+            {"index": r.index, "strategy": r.strategy, "score": r.score, "eval_failed": r.eval_failed,
+             "is_best": r.is_best}
+            for r in store.list_rounds(run_id)
+        ],
+    }
+
+
+def _show_progress(store: Any, run_id: int, seen: int) -> int:
+    for event in store.list_events(run_id, since_id=seen):
+        seen = event.id
+        if event.kind != "progress":
+            print(f"[run {run_id}] {event.kind}: {event.message}", file=sys.stderr, flush=True)
+    return seen
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from core.config import load_config
+    from core.paths import db_path
+    from core.runner import get_manager
+
+    config = load_config(args.config)
+    manager = get_manager(args.db or db_path())
+    # DSPy's optimizers print to stdout: keep stdout for the JSON summary only.
+    with contextlib.redirect_stdout(sys.stderr):
+        run_id = manager.start(config, base_dir=Path(args.config).resolve().parent)
+        seen = 0
+        try:
+            while not manager.wait(run_id, timeout=0.5):
+                seen = _show_progress(manager.store, run_id, seen)
+        except KeyboardInterrupt:
+            print("cancelling: the best program so far is kept...", file=sys.stderr)
+            manager.cancel(run_id)
+            manager.wait(run_id)
+        _show_progress(manager.store, run_id, seen)
+    summary = _summary(manager.store, run_id)
+    print(json.dumps(summary, indent=2))
+    return 0 if summary["status"] == "finished" else 1
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from core.export import export_run
+    from core.paths import db_path
+    from core.store import Store
+
+    store = Store(args.db or db_path())
+    out = export_run(store, args.run_id, args.out)
+    print(json.dumps({"run_id": args.run_id, "bundle": str(out)}))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from core.export import load_bundle, predict
+
+    try:
+        inputs = json.loads(args.input)
+    except json.JSONDecodeError as e:
+        raise StudioError(f"--input is not valid JSON: {e.msg} (e.g. '{{\"document\": \"...\"}}')") from e
+    if not isinstance(inputs, dict):
+        raise StudioError("--input must be a JSON object of input fields, e.g. '{\"document\": \"...\"}'")
+    program = load_bundle(args.bundle, allow_user_code=args.allow_user_code)
+    with contextlib.redirect_stdout(sys.stderr):
+        outputs = predict(program, inputs)
+    print(json.dumps(outputs, ensure_ascii=False, default=str))
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from core.lms.catalog import list_models
+
+    models = list_models()
+    if args.json:
+        print(json.dumps(models, indent=2))
+    else:
+        for m in models:
+            flags = ", ".join(f"default {r}" for r in m.get("default_for", []))
+            print(f"{m['name']:<16} {m['size_mb']:>5} MB  installed={m['installed']}  {flags}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m core", description="BetterTogether Studio, headless")
+    parser.add_argument("--db", help="database file (default: $STUDIO_HOME/studio.db)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log library messages too")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run a configuration")
+    run.add_argument("config")
+    run.set_defaults(func=cmd_run)
+    export = sub.add_parser("export", help="export a run as a bundle (folder, or .zip)")
+    export.add_argument("run_id", type=int)
+    export.add_argument("out")
+    export.set_defaults(func=cmd_export)
+    pred = sub.add_parser("predict", help="run one input through a bundle")
+    pred.add_argument("bundle")
+    pred.add_argument("--input", required=True, help="JSON object of input fields")
+    pred.add_argument("--allow-user-code", action="store_true", help="allow a bundle of your own dspy.Module")
+    pred.set_defaults(func=cmd_predict)
+    models = sub.add_parser("models", help="list the embedded models")
+    models.add_argument("--json", action="store_true")
+    models.set_defaults(func=cmd_models)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        _quiet_libraries()
+    started = time.monotonic()
+    try:
+        return args.func(args)
+    except StudioError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # noqa: BLE001 - one line, never a traceback
+        logger.debug("unexpected error", exc_info=True)
+        print(f"error: unexpected {type(e).__name__}: {e}", file=sys.stderr)
+        return 3
+    finally:
+        logger.info("done in %.1f s", time.monotonic() - started)

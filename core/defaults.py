@@ -1,0 +1,114 @@
+"""Ready-to-run configurations: a first-time user picks a template and presses Run.
+
+``default_config(template)`` gives the template's sample data, field mapping, split, metric,
+``p -> w -> p`` strategy and settings measured to finish on a 2-core CPU, with every predictor
+on an embedded model (the first on the large-role default, the last on the small-role one).
+``scripted_config(template)`` is the same with the scripted test LM (tests, demos of the logic).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from core.config import RunConfig, parse_config
+from core.programs import TEMPLATES, StagedPipeline
+
+# Budgets sized for the embedded models on 2 CPU cores (see bench/default_run.py).
+EMBEDDED_SPLIT = {"train": 40, "val": 20, "test": 40, "seed": 0}
+EMBEDDED_OPTIMIZERS: dict[str, Any] = {
+    "p": {
+        "type": "random_search",
+        "settings": {"max_bootstrapped_demos": 2, "max_labeled_demos": 0, "num_candidate_programs": 2},
+    },
+    "w": {"type": "finetune", "settings": {"epochs": 2, "batch_size": 8, "learning_rate": 1e-3, "lora_rank": 16}},
+}
+SCRIPTED_SPLIT = {"train": 40, "val": 20, "test": 40, "seed": 0}
+
+# The scripted test LM knows a few keywords per sample task (a weak, partial competence), so that
+# some traces are right before any optimization, as with a real LM. Not used by real models.
+SCRIPTED_HINTS: dict[str, dict[str, dict[str, str]]] = {
+    "analyze_classify": {
+        "court": {"category": "legal"}, "regulators": {"category": "legal"}, "matter": {"category": "legal"},
+        "blamed": {"category": "decline"}, "weaker": {"category": "decline"},
+        "rose": {"category": "growth"}, "rising": {"category": "growth"},
+        "deliveries": {"category": "operations"}, "operating": {"category": "operations"},
+        "moderate": {"risk_level": "medium"}, "warned": {"risk_level": "high"},
+        "restructuring": {"risk_level": "high"}, "little": {"risk_level": "low"}, "small": {"risk_level": "low"},
+    },
+    "support_triage": {
+        "invoice": {"intent": "billing"}, "charged": {"intent": "billing"}, "crash": {"intent": "bug"},
+        "error": {"intent": "bug"}, "password": {"intent": "account"}, "add": {"intent": "feature_request"},
+        "urgent": {"urgency": "high"}, "rush": {"urgency": "low"},
+    },
+    "classifier": {
+        "love": {"label": "positive"}, "great": {"label": "positive"}, "broke": {"label": "negative"},
+        "disappointed": {"label": "negative"}, "okay": {"label": "neutral"},
+    },
+}
+
+
+def _predictor_names(template: str) -> list[str]:
+    program = StagedPipeline(TEMPLATES[template].stages)
+    return [name for name, _ in program.named_predictors()]
+
+
+def _assignments(names: list[str], large_lm: str, small_lm: str) -> dict[str, dict[str, str]]:
+    """The last predictor is the small (fine-tuned) one; the others stay large (prompted)."""
+    out = {}
+    for i, name in enumerate(names):
+        small = i == len(names) - 1
+        out[name] = {"lm": small_lm if small else large_lm, "role": "small" if small else "large"}
+    return out
+
+
+def _base(template: str, split: dict[str, Any]) -> dict[str, Any]:
+    t = TEMPLATES[template]
+    return {
+        "version": 1,
+        "name": f"{t.title}",
+        "program": {"kind": "template", "name": template},
+        "data": {
+            "source": {"kind": "sample", "name": t.sample},
+            "mapping": dict(t.default_mapping),
+            "inputs": list(t.input_fields),
+            "labels": list(t.label_fields),
+            "split": dict(split),
+        },
+        "metric": {"name": "exact_match"},
+        "strategy": "p -> w -> p",
+    }
+
+
+def default_config_dict(template: str = "analyze_classify") -> dict[str, Any]:
+    """The default offline run for ``template`` as a plain document."""
+    from core.lms.catalog import DEFAULT_MODELS
+
+    doc = _base(template, EMBEDDED_SPLIT)
+    doc["lms"] = {
+        "large": {"kind": "embedded", "model": DEFAULT_MODELS["large"]},
+        "small": {"kind": "embedded", "model": DEFAULT_MODELS["small"]},
+    }
+    doc["predictors"] = _assignments(_predictor_names(template), "large", "small")
+    doc["optimizers"] = EMBEDDED_OPTIMIZERS
+    return doc
+
+
+def default_config(template: str = "analyze_classify") -> RunConfig:
+    return parse_config(default_config_dict(template))
+
+
+def scripted_config_dict(template: str = "analyze_classify", **options: Any) -> dict[str, Any]:
+    """A run on the scripted test LM (fast; for tests and for trying the logic)."""
+    doc = _base(template, SCRIPTED_SPLIT)
+    options = {"hints": SCRIPTED_HINTS.get(template, {}), **options}
+    factory = "core.lms.scripted:make_lm"
+    doc["lms"] = {
+        "large": {"kind": "factory", "factory": factory, "options": {"name": "large", **options}},
+        "small": {"kind": "factory", "factory": factory, "options": {"name": "small", **options}},
+    }
+    doc["predictors"] = _assignments(_predictor_names(template), "large", "small")
+    return doc
+
+
+def scripted_config(template: str = "analyze_classify", **options: Any) -> RunConfig:
+    return parse_config(scripted_config_dict(template, **options))
