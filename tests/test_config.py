@@ -1,0 +1,142 @@
+"""The run configuration: a valid document parses; every bad field names itself and what is allowed."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+from core.config import config_to_dict, config_to_json, load_config, parse_config, parse_config_text
+from core.defaults import default_config_dict, scripted_config_dict
+from core.errors import ConfigError
+
+
+@pytest.fixture
+def doc() -> dict:
+    return scripted_config_dict("analyze_classify")
+
+
+def test_default_configs_of_every_template_parse() -> None:
+    for template in ("analyze_classify", "classifier", "support_triage"):
+        config = parse_config(default_config_dict(template))
+        assert config.version == 1
+        assert config.strategy == "p -> w -> p"
+        assert {a.role for a in config.predictors.values()} == {"small"} | (
+            {"large"} if len(config.predictors) > 1 else set()
+        )
+        assert all(spec.kind == "embedded" for spec in config.lms.values())
+
+
+def test_strategy_is_normalised(doc: dict) -> None:
+    doc["strategy"] = "P->w ->  p"
+    assert parse_config(doc).strategy == "p -> w -> p"
+
+
+def test_unknown_strategy_key_names_allowed_keys(doc: dict) -> None:
+    doc["strategy"] = "p -> x"
+    with pytest.raises(ConfigError) as e:
+        parse_config(doc)
+    assert "'x'" in str(e.value) and "p" in str(e.value) and "w" in str(e.value)
+
+
+def test_unknown_field_is_named(doc: dict) -> None:
+    doc["limits"] = {"num_threads": 1, "trheads": 3}
+    with pytest.raises(ConfigError, match=r"limits\.trheads: unknown field"):
+        parse_config(doc)
+
+
+def test_out_of_range_value_names_field_value_and_bound(doc: dict) -> None:
+    doc["optimizers"] = {"p": {"type": "random_search", "settings": {"max_bootstrapped_demos": 99}}}
+    doc["strategy"] = "p"
+    with pytest.raises(ConfigError) as e:
+        parse_config(doc)
+    message = str(e.value)
+    assert "optimizers.p.random_search.settings.max_bootstrapped_demos" in message
+    assert "99" in message and "16" in message
+
+
+def test_unknown_optimizer_type_lists_allowed(doc: dict) -> None:
+    doc["optimizers"] = {"p": {"type": "gepa"}, "w": {"type": "finetune"}}
+    with pytest.raises(ConfigError) as e:
+        parse_config(doc)
+    assert "gepa" in str(e.value) and "random_search" in str(e.value) and "finetune" in str(e.value)
+
+
+def test_predictor_on_undefined_lm(doc: dict) -> None:
+    doc["predictors"]["classify"]["lm"] = "nope"
+    with pytest.raises(ConfigError, match=r"predictor 'classify' uses LM 'nope'.*defined LMs: \['large', 'small'\]"):
+        parse_config(doc)
+
+
+def test_bad_role_lists_allowed_roles(doc: dict) -> None:
+    doc["predictors"]["classify"]["role"] = "medium"
+    with pytest.raises(ConfigError) as e:
+        parse_config(doc)
+    assert "predictors.classify.role" in str(e.value) and "'large'" in str(e.value) and "'small'" in str(e.value)
+
+
+def test_user_factory_needs_opt_in(doc: dict) -> None:
+    doc["lms"]["large"] = {"kind": "factory", "factory": "mypkg.lms:make"}
+    with pytest.raises(ConfigError, match="runs your code; set allow_user_code"):
+        parse_config(doc)
+    doc["allow_user_code"] = True
+    assert parse_config(doc).lms["large"].factory == "mypkg.lms:make"
+
+
+def test_user_file_program_needs_opt_in(doc: dict) -> None:
+    doc["program"] = {"kind": "user_file", "path": "prog.py"}
+    with pytest.raises(ConfigError, match="allow_user_code"):
+        parse_config(doc)
+
+
+def test_weight_step_without_small_predictor(doc: dict) -> None:
+    for assignment in doc["predictors"].values():
+        assignment["role"] = "large"
+    with pytest.raises(ConfigError, match="weight step but no predictor has the role 'small'"):
+        parse_config(doc)
+    doc["strategy"] = "p"
+    assert parse_config(doc).strategy == "p"
+
+
+def test_split_mixing_counts_and_ratios(doc: dict) -> None:
+    doc["data"]["split"] = {"train": 30, "val": 0.2, "test": 0.2, "seed": 0}
+    with pytest.raises(ConfigError, match="mix counts and ratios"):
+        parse_config(doc)
+    doc["data"]["split"] = {"train": 0.7, "val": 0.3, "test": 0.2, "seed": 0}
+    with pytest.raises(ConfigError, match="add up to 1.20"):
+        parse_config(doc)
+
+
+def test_unsupported_version(doc: dict) -> None:
+    doc["version"] = 2
+    with pytest.raises(ConfigError, match="unsupported configuration version 2; this app reads version 1"):
+        parse_config(doc)
+
+
+def test_not_an_object_and_bad_json() -> None:
+    with pytest.raises(ConfigError, match="must be a JSON object, got list"):
+        parse_config([])  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="not valid JSON: .* line 1"):
+        parse_config_text("{nope")
+
+
+def test_missing_file(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="configuration file not found"):
+        load_config(tmp_path / "missing.json")
+
+
+def test_typed_api_key_never_dumped(doc: dict) -> None:
+    doc["lms"]["hosted"] = {"kind": "litellm", "model": "openai/gpt-4o-mini", "api_key": "sk-CANARY-123"}
+    config = parse_config(doc)
+    assert config.lms["hosted"].api_key.get_secret_value() == "sk-CANARY-123"
+    assert "CANARY" not in config_to_json(config)
+    assert "api_key" not in config_to_dict(config)["lms"]["hosted"]
+
+
+def test_round_trip_through_json(doc: dict, tmp_path) -> None:
+    path = tmp_path / "run.json"
+    path.write_text(config_to_json(parse_config(doc)))
+    again = load_config(path)
+    assert config_to_dict(again) == config_to_dict(parse_config(copy.deepcopy(doc)))
+    assert json.loads(path.read_text())["version"] == 1
