@@ -191,6 +191,9 @@ class RoundRecorder:
 
     def step_failed(self, strategy: str, error: BaseException) -> None:
         self.step_error = f"step '{strategy}' failed: {error}"
+        last = self.observer.last_error
+        if last and last not in self.step_error:
+            self.step_error += f" (last LM error: {last})"
         self.event("error", self.step_error, {"strategy": strategy, "type": type(error).__name__})
 
     # weight-step hooks
@@ -405,10 +408,22 @@ class RunOutcome:
     error: str | None
 
 
-def evaluate_score(program: dspy.Module, devset: list, metric: Callable, threads: int) -> float:
+def evaluate_score(program: dspy.Module, devset: list, metric: Callable, threads: int,
+                   recorder: RoundRecorder) -> float | None:
+    """Score on ``devset``; None (never a silent 0) when every example failed or the evaluation crashed."""
+    recorder.begin_eval()
     evaluate = dspy.Evaluate(devset=devset, metric=metric, num_threads=threads, display_progress=False,
                              display_table=False, max_errors=len(devset) + 1, provide_traceback=False)
-    return float(evaluate(program).score)
+    try:
+        score = float(evaluate(program).score)
+    except Exception as e:  # noqa: BLE001 - recorded, not turned into a score
+        recorder.event("error", f"test evaluation crashed: {type(e).__name__}: {e}")
+        return None
+    if recorder.eval_errors() >= len(devset):
+        recorder.event("error", f"test evaluation failed on all {len(devset)} examples; last LM error: "
+                                f"{recorder.observer.last_error}")
+        return None
+    return score
 
 
 def execute_run(prepared: PreparedRun, store: Store, run_id: int, cancel: threading.Event) -> RunOutcome:
@@ -454,9 +469,10 @@ def execute_run(prepared: PreparedRun, store: Store, run_id: int, cancel: thread
             recorder.current_step = "test"
             recorder.event("status", f"evaluating baseline and best on {len(prepared.split.test)} test examples")
             try:
-                test_base = evaluate_score(baseline["program"], prepared.split.test, prepared.metric, threads)
+                test = prepared.split.test
+                test_base = evaluate_score(baseline["program"], test, prepared.metric, threads, recorder)
                 test_best = (test_base if best_candidate["strategy"] == "" else
-                             evaluate_score(best, prepared.split.test, prepared.metric, threads))
+                             evaluate_score(best, test, prepared.metric, threads, recorder))
             except RunCancelled:
                 cancelled = True
         if cancelled:

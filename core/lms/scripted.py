@@ -12,7 +12,8 @@ It honours DSPy's engine + provider contract like the embedded models do:
 * ``hints`` (keyword -> outputs) give the base model a weak, partial competence, so that some
   traces are correct before any optimization, as with a real LM;
 * options simulate slow calls (``delay``), an LM that starts failing after N calls
-  (``fail_after``) and slow training steps (``train_step_delay``).
+  (``fail_after``), unparseable answers (every ``garble_every``-th call) and slow training
+  steps (``train_step_delay``).
 """
 
 from __future__ import annotations
@@ -124,7 +125,9 @@ class ScriptedEngine:
         demo_threshold: float = 0.3,
         tag: str = "",
         hints: dict[str, dict[str, str]] | None = None,
+        garble_every: int | None = None,
     ):
+        self.garble_every = garble_every
         self.hints = {k.lower(): v for k, v in (hints or {}).items()}
         self.tag = tag  # separates call counters of otherwise identical engines (tests)
         self.delay = delay
@@ -150,6 +153,7 @@ class ScriptedEngine:
             "demo_threshold": self.demo_threshold,
             "tag": self.tag,
             "hints": self.hints,
+            "garble_every": self.garble_every,
         }
 
     def __deepcopy__(self, memo: dict) -> ScriptedEngine:
@@ -188,6 +192,10 @@ class ScriptedEngine:
             )
         if self.delay:
             time.sleep(self.delay)
+        if self.garble_every and count % self.garble_every == 0:
+            text = "Sure! Here is my answer, in no particular format."
+            return Response(id=None, model=request.model, message=Message.assistant([TextPart(text)]),
+                            finish_reason="stop", usage=Usage(input_tokens=1, output_tokens=9))
         if ":ft-" in request.model and request.model not in self._finetuned:
             raise LMError(f"unknown fine-tuned model {request.model!r}; known: {sorted(self._finetuned)}")
         system = request.system if isinstance(request.system, str) else ""
@@ -334,10 +342,12 @@ def make_lm(
     demo_threshold: float = 0.3,
     tag: str = "",
     hints: dict[str, dict[str, str]] | None = None,
+    garble_every: int | None = None,
 ) -> dspy.LM:
     """Factory used by configs: ``{"kind": "factory", "factory": "core.lms.scripted:make_lm"}``."""
     engine = ScriptedEngine.shared(
-        delay=delay, fail_after=fail_after, demo_threshold=demo_threshold, tag=tag, hints=hints
+        delay=delay, fail_after=fail_after, demo_threshold=demo_threshold, tag=tag, hints=hints,
+        garble_every=garble_every,
     )
     provider = ScriptedProvider(train_step_delay=train_step_delay)
     return dspy.LM(f"{MODEL_PREFIX}{name}", engine=engine, provider=provider, cache=False, num_retries=0)
