@@ -60,14 +60,6 @@ def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
-def _engine_class_path(lm: Any) -> str | None:
-    engine = getattr(lm, "engine", None)
-    if engine is None or isinstance(engine, str):
-        return None
-    cls = type(engine)
-    return f"{cls.__module__}:{cls.__qualname__}"
-
-
 def _predictor_table(program: dspy.Module, config: dict[str, Any]) -> dict[str, dict[str, Any]]:
     table = {}
     for name, predictor in program.named_predictors():
@@ -81,21 +73,23 @@ def _predictor_table(program: dspy.Module, config: dict[str, Any]) -> dict[str, 
     return table
 
 
-def _copy_weights(program: dspy.Module, bundle: Path) -> dict[str, dict[str, str]]:
-    """Copy each fine-tuned model's artifact folder; returns model -> {folder, engine}."""
+def _copy_weights(program: dspy.Module, bundle: Path, recorded: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """Copy each fine-tuned model's artifact folder; returns model -> {folder, engine}.
+
+    ``recorded`` maps model names to the run's "weights" artifacts (folder and engine class).
+    """
     finetuned: dict[str, dict[str, str]] = {}
     for _, predictor in program.named_predictors():
-        lm = predictor.lm
-        engine = getattr(lm, "engine", None)
-        artifact_dir = getattr(engine, "artifact_dir", None)
-        if artifact_dir is None or lm.model in finetuned:
+        model = getattr(predictor.lm, "model", None)
+        if model is None or model in finetuned or model not in recorded:
             continue
-        source = artifact_dir(lm.model)
-        if source is None:
-            continue
-        target = Path("weights") / _safe(lm.model)
+        artifact = recorded[model]
+        source = Path(artifact.path)
+        if not source.is_dir():
+            raise ExportError(f"the weights of {model} are missing from {source}; they cannot be exported")
+        target = Path("weights") / _safe(model)
         shutil.copytree(source, bundle / target, dirs_exist_ok=True)
-        finetuned[lm.model] = {"folder": target.as_posix(), "engine": _engine_class_path(lm)}
+        finetuned[model] = {"folder": target.as_posix(), "engine": artifact.meta.get("engine")}
     return finetuned
 
 
@@ -125,7 +119,8 @@ def export_run(store: Store, run_id: int, out: str | Path, *, as_zip: bool | Non
             (bundle / "source").mkdir()
             (bundle / "source" / definition["file_name"]).write_text(definition["source"], encoding="utf-8")
             definition = {k: v for k, v in definition.items() if k != "source"}
-        finetuned = _copy_weights(program, bundle)
+        recorded = {a.meta.get("model"): a for a in store.list_artifacts(run_id, "weights")}
+        finetuned = _copy_weights(program, bundle, recorded)
         rounds = [asdict(r) for r in store.list_rounds(run_id)]
         with (bundle / "rounds.jsonl").open("w", encoding="utf-8") as f:
             for r in rounds:

@@ -34,6 +34,7 @@ from dspy.utils.callback import BaseCallback
 
 from core.config import FinetuneStep, MiproStep, RandomSearchStep, RunConfig, config_to_dict
 from core.errors import RunCancelled, StepCancelled, StudioError
+from core.lms.registry import engine_of
 from core.optimizers.prompt import KeepLMsRandomSearch, SmallValsetMIPRO
 from core.optimizers.weights import RoleAwareFinetune, TraceStats, WeightStepHooks
 from core.paths import run_dir
@@ -212,9 +213,16 @@ class RoundRecorder:
                 "model": model, "step": step, "total": total, "loss": loss, "strategy": self.current_step,
             })
 
-        def on_finetuned(old: str, new: str) -> None:
+        def on_finetuned(old: str, new_lm: Any) -> None:
+            new = new_lm.model
             self.step_details.setdefault("finetuned", {})[old] = new
             self.event("finetuned", f"{old} fine-tuned as {new}", {"base": old, "model": new})
+            engine = engine_of(new_lm)
+            folder = engine.artifact_dir(new) if hasattr(engine, "artifact_dir") else None
+            if folder is not None:
+                self.store.add_artifact(self.run_id, "weights", str(folder), {
+                    "model": new, "base": old, "engine": f"{type(engine).__module__}:{type(engine).__qualname__}",
+                })
 
         return WeightStepHooks(
             output_dir=self.folder / "weights",

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import dspy
+from dspy.clients.provider import Provider
 
 from core.config import EmbeddedLMSpec, FactoryLMSpec, LiteLLMSpec
 from core.errors import LMError
@@ -88,8 +89,9 @@ def _build_litellm(spec: LiteLLMSpec) -> dspy.LM:
     key = resolve_api_key(spec)
     if key:
         kwargs["api_key"] = key
-    if spec.finetune == "openai":
-        kwargs["provider"] = dspy.OpenAIProvider()
+    # An explicit provider: DSPy would infer OpenAIProvider for openai/ models and could start a paid
+    # fine-tuning job; fine-tuning happens only when the spec asks for it.
+    kwargs["provider"] = dspy.OpenAIProvider() if spec.finetune == "openai" else Provider()
     try:
         return dspy.LM(spec.model, **kwargs)
     except Exception as e:  # noqa: BLE001 - any construction failure becomes a user message

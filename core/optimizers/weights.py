@@ -50,7 +50,7 @@ class WeightStepHooks:
     on_traces: Callable[[TraceStats], None] = lambda stats: None
     on_job_start: Callable[[str, int], None] = lambda model, rows: None
     on_progress: Callable[[str, int, int, float], None] = lambda model, step, total, loss: None
-    on_finetuned: Callable[[str, str], None] = lambda old, new: None
+    on_finetuned: Callable[[str, Any], None] = lambda old_model, new_lm: None
     should_stop: Callable[[], bool] = lambda: False
     extra_train_kwargs: dict[str, Any] = field(default_factory=dict)
 
@@ -92,7 +92,7 @@ class RoleAwareFinetune(Teleprompter):
             for predictor in predictors:
                 predictor.lm = new_lm
             self.finetuned[model] = new_lm.model
-            self.hooks.on_finetuned(model, new_lm.model)
+            self.hooks.on_finetuned(model, new_lm)
         return student
 
     # -- steps -----------------------------------------------------------------------------------

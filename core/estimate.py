@@ -1,0 +1,170 @@
+"""Pre-run estimate of LM calls, time and cost of a run configuration.
+
+The call counts follow the budgets measured with a scripted engine on DSPy 3.4.1
+(shared/notes/dspy-3.4.1.md, "LM call budgets"): for P predictors, N train and V validation
+examples one evaluation costs P x V calls; random search evaluates its C candidates plus three
+fixed seeds on the validation set and bootstraps demos on the train set; MIPROv2 runs one full
+validation per trial plus its proposal and bootstrap calls; a weight step collects P x N traces
+and trains. Each step ends with the evaluation of its program. Times use a per-call time by LM
+kind (embedded ~0.7 s, scripted ~0, hosted ~1 s divided by its parallel calls) and ~6 s per
+fine-tuning step on the CPU. Costs are known only for hosted LMs with prices.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from core.config import (
+    EmbeddedLMSpec,
+    FactoryLMSpec,
+    FinetuneStep,
+    LiteLLMSpec,
+    MiproStep,
+    RandomSearchStep,
+    RunConfig,
+)
+
+SECONDS_PER_CALL = {"embedded": 0.7, "scripted": 0.002, "litellm": 1.0, "factory": 1.0}
+SECONDS_PER_TRAIN_STEP = {"embedded": 6.0, "scripted": 0.01, "litellm": 0.0, "factory": 1.0}
+TOKENS_PER_CALL = (400, 80)  # assumed input/output tokens of one call, for costs
+SCRIPTED_FACTORY_PREFIX = "core.lms.scripted:"
+
+
+@dataclass(frozen=True)
+class StepEstimate:
+    """One round of the run: the baseline evaluation or one strategy step with its evaluation."""
+
+    label: str
+    optimizer: str
+    calls: int
+    seconds: float
+    train_steps: int = 0
+
+
+@dataclass(frozen=True)
+class Estimate:
+    steps: list[StepEstimate]
+    test_calls: int
+    calls_per_lm: dict[str, int]
+    seconds: float
+    cost: float | None  # None when a paid LM has no prices
+    sizes: tuple[int, int, int]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def calls(self) -> int:
+        return sum(s.calls for s in self.steps) + self.test_calls
+
+
+def lm_kind(spec: object) -> str:
+    if isinstance(spec, EmbeddedLMSpec):
+        return "embedded"
+    if isinstance(spec, LiteLLMSpec):
+        return "litellm"
+    if isinstance(spec, FactoryLMSpec) and spec.factory.startswith(SCRIPTED_FACTORY_PREFIX):
+        return "scripted"
+    return "factory"
+
+
+def split_sizes(config: RunConfig, n_rows: int | None) -> tuple[int, int, int]:
+    """Train/val/test counts: the counts of the config, or its ratios applied to ``n_rows``."""
+    sizes = config.data.split.sizes()
+    if all(isinstance(s, int) for s in sizes):
+        return tuple(int(s) for s in sizes)  # type: ignore[return-value]
+    n = n_rows or 100
+    val, test = round(sizes[1] * n), round(sizes[2] * n)
+    return max(n - val - test if abs(sum(sizes) - 1) < 1e-6 else round(sizes[0] * n), 0), val, test
+
+
+def random_search_calls(s, p: int, n: int, v: int) -> int:
+    evaluations = (s.num_candidate_programs + 3) * p * v
+    bootstrap = p * (s.num_candidate_programs + 1) * s.max_bootstrapped_demos * (1.5 + n / 8) * s.max_rounds
+    return int(evaluations + min(bootstrap, p * n * (s.num_candidate_programs + 1) * s.max_rounds))
+
+
+def mipro_calls(s, p: int, n: int, v: int) -> int:
+    if s.minibatch:
+        trials = s.num_trials * p * min(v, 35) + (s.num_trials // 10 + 1) * p * v
+    else:
+        trials = s.num_trials * p * v
+    proposals = p * s.num_candidates * (9 + 0.18 * n)
+    return int(trials + proposals)
+
+
+def finetune_steps(s, rows: int) -> int:
+    if s.max_steps:
+        return int(s.max_steps)
+    return int(s.epochs * max(1, math.ceil(rows / s.batch_size)))
+
+
+def estimate(config: RunConfig, n_rows: int | None = None) -> Estimate:
+    """Estimate calls, time and cost of running ``config`` (``n_rows``: dataset size, for ratio splits)."""
+    n, v, t = split_sizes(config, n_rows)
+    p = len(config.predictors)
+    share = {name: sum(1 for a in config.predictors.values() if a.lm == name) / p for name in config.lms}
+    kinds = {name: lm_kind(spec) for name, spec in config.lms.items()}
+
+    def seconds_for(calls: int) -> float:
+        total = 0.0
+        for name, fraction in share.items():
+            spec = config.lms[name]
+            parallel = spec.num_threads if isinstance(spec, LiteLLMSpec) else 1
+            per_call = SECONDS_PER_CALL[kinds[name]]
+            if kinds[name] == "scripted":
+                per_call += float(spec.options.get("delay", 0.0))
+            total += calls * fraction * per_call / parallel
+        return total
+
+    small_kind = next((kinds[a.lm] for a in config.predictors.values() if a.role == "small"), "embedded")
+    steps = [StepEstimate("baseline", "evaluation", p * v, seconds_for(p * v))]
+    done: list[str] = []
+    for key in config.strategy.split(" -> "):
+        done.append(key)
+        spec = config.optimizers[key]
+        train_steps = 0
+        if isinstance(spec, RandomSearchStep):
+            calls = random_search_calls(spec.settings, p, n, v)
+        elif isinstance(spec, MiproStep):
+            calls = mipro_calls(spec.settings, p, n, v)
+        else:
+            assert isinstance(spec, FinetuneStep)
+            calls = p * n
+            train_steps = finetune_steps(spec.settings, n)
+        calls += p * v  # the evaluation of the step's program
+        seconds = seconds_for(calls) + train_steps * SECONDS_PER_TRAIN_STEP[small_kind]
+        steps.append(StepEstimate(" -> ".join(done), spec.type, int(calls), seconds, train_steps))
+    test_calls = 2 * p * t
+    total_calls = sum(s.calls for s in steps) + test_calls
+    seconds = sum(s.seconds for s in steps) + seconds_for(test_calls)
+    calls_per_lm = {name: int(round(total_calls * fraction)) for name, fraction in share.items() if fraction}
+    cost, notes = _cost(config, calls_per_lm)
+    if any(k == "embedded" for k in kinds.values()):
+        notes.append("embedded models: ~0.7 s per call and ~6 s per fine-tuning step on 2 CPU cores")
+    if any(k == "litellm" for k in kinds.values()):
+        notes.append("hosted LMs: ~1 s per call, divided by their parallel calls")
+    return Estimate(steps, test_calls, calls_per_lm, seconds, cost, (n, v, t), notes)
+
+
+def _cost(config: RunConfig, calls_per_lm: dict[str, int]) -> tuple[float | None, list[str]]:
+    cost, notes = 0.0, []
+    tokens_in, tokens_out = TOKENS_PER_CALL
+    for name, calls in calls_per_lm.items():
+        spec = config.lms[name]
+        if not isinstance(spec, LiteLLMSpec):
+            continue
+        if spec.price_per_1m_input is None or spec.price_per_1m_output is None:
+            notes.append(f"no price for LM {name!r}: set its prices per 1M tokens to see a cost")
+            return None, notes
+        cost += calls * (tokens_in * spec.price_per_1m_input + tokens_out * spec.price_per_1m_output) / 1e6
+    if any(isinstance(config.lms[n], LiteLLMSpec) for n in calls_per_lm):
+        notes.append(f"cost assumes ~{tokens_in} input and ~{tokens_out} output tokens per call")
+    return cost, notes
+
+
+def format_duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

@@ -1,0 +1,92 @@
+"""What the live run view shows, read from the store (the worker writes, pages read).
+
+``run_snapshot`` gathers a run's status, rounds, current step and progress inside it from the
+recorded rounds and events; status is the stored status, never inferred from threads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from core.records import Event, Round, Run, RunStatus
+from core.store import Store
+from core.strategy import strategy_prefixes
+
+LOG_KINDS = ("status", "step_start", "round", "traces", "train_start", "finetuned", "cancelled", "error")
+
+
+@dataclass(frozen=True)
+class StepProgress:
+    """Where the run is inside its current step."""
+
+    label: str  # "p -> w" or "baseline"
+    text: str
+    fraction: float | None  # None when unknown
+
+
+@dataclass(frozen=True)
+class RunSnapshot:
+    run: Run
+    rounds: list[Round]
+    planned: list[str]
+    step_kinds: dict[str, str]  # step key -> "prompt" | "weight"
+    progress: StepProgress | None
+    train_events: list[Event]
+    log: list[Event]
+
+    @property
+    def is_active(self) -> bool:
+        return not self.run.status.is_terminal
+
+    @property
+    def in_weight_step(self) -> bool:
+        return self.progress is not None and bool(self.train_events) and self.progress.label == (
+            self.train_events[-1].data.get("strategy")
+        )
+
+
+def _kinds(config: dict) -> dict[str, str]:
+    return {
+        key: "weight" if spec.get("type") == "finetune" else "prompt"
+        for key, spec in (config.get("optimizers") or {}).items()
+    }
+
+
+def _progress(store: Store, run: Run, rounds: list[Round], planned: list[str]) -> StepProgress | None:
+    if run.status == RunStatus.QUEUED:
+        where = f"position {run.queue_position} in the queue" if run.queue_position else "in the queue"
+        return StepProgress("queued", f"waiting for the CPU models ({where})", None)
+    if run.status.is_terminal:
+        return None
+    label = planned[len(rounds)] if len(rounds) < len(planned) else "test"
+    shown = label or "baseline"
+    train = store.latest_event(run.id, "train")
+    if train is not None and train.data.get("strategy") == label and train.data.get("total"):
+        step, total = int(train.data["step"]), int(train.data["total"])
+        return StepProgress(shown, f"{shown}: fine-tuning step {step}/{total}, loss {train.data.get('loss', 0):.4f}",
+                            min(step / total, 1.0))
+    progress = store.latest_event(run.id, "progress")
+    if progress is not None and progress.data.get("step") in (label, shown):
+        return StepProgress(shown, f"{shown}: {progress.data.get('calls', 0)} LM calls so far", None)
+    return StepProgress(shown, f"{shown}: starting", None)
+
+
+def run_snapshot(store: Store, run_id: int, log_limit: int = 200) -> RunSnapshot:
+    run = store.get_run(run_id)
+    rounds = store.list_rounds(run_id)
+    strategy = (run.config or {}).get("strategy") or ""
+    try:
+        planned = strategy_prefixes(strategy) if strategy else [""]
+    except Exception:  # noqa: BLE001 - a stored strategy is normalised; be lenient when showing it
+        planned = [""]
+    train = store.list_events(run_id, kinds=["train"])
+    log = store.list_events(run_id, kinds=list(LOG_KINDS))[-log_limit:]
+    return RunSnapshot(run, rounds, planned, _kinds(run.config or {}), _progress(store, run, rounds, planned),
+                       train, log)
+
+
+def expected_progress(calls: int, expected_calls: int) -> float:
+    """Fraction of a step done from its calls so far and the estimate (capped below 1)."""
+    if expected_calls <= 0:
+        return 0.0
+    return min(calls / expected_calls, 0.99)
