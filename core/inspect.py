@@ -32,11 +32,11 @@ class PredictorView:
     demos: list[dict[str, Any]]
 
 
-def load_saved_program(config: RunConfig, path: str | Path, weights_dir: Path | None = None) -> dspy.Module:
+def load_saved_program(config: RunConfig, path: str | Path, weights: dict[str, Path] | None = None) -> dspy.Module:
     """The program of ``config`` with the state saved at ``path`` (demos, instructions, LMs).
 
-    Fine-tuned models that this process does not serve yet are registered again from the run's
-    ``weights_dir`` when their folder is found there.
+    ``weights`` maps fine-tuned model names to their folders (the run's "weights" artifacts):
+    models this process does not serve yet (after a restart) are registered again from them.
     """
     path = Path(path)
     if not path.is_file():
@@ -44,26 +44,23 @@ def load_saved_program(config: RunConfig, path: str | Path, weights_dir: Path | 
     program = build_program(config.program, allow_user_code=config.allow_user_code)
     _check_engines(path)
     program.load(str(path), allow_unsafe_lm_state=True)
-    if weights_dir is not None:
-        _register_finetuned(program, weights_dir)
+    _register_finetuned(program, weights or {})
     return program
 
 
-def _register_finetuned(program: dspy.Module, weights_dir: Path) -> None:
+def _register_finetuned(program: dspy.Module, weights: dict[str, Path]) -> None:
     for _, predictor in program.named_predictors():
         lm = predictor.lm
         engine = getattr(lm, "engine", None)
-        if engine is None or isinstance(engine, str) or not hasattr(engine, "register_finetuned"):
+        folder = weights.get(getattr(lm, "model", ""))
+        if folder is None or engine is None or isinstance(engine, str) or not hasattr(engine, "register_finetuned"):
             continue
         if engine.artifact_dir(lm.model) is not None:
             continue
-        folder_name = lm.model.replace("/", "_").replace(":", "_")
-        found = next((p for p in weights_dir.rglob(folder_name) if p.is_dir()), None) if weights_dir.is_dir() else None
-        if found is not None:
-            try:
-                engine.register_finetuned(lm.model, found)
-            except Exception:  # noqa: BLE001 - the base model still answers; say so in the log
-                logger.exception("cannot register fine-tuned model %s from %s", lm.model, found)
+        try:
+            engine.register_finetuned(lm.model, Path(folder))
+        except Exception:  # noqa: BLE001 - the base model still answers; say so in the log
+            logger.exception("cannot register fine-tuned model %s from %s", lm.model, folder)
 
 
 def saved_program_path(store: Store, run_id: int, kind: str) -> Path | None:
@@ -75,14 +72,14 @@ def saved_program_path(store: Store, run_id: int, kind: str) -> Path | None:
 def load_run_program(store: Store, run_id: int, kind: str) -> dspy.Module:
     """The baseline (``baseline_program``) or best (``best_program``) program of a run."""
     from core.config import parse_config
-    from core.paths import run_dir
 
     run = store.get_run(run_id)
     path = saved_program_path(store, run_id, kind)
     if path is None:
         raise ExportError(f"run {run_id} has no saved {kind.replace('_', ' ')} (status {run.status.value}); "
                           "only runs that evaluated their baseline have one")
-    return load_saved_program(parse_config(run.config), path, run_dir(run_id) / "weights")
+    weights = {a.meta.get("model"): Path(a.path) for a in store.list_artifacts(run_id, "weights")}
+    return load_saved_program(parse_config(run.config), path, weights)
 
 
 def describe_program(program: dspy.Module) -> list[PredictorView]:

@@ -1,0 +1,84 @@
+"""Streamlit glue shared by the pages: the session's config document, the run manager, errors.
+
+Only UI plumbing lives here; every rule about configs, data or runs is in ``core``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import streamlit as st
+
+from core.errors import StudioError
+from core.paths import db_path
+from core.runner import RunManager, get_manager
+from core.store import Store
+from core.ui_state import new_document
+
+logger = logging.getLogger("studio.pages")
+
+DOC = "config_doc"
+KEYS = "api_keys"  # LM name -> API key typed in this browser session (never saved)
+REV = "doc_rev"
+
+
+def doc() -> dict[str, Any]:
+    """The configuration document being edited (the product default on first use)."""
+    if DOC not in st.session_state:
+        st.session_state[DOC] = new_document()
+        st.session_state[REV] = 0
+    return st.session_state[DOC]
+
+
+def set_doc(new: dict[str, Any], *, structural: bool = False) -> None:
+    """Replace the document; ``structural`` resets keyed widgets (stages, steps) to the new values."""
+    st.session_state[DOC] = new
+    if structural:
+        st.session_state[REV] = st.session_state.get(REV, 0) + 1
+
+
+def rev() -> int:
+    return st.session_state.get(REV, 0)
+
+
+def api_keys() -> dict[str, str]:
+    if KEYS not in st.session_state:
+        st.session_state[KEYS] = {}
+    return st.session_state[KEYS]
+
+
+@st.cache_resource(show_spinner=False)
+def _manager(path: str) -> RunManager:
+    return get_manager(path)
+
+
+def manager() -> RunManager:
+    """The process-wide run manager of the current database (``$STUDIO_HOME``)."""
+    return _manager(str(db_path()))
+
+
+def store() -> Store:
+    return manager().store
+
+
+def guarded(body: Callable[[], None]) -> None:
+    """Run a page body: project errors become ``st.error`` with their message, others a short note."""
+    try:
+        body()
+    except StudioError as e:
+        st.error(str(e))
+    except Exception as e:  # noqa: BLE001 - never show a raw traceback
+        logger.exception("page error")
+        st.error(f"Unexpected error: {type(e).__name__}: {e}; see the log for details.")
+
+
+def show_problem(message: str | None) -> None:
+    if message:
+        st.error(message)
+
+
+def rerun_with(new: dict[str, Any], *, structural: bool = False) -> None:
+    set_doc(new, structural=structural)
+    st.rerun()

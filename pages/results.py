@@ -1,0 +1,189 @@
+"""Results: run history, round table, baseline vs best per predictor, playground, comparison, export."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+import pandas as pd
+import streamlit as st
+
+from core.charts import comparison_figure, score_figure, usage_totals
+from core.config import parse_config
+from core.errors import StudioError
+from core.export import export_run, predict
+from core.inspect import describe_program, load_run_program
+from core.paths import studio_home
+from core.records import Run
+from core.strategy import strategy_prefixes
+from pages._ui import guarded, store
+
+LOAD_SNIPPET = '''from core.export import load_bundle, predict
+
+program = load_bundle("{file}")          # the best program, with its fine-tuned weights
+print(predict(program, {inputs}))
+# or: python -m core predict {file} --input '{inputs_json}'
+'''
+
+
+def _score(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def _duration(run: Run) -> str:
+    if not run.started_at:
+        return "-"
+    end = datetime.fromisoformat(run.finished_at) if run.finished_at else None
+    if end is None:
+        return "running"
+    seconds = (end - datetime.fromisoformat(run.started_at)).total_seconds()
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def history(runs: list[Run]) -> None:
+    st.subheader("Run history")
+    st.dataframe(pd.DataFrame([
+        {"run": r.id, "name": r.name, "status": r.status.value, "strategy": r.config.get("strategy", ""),
+         "baseline (val)": _score(r.baseline_score), "best (val)": _score(r.best_score),
+         "best strategy": (r.best_strategy or "baseline") if r.best_score is not None else "-",
+         "test baseline": _score(r.test_baseline_score), "test best": _score(r.test_best_score),
+         "duration": _duration(r), "created": r.created_at[:19].replace("T", " ")} for r in runs
+    ]), hide_index=True, width="stretch")
+
+
+def pick_run(runs: list[Run]) -> Run:
+    ids = [r.id for r in runs]
+    wanted = st.query_params.get("run")
+    current = int(wanted) if wanted and wanted.isdigit() and int(wanted) in ids else ids[0]
+    picked = st.selectbox("Run details", ids, index=ids.index(current),
+                          format_func=lambda i: next(f"#{r.id} {r.name} ({r.status.value})" for r in runs if r.id == i))
+    if str(picked) != st.query_params.get("run"):
+        st.query_params["run"] = str(picked)
+    return next(r for r in runs if r.id == picked)
+
+
+def round_table(run: Run) -> None:
+    rounds = store().list_rounds(run.id)
+    if not rounds:
+        st.info("This run recorded no rounds (it stopped before its baseline was evaluated).")
+        return
+    planned = strategy_prefixes(run.config["strategy"]) if run.config.get("strategy") else []
+    st.plotly_chart(score_figure(rounds, planned), width="stretch", key=f"detail_score_{run.id}")
+    rows = []
+    for r in rounds:
+        usage = usage_totals([r])
+        rows.append({
+            "round": r.index, "strategy": r.strategy or "baseline", "optimizer": r.optimizer or "-",
+            "score": "evaluation failed" if r.score is None else f"{r.score:.1f}", "best": "★" if r.is_best else "",
+            "LM calls": sum(u["calls"] for u in usage.values()),
+            "tokens": sum(u["input_tokens"] + u["output_tokens"] for u in usage.values()),
+            "models": ", ".join(sorted(set(r.predictor_models.values()))),
+            "demos": ", ".join(f"{k}: {v}" for k, v in r.demos.items()),
+            "note": r.eval_error or _traces(r.details),
+        })
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+
+
+def _traces(details: dict) -> str:
+    traces = details.get("traces")
+    return f"traces kept {traces['kept']} of {traces['collected']}" if traces else ""
+
+
+def _programs(run: Run):
+    cache = st.session_state.setdefault("loaded_programs", {})
+    key = (str(store().path), run.id)
+    if key not in cache:
+        with st.spinner("Loading the baseline and best programs..."):
+            cache[key] = (load_run_program(store(), run.id, "baseline_program"),
+                          load_run_program(store(), run.id, "best_program"))
+    return cache[key]
+
+
+def compare_programs(run: Run) -> None:
+    baseline, best = _programs(run)
+    for before, after in zip(describe_program(baseline), describe_program(best), strict=True):
+        with st.expander(f"{after.name}", expanded=False):
+            left, right = st.columns(2)
+            for col, view, title in ((left, before, "Baseline"), (right, after, f"Best ({run.best_strategy or 'baseline'})")):
+                col.markdown(f"**{title}** · model `{view.model}` · {len(view.demos)} demos")
+                col.text_area("Instructions", view.instructions, height=110, disabled=True,
+                              key=f"ins_{run.id}_{view.name}_{title}")
+                if view.demos:
+                    col.dataframe(pd.DataFrame(view.demos), hide_index=True, width="stretch", height=180)
+
+
+def playground(run: Run) -> None:
+    config = parse_config(run.config)
+    with st.form(f"playground_{run.id}"):
+        inputs = {f: st.text_area(f, "", height=90) for f in config.data.inputs}
+        go = st.form_submit_button("Run baseline and best", icon=":material/play_arrow:")
+    if go:
+        if not all(v.strip() for v in inputs.values()):
+            st.error(f"Fill in every input field: {', '.join(config.data.inputs)}.")
+            return
+        baseline, best = _programs(run)
+        left, right = st.columns(2)
+        for col, program, title in ((left, baseline, "Baseline"), (right, best, "Best")):
+            with col, st.spinner(f"{title}..."):
+                try:
+                    col.markdown(f"**{title}**")
+                    col.json(predict(program, inputs))
+                except StudioError as e:
+                    col.error(str(e))
+                except Exception as e:  # noqa: BLE001 - the LM may fail on an odd input
+                    col.error(f"The program failed on this input: {type(e).__name__}: {e}")
+
+
+def comparison(runs: list[Run]) -> None:
+    with_rounds = [r for r in runs if r.baseline_score is not None or r.best_score is not None]
+    if len(with_rounds) < 2:
+        st.info("Finish two or more runs to compare them here.")
+        return
+    labels = {r.id: f"#{r.id} {r.config.get('strategy', '')}" for r in with_rounds}
+    picked = st.multiselect("Runs to compare", list(labels), default=list(labels)[:3], format_func=labels.get)
+    if len(picked) >= 2:
+        series = {labels[i]: store().list_rounds(i) for i in picked}
+        st.plotly_chart(comparison_figure(series), width="stretch", key="comparison")
+
+
+def export(run: Run) -> None:
+    st.download_button("Download config JSON", json.dumps(run.config, indent=2, ensure_ascii=False),
+                       file_name=f"run-{run.id}-config.json", mime="application/json", key=f"cfg_{run.id}")
+    if not store().list_artifacts(run.id, "best_program"):
+        st.info("This run has no best program to export (it stopped before its baseline was evaluated).")
+        return
+    target = studio_home() / "exports" / f"run-{run.id}.zip"
+    if st.button("Prepare bundle (.zip)", icon=":material/inventory_2:"):
+        with st.spinner("Writing the bundle (program, weights, rounds, manifest)..."):
+            export_run(store(), run.id, target)
+    if target.is_file():
+        st.download_button("Download bundle", target.read_bytes(), file_name=target.name, mime="application/zip",
+                           icon=":material/download:", key=f"bundle_{run.id}")
+        inputs = {f: "..." for f in run.config.get("data", {}).get("inputs", [])}
+        st.code(LOAD_SNIPPET.format(file=target.name, inputs=inputs, inputs_json=json.dumps(inputs)), language="python")
+
+
+def body() -> None:
+    st.title("Results")
+    runs = store().list_runs(100)
+    if not runs:
+        st.info("No runs yet. Configure a run (or keep the defaults) and start it on the **Run** page.")
+        st.page_link("pages/run.py", label="Go to Run", icon=":material/play_circle:")
+        return
+    history(runs)
+    run = pick_run(runs)
+    tabs = st.tabs(["Rounds", "Baseline vs best", "Playground", "Compare runs", "Export"])
+    with tabs[0]:
+        guarded(lambda: round_table(run))
+    with tabs[1]:
+        guarded(lambda: compare_programs(run) if run.best_score is not None or store().list_artifacts(
+            run.id, "best_program") else st.info("No saved programs for this run."))
+    with tabs[2]:
+        guarded(lambda: playground(run))
+    with tabs[3]:
+        guarded(lambda: comparison(runs))
+    with tabs[4]:
+        guarded(lambda: export(run))
+
+
+guarded(body)

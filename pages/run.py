@@ -1,0 +1,139 @@
+"""Run: start the configured run and watch it live (the view reads the store every second)."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from core import ui_state
+from core.charts import loss_figure, score_figure, timeline_figure, usage_figure
+from core.monitor import RunSnapshot, run_snapshot
+from core.records import RunStatus
+from pages._ui import api_keys, doc, guarded, manager, store
+
+STATUS_ICONS = {
+    RunStatus.QUEUED: ":material/hourglass_top:", RunStatus.RUNNING: ":material/autorenew:",
+    RunStatus.FINISHED: ":material/check_circle:", RunStatus.FAILED: ":material/error:",
+    RunStatus.CANCELLED: ":material/cancel:", RunStatus.INTERRUPTED: ":material/power_off:",
+}
+
+
+def summary(current: dict) -> None:
+    program = current["program"]
+    what = program.get("name") or program["kind"]
+    lms = ", ".join(f"{n} ({s.get('model') or s.get('factory', '').split(':')[0]})" for n, s in current["lms"].items())
+    source = current["data"]["source"]
+    data = source.get("name") or source.get("path", "").rsplit("/", 1)[-1]
+    st.markdown(f"**Program** `{what}` · **Data** `{data}` · **Strategy** `{current['strategy']}` · "
+                f"**LMs** {lms}")
+
+
+def start_section() -> None:
+    current = doc()
+    summary(current)
+    problems = ui_state.run_problems(current, api_keys())
+    clicked = st.button("Start run", type="primary", disabled=bool(problems), icon=":material/play_arrow:")
+    if problems:
+        st.error("The run cannot start yet:\n\n" + "\n".join(f"- {p}" for p in problems))
+    if clicked:
+        with st.spinner("Checking the configuration and loading the models..."):
+            run_id = manager().start(ui_state.build_config(current, api_keys()))
+        st.query_params["run"] = str(run_id)
+        st.rerun()
+
+
+def chosen_run() -> int | None:
+    runs = store().list_runs(50)
+    if not runs:
+        return None
+    ids = [r.id for r in runs]
+    wanted = st.query_params.get("run")
+    current = int(wanted) if wanted and wanted.isdigit() and int(wanted) in ids else ids[0]
+    labels = {r.id: f"#{r.id} {r.name} ({r.status.value})" for r in runs}
+    picked = st.selectbox("Run", ids, index=ids.index(current), format_func=labels.get)
+    if str(picked) != st.query_params.get("run"):
+        st.query_params["run"] = str(picked)
+    return picked
+
+
+def status_line(snap: RunSnapshot) -> None:
+    run = snap.run
+    st.markdown(f"### {STATUS_ICONS.get(run.status, '')} Run #{run.id}: {run.status.value}")
+    if run.status == RunStatus.QUEUED:
+        st.info(f"Queued: position {run.queue_position or '?'} (runs on the embedded CPU models go one at a time).")
+    if run.error:
+        (st.warning if run.status == RunStatus.CANCELLED else st.error)(run.error)
+    st.caption(f"{len(snap.rounds)} of {len(snap.planned)} rounds recorded")
+    if snap.progress is not None:
+        fraction = snap.progress.fraction
+        if fraction is None:
+            done = len(snap.rounds) / max(len(snap.planned), 1)
+            st.progress(min(done, 1.0), text=f"Current step {snap.progress.text}")
+        else:
+            st.progress(fraction, text=f"Current step {snap.progress.text}")
+    cols = st.columns(4)
+    cols[0].metric("Baseline (val)", _pct(run.baseline_score if run.baseline_score is not None
+                                            else (snap.rounds[0].score if snap.rounds else None)))
+    best = max((r for r in snap.rounds if r.score is not None), key=lambda r: r.score, default=None)
+    cols[1].metric("Best (val)", _pct(run.best_score if run.best_score is not None else (best.score if best else None)),
+                   help=f"strategy {(run.best_strategy or (best.strategy if best else '')) or 'baseline'}")
+    cols[2].metric("Test: baseline", _pct(run.test_baseline_score))
+    cols[3].metric("Test: best", _pct(run.test_best_score))
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def live_view(run_id: int) -> None:
+    snap = run_snapshot(store(), run_id)
+    status_line(snap)
+    if snap.is_active and st.button("Cancel run (keeps the best program so far)", icon=":material/stop:"):
+        if manager().cancel(run_id):
+            st.toast("Cancel requested: the run stops after the current call.")
+        else:
+            st.warning("This run is not running in this app process; it cannot be cancelled from here.")
+    left, right = st.columns(2)
+    left.plotly_chart(score_figure(snap.rounds, snap.planned), width="stretch", key=f"score_{run_id}")
+    right.plotly_chart(timeline_figure(snap.rounds, snap.step_kinds), width="stretch",
+                       key=f"timeline_{run_id}")
+    left, right = st.columns(2)
+    if snap.train_events:
+        left.plotly_chart(loss_figure(snap.train_events), width="stretch", key=f"loss_{run_id}")
+    else:
+        left.info("The fine-tuning loss appears here during weight steps.")
+    if snap.rounds:
+        right.plotly_chart(usage_figure(snap.rounds), width="stretch", key=f"usage_{run_id}")
+    st.subheader("Rounds")
+    if snap.rounds:
+        st.dataframe(pd.DataFrame([
+            {"round": r.index, "strategy": r.strategy or "baseline", "optimizer": r.optimizer or "-",
+             "score": "evaluation failed" if r.score is None else f"{r.score:.1f}", "best": "★" if r.is_best else "",
+             "error": r.eval_error or ""} for r in snap.rounds
+        ]), hide_index=True, width="stretch")
+    with st.expander("Event log", expanded=False):
+        st.dataframe(pd.DataFrame([
+            {"time": e.time[11:19], "kind": e.kind, "message": e.message} for e in reversed(snap.log)
+        ]), hide_index=True, width="stretch", height=260)
+
+
+def body() -> None:
+    st.title("Run")
+    start_section()
+    st.divider()
+    run_id = chosen_run()
+    if run_id is None:
+        st.info("No runs yet. The defaults are ready: press **Start run** above.")
+        return
+    active = not store().get_run(run_id).status.is_terminal
+
+    @st.fragment(run_every=1.0 if active else None)
+    def refresh() -> None:
+        guarded(lambda: live_view(run_id))
+        if active and store().get_run(run_id).status.is_terminal:
+            st.rerun()
+
+    refresh()
+
+
+guarded(body)

@@ -1,0 +1,183 @@
+"""Strategy: compose prompt and weight steps, their settings, the metric; estimate; config download/upload."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pandas as pd
+import streamlit as st
+
+from core import ui_state
+from core.config import config_to_json
+from core.errors import StudioError
+from core.estimate import estimate, format_duration
+from core.metrics import METRICS
+from core.strategy import MAX_STEPS, PRESETS
+from pages._ui import doc, guarded, rerun_with, rev
+
+CONFIG_DONE = "config_upload_digest"
+CONFIG_ERROR = "config_upload_error"
+
+
+def _apply_steps(current: dict, steps: list[str]) -> None:
+    try:
+        rerun_with(ui_state.set_steps(current, steps), structural=True)
+    except StudioError as e:
+        st.session_state["strategy_problem"] = str(e)
+        st.rerun()
+
+
+def presets(current: dict) -> None:
+    st.caption("Presets")
+    cols = st.columns(len(PRESETS))
+    for col, (text, description) in zip(cols, PRESETS.items(), strict=True):
+        if col.button(text, key=f"preset_{text}", help=description, width="stretch"):
+            _apply_steps(current, text.split(" -> "))
+
+
+def step_blocks(current: dict) -> None:
+    steps = ui_state.strategy_steps(current)
+    cols = st.columns(max(len(steps), 4))
+    for i, key in enumerate(steps):
+        with cols[i], st.container(border=True):
+            kind = ui_state.step_kind(current, key)
+            st.markdown(f"**{i + 1}. {key}** {':green[weight]' if kind == 'weight' else ':blue[prompt]'}")
+            st.caption(ui_state.step_label(current, key))
+            b1, b2, b3 = st.columns(3)
+            if b1.button("←", key=f"left_{rev()}_{i}", disabled=i == 0, help="move left"):
+                _apply_steps(current, ui_state.move_step(steps, i, -1))
+            if b2.button("→", key=f"right_{rev()}_{i}", disabled=i == len(steps) - 1, help="move right"):
+                _apply_steps(current, ui_state.move_step(steps, i, 1))
+            if b3.button("✕", key=f"remove_{rev()}_{i}", disabled=len(steps) == 1, help="remove this step"):
+                _apply_steps(current, steps[:i] + steps[i + 1:])
+    st.caption("Add a step")
+    keys = list(current["optimizers"])
+    add_cols = st.columns(max(len(keys), 4))
+    for col, key in zip(add_cols, keys, strict=False):
+        if col.button(f"+ {key} ({ui_state.step_label(current, key)})", key=f"add_{key}",
+                      disabled=len(steps) >= MAX_STEPS, width="stretch"):
+            _apply_steps(current, [*steps, key])
+
+
+def strategy_text(current: dict) -> None:
+    c1, c2 = st.columns([3, 2])
+    c1.markdown(f"Strategy: `{current['strategy']}`")
+    typed = c2.text_input("...or type a strategy", current["strategy"], key=f"strategy_text_{rev()}")
+    if typed != current["strategy"]:
+        try:
+            rerun_with(ui_state.set_strategy_text(current, typed), structural=True)
+        except StudioError as e:
+            st.error(str(e))
+
+
+def new_key(current: dict) -> None:
+    with st.expander("Define a new step key"):
+        with st.form("new_key"):
+            c1, c2 = st.columns(2)
+            key = c1.text_input("Key", "p2", help="lowercase letters, digits, _")
+            optimizer = c2.selectbox("Optimizer", list(ui_state.SETTINGS_MODELS),
+                                     format_func=lambda t: ui_state.OPTIMIZER_LABELS[t])
+            if st.form_submit_button("Define"):
+                rerun_with(ui_state.add_optimizer(current, key.strip(), optimizer), structural=True)
+
+
+def settings_forms(current: dict) -> None:
+    st.subheader("Step settings")
+    used = set(ui_state.strategy_steps(current))
+    for key, spec in current["optimizers"].items():
+        label = f"{key}: {ui_state.step_label(current, key)}" + ("" if key in used else " (not in the strategy)")
+        with st.expander(label), st.form(f"settings_{key}_{rev()}"):
+            values = {}
+            cols = st.columns(3)
+            for i, field in enumerate(ui_state.settings_fields(spec["type"])):
+                value = spec.get("settings", {}).get(field.name, field.default)
+                col = cols[i % 3]
+                if field.kind == "bool":
+                    values[field.name] = col.checkbox(field.name, bool(value), help=field.help)
+                elif field.kind == "float":
+                    values[field.name] = col.number_input(field.name, value=float(value), format="%g",
+                                                          help=field.help)
+                else:
+                    values[field.name] = col.number_input(
+                        field.name, value=None if value is None else int(value), step=1,
+                        min_value=int(field.minimum) if field.minimum is not None else None,
+                        max_value=int(field.maximum) if field.maximum is not None else None, help=field.help,
+                        placeholder="not set" if field.kind == "optional_int" else None)
+            if st.form_submit_button("Save settings"):
+                rerun_with(ui_state.set_settings(current, key, values), structural=True)
+
+
+def metric(current: dict) -> None:
+    names = list(METRICS)
+    name = st.selectbox("Metric", names, index=names.index(current["metric"]["name"]),
+                        format_func=lambda n: f"{n}: {METRICS[n].description}")
+    if name != current["metric"]["name"]:
+        rerun_with(ui_state.set_metric(current, name))
+
+
+def estimate_section(current: dict) -> None:
+    st.subheader("Estimate before running")
+    try:
+        config = ui_state.build_config(current)
+    except StudioError as e:
+        st.warning(f"No estimate while the configuration is incomplete: {e}")
+        return
+    try:
+        n_rows = len(ui_state.load_document_table(current))
+    except StudioError:
+        n_rows = None
+    result = estimate(config, n_rows)
+    c1, c2, c3 = st.columns(3)
+    c1.metric("LM calls", f"~{result.calls:,}")
+    c2.metric("Time", f"~{format_duration(result.seconds)}")
+    c3.metric("Cost", "unknown" if result.cost is None else ("free (local)" if result.cost == 0 else
+                                                             f"~${result.cost:.2f}"))
+    st.dataframe(pd.DataFrame([
+        {"round": s.label, "optimizer": s.optimizer, "LM calls": s.calls, "fine-tuning steps": s.train_steps,
+         "time": format_duration(s.seconds)} for s in result.steps
+    ]), hide_index=True, width="stretch")
+    st.caption(f"Split {result.sizes[0]}/{result.sizes[1]}/{result.sizes[2]}; plus {result.test_calls} calls "
+               "for the final test evaluation. " + "; ".join(result.notes))
+
+
+def config_files(current: dict) -> None:
+    st.subheader("Configuration file")
+    c1, c2 = st.columns(2)
+    try:
+        text = config_to_json(ui_state.build_config(current))
+        c1.download_button("Download config JSON", text, file_name="bettertogether-config.json",
+                           mime="application/json", icon=":material/download:")
+    except StudioError as e:
+        c1.warning(f"Download needs a valid configuration: {e}")
+    uploaded = c2.file_uploader("Upload a config JSON", type=["json"], key="config_upload")
+    if uploaded is not None:
+        digest = hashlib.sha256(uploaded.getvalue()).hexdigest()
+        if st.session_state.get(CONFIG_DONE) != digest:
+            st.session_state[CONFIG_DONE] = digest
+            try:
+                new = ui_state.document_from_json(uploaded.getvalue().decode("utf-8", errors="replace"))
+            except StudioError as e:
+                st.session_state[CONFIG_ERROR] = str(e)
+            else:
+                st.session_state.pop(CONFIG_ERROR, None)
+                rerun_with(new, structural=True)
+    if message := st.session_state.get(CONFIG_ERROR):
+        c2.error(message)
+
+
+def body() -> None:
+    st.title("Strategy")
+    current = doc()
+    presets(current)
+    if problem := st.session_state.pop("strategy_problem", None):
+        st.error(problem)
+    step_blocks(current)
+    strategy_text(current)
+    new_key(current)
+    metric(current)
+    settings_forms(current)
+    estimate_section(current)
+    config_files(current)
+
+
+guarded(body)

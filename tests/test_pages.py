@@ -1,0 +1,201 @@
+"""AppTest smoke and behaviour tests of every page (each test has its own STUDIO_HOME)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from core.defaults import scripted_config
+from core.paths import db_path
+from core.runner import get_manager
+from core.ui_state import new_document, use_scripted
+
+ROOT = Path(__file__).resolve().parent.parent
+TIMEOUT = 60
+
+
+@pytest.fixture(autouse=True)
+def _home(studio_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(ROOT)
+    return studio_home
+
+
+def open_page(page: str, doc: dict | None = None) -> AppTest:
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+    if doc is not None:
+        at.session_state["config_doc"] = doc
+        at.session_state["doc_rev"] = 0
+    at.run()
+    if page != "program":
+        at.switch_page(f"pages/{page}.py")
+        at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def texts(at: AppTest) -> str:
+    parts = [m.value for m in (*at.markdown, *at.caption, *at.info, *at.success, *at.warning, *at.error)]
+    parts += [str(t.value) for t in at.title]
+    return "\n".join(str(p) for p in parts)
+
+
+def test_program_page_lists_predictors_of_the_default_template():
+    at = open_page("program")
+    values = at.dataframe[0].value
+    assert list(values["predictor"]) == ["analyze.predict", "classify"]
+    assert list(values["role"]) == ["large", "small"]
+    assert list(values["fine-tunable"]) == [True, True]
+
+
+def test_program_page_composed_stage_shows_core_message_for_bad_signature():
+    at = open_page("program")
+    at.radio[0].set_value("stages").run()
+    assert not at.exception
+    assert at.session_state["config_doc"]["program"]["kind"] == "stages"
+    signature = next(t for t in at.text_input if t.label == "Signature")
+    signature.set_value("document analysis").run()
+    assert any("exactly one '->'" in e.value for e in at.error)
+
+
+def test_program_page_refuses_small_on_a_hosted_lm():
+    doc = new_document()
+    doc["lms"]["hosted"] = {"kind": "litellm", "model": "openai/gpt-4o-mini"}
+    doc["predictors"]["classify"] = {"lm": "hosted", "role": "large"}
+    at = open_page("program", doc)
+    editor = at.dataframe[0]
+    assert list(editor.value["fine-tunable"]) == [True, False]
+    from core.ui_state import assign_predictors
+
+    _, problems = assign_predictors(doc, [{"predictor": "classify", "lm": "hosted", "role": "small"}])
+    assert problems and "cannot be fine-tuned" in problems[0]
+
+
+def test_models_page_lists_embedded_models_and_toggles_scripted():
+    at = open_page("models")
+    assert "smollm2-135m" in at.dataframe[1].value["name"].tolist()
+    assert "gemma3-270m" in at.dataframe[1].value["name"].tolist()
+    at.toggle[0].set_value(True).run()
+    assert not at.exception
+    assert at.session_state["config_doc"]["lms"]["large"]["kind"] == "factory"
+
+
+def test_models_page_adds_litellm_without_storing_the_typed_key():
+    at = open_page("models")
+    form_inputs = {t.label: t for t in at.text_input}
+    form_inputs["Name in this configuration"].set_value("remote")
+    form_inputs["...or type the API key (kept for this browser session only)"].set_value("sk-secret")
+    at.button(key="FormSubmitter:add_lm-Add LM").click().run()
+    assert not at.exception
+    doc = at.session_state["config_doc"]
+    assert doc["lms"]["remote"]["model"] == "openai/gpt-4o-mini"
+    assert "sk-secret" not in str(doc)
+    assert at.session_state["api_keys"] == {"remote": "sk-secret"}
+
+
+def test_models_page_test_connection_on_scripted_lm():
+    at = open_page("models", use_scripted(new_document(), True))
+    next(b for b in at.button if b.label == "Test connection").click().run()
+    assert not at.exception
+    assert any("answered" in s.value for s in at.success)
+
+
+def test_data_page_shows_sample_preview_and_split():
+    at = open_page("data")
+    assert at.metric[0].value == "168"
+    assert any("20 validation" in s.value for s in at.success)
+
+
+def test_data_page_bad_upload_shows_core_message():
+    at = open_page("data")
+    at.radio[0].set_value("file").run()
+    at.get("file_uploader")[0].set_value(("bad.xlsx", b"\x00\x01binary", "application/octet-stream"))
+    at.run()
+    assert not at.exception
+    assert any("allowed file types are .csv" in e.value for e in at.error)
+    assert at.session_state["config_doc"]["data"]["source"]["kind"] == "sample"
+
+
+def test_data_page_upload_handler_reports_core_errors(studio_home: Path):
+    from core.errors import DataError
+    from core.ui_state import save_upload
+
+    with pytest.raises(DataError, match="no data rows"):
+        save_upload(b"document,category\n", "empty.csv")
+    path, table = save_upload((ROOT / "data" / "documents.csv").read_bytes(), "docs.csv")
+    assert path.parent == studio_home / "uploads" and path.name.endswith("-docs.csv")
+    assert len(table) == 168
+
+
+def test_data_page_upload_of_a_csv_switches_the_source():
+    at = open_page("data")
+    at.radio[0].set_value("file").run()
+    data = (ROOT / "data" / "documents.csv").read_bytes()
+    at.get("file_uploader")[0].set_value(("mine.csv", data, "text/csv"))
+    at.run()
+    assert not at.exception
+    source = at.session_state["config_doc"]["data"]["source"]
+    assert source["kind"] == "file" and source["path"].endswith("-mine.csv")
+
+
+def test_data_page_bad_csv_upload_shows_message_next_to_uploader():
+    at = open_page("data")
+    at.radio[0].set_value("file").run()
+    at.get("file_uploader")[0].set_value(("broken.csv", b"a,b\n1,2,3\n", "text/csv"))
+    at.run()
+    assert not at.exception
+    assert any("expected 2 columns" in e.value for e in at.error)
+
+
+def test_strategy_page_presets_and_estimate():
+    at = open_page("strategy")
+    assert any("p -> w -> p" in m.value for m in at.markdown)
+    at.button(key="preset_p -> w").click().run()
+    assert not at.exception
+    assert at.session_state["config_doc"]["strategy"] == "p -> w"
+    assert any(m.label == "LM calls" for m in at.metric)
+
+
+def test_strategy_page_bad_config_upload_shows_error():
+    at = open_page("strategy")
+    at.get("file_uploader")[0].set_value(("c.json", b'{"version": 1, "strategy": "x"}', "application/json"))
+    at.run()
+    assert not at.exception
+    assert any("invalid run configuration" in e.value for e in at.error)
+
+
+def test_run_page_incomplete_config_disables_start_with_preflight_messages():
+    doc = new_document()
+    doc["data"]["mapping"] = {}
+    at = open_page("run", doc)
+    start = next(b for b in at.button if b.label == "Start run")
+    assert start.disabled
+    assert any("cannot start" in e.value and "not mapped" in e.value for e in at.error)
+    assert any("No runs yet" in i.value for i in at.info)
+
+
+def test_run_page_shows_a_finished_run_from_the_store():
+    manager = get_manager(db_path())
+    run_id = manager.start(scripted_config())
+    assert manager.wait(run_id, 60)
+    at = open_page("run", use_scripted(new_document(), True))
+    assert not next(b for b in at.button if b.label == "Start run").disabled
+    assert any("Run #" in m.value and "finished" in m.value for m in at.markdown)
+    assert any("4 of 4 rounds" in c.value for c in at.caption)
+
+
+def test_results_page_empty_state():
+    at = open_page("results")
+    assert any("No runs yet" in i.value for i in at.info)
+
+
+def test_results_page_with_a_run():
+    manager = get_manager(db_path())
+    run_id = manager.start(scripted_config())
+    assert manager.wait(run_id, 60)
+    at = open_page("results")
+    assert not at.exception
+    history = at.dataframe[0].value
+    assert history["status"].tolist() == ["finished"]
+    assert not at.error
