@@ -57,6 +57,9 @@ class LiteLLMSpec(_Model):
     max_tokens: int = Field(512, ge=1, le=32768)
     num_threads: int = Field(4, ge=1, le=64, description="parallel calls to this LM")
     finetune: Literal["none", "openai"] = "none"
+    grammar: Literal["none", "gbnf"] = Field(
+        "none", description="'gbnf': send a GBNF output grammar (llama.cpp servers) so small models answer parseably"
+    )
     price_per_1m_input: float | None = Field(None, ge=0)
     price_per_1m_output: float | None = Field(None, ge=0)
 

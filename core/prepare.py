@@ -13,10 +13,11 @@ from typing import Any
 
 import dspy
 
-from core.config import FileSource, RunConfig, SampleSource
+from core.config import FileSource, LiteLLMSpec, RunConfig, SampleSource
 from core.data import Split, Table, build_examples, load_table_from_path, split_examples
 from core.errors import ConfigError, DataError, LMError, StudioError
-from core.lms.registry import LMCapabilities, build_lm, capabilities
+from core.lms.hosted import check_endpoint
+from core.lms.registry import LMCapabilities, build_lm, capabilities, resolve_api_key
 from core.metrics import make_metric
 from core.paths import sample_path
 from core.programs import ProgramFields, build_program, module_fields
@@ -112,7 +113,12 @@ def prepare_run(config: RunConfig, *, base_dir: Path | None = None) -> PreparedR
                 f"predictor {pname!r} has the role 'small' but LM {assignment.lm!r} cannot be fine-tuned "
                 f"({caps[assignment.lm].reason}); give it the role 'large' or pick a fine-tunable LM"
             )
+    for name, spec in config.lms.items():
+        if isinstance(spec, LiteLLMSpec) and spec.api_base:
+            check_endpoint(spec.model, spec.api_base, resolve_api_key(spec))
     lms = {name: build_lm(name, spec, allow_user_code=config.allow_user_code) for name, spec in config.lms.items()}
+    for name, lm in lms.items():
+        lm.studio_limit = (name, caps[name].parallel_calls)  # read by the runner's per-LM concurrency limit
     _assign_lms(config, program, lms)
     _, split = load_data(config, base_dir)
     metric = make_metric(config.metric.name, config.metric_fields())

@@ -34,6 +34,9 @@ from dspy.utils.callback import BaseCallback
 
 from core.config import FinetuneStep, MiproStep, RandomSearchStep, RunConfig, config_to_dict
 from core.errors import RunCancelled, StepCancelled, StudioError
+from core.adapter import StudioChatAdapter
+from core.config import LiteLLMSpec
+from core.lms.hosted import base_model_of, explain_lm_error, price_per_token
 from core.lms.registry import engine_of
 from core.optimizers.prompt import KeepLMsRandomSearch, SmallValsetMIPRO
 from core.optimizers.weights import RoleAwareFinetune, TraceStats, WeightStepHooks
@@ -78,8 +81,19 @@ class RunObserver(BaseCallback):
         self.on_call = on_call
         self.usage: dict[str, ModelUsage] = {}
         self.last_error: str | None = None
-        self._calls: dict[str, str] = {}
+        self._calls: dict[str, tuple[str, threading.Semaphore | None]] = {}
+        self._limits: dict[str, threading.Semaphore] = {}
         self._lock = threading.Lock()
+
+    def _limit_for(self, instance: Any) -> threading.Semaphore | None:
+        """The semaphore capping parallel calls to this LM (``lm.studio_limit = (name, n)``)."""
+        name, parallel = getattr(instance, "studio_limit", (None, 0))
+        if not name or parallel <= 0:
+            return None
+        with self._lock:
+            if name not in self._limits:
+                self._limits[name] = threading.BoundedSemaphore(parallel)
+            return self._limits[name]
 
     def __deepcopy__(self, memo: dict) -> RunObserver:
         return self
@@ -89,17 +103,24 @@ class RunObserver(BaseCallback):
         if self.cancel.is_set():
             raise RunCancelled()
         model = getattr(instance, "model", "?")
+        limit = self._limit_for(instance)
+        if limit is not None:
+            while not limit.acquire(timeout=0.1):
+                if self.cancel.is_set():
+                    raise RunCancelled()
         with self._lock:
-            self._calls[call_id] = model
+            self._calls[call_id] = (model, limit)
             self.usage.setdefault(model, ModelUsage()).calls += 1
         self.on_call()
 
     def on_lm_end(self, call_id: str, outputs: Any, exception: BaseException | None = None) -> None:
         with self._lock:
-            model = self._calls.pop(call_id, "?")
+            model, limit = self._calls.pop(call_id, ("?", None))
             if exception is not None and not isinstance(exception, RunCancelled):
                 self.usage.setdefault(model, ModelUsage()).errors += 1
-                self.last_error = f"{type(exception).__name__}: {exception}"
+                self.last_error = explain_lm_error(exception, model)
+        if limit is not None:
+            limit.release()
 
     # usage tracker protocol
     def add_usage(self, lm: str, usage_entry: dict[str, Any]) -> None:
@@ -153,6 +174,7 @@ class RoundRecorder:
     step_error: str | None = None
     step_details: dict[str, Any] = field(default_factory=dict)
     current_step: str = "baseline"
+    prices: dict[str, tuple[float, float]] = field(default_factory=dict)
     scores: list[float | None] = field(default_factory=list)
     _last_progress: float = 0.0
 
@@ -254,7 +276,7 @@ class RoundRecorder:
             is_best=False,
             started_at=self.round_started_at,
             finished_at=now_iso(),
-            lm_usage=usage_delta(self.observer.snapshot(), self.usage_before),
+            lm_usage=with_costs(usage_delta(self.observer.snapshot(), self.usage_before), self.prices),
             predictor_models={n: getattr(p.lm, "model", None) for n, p in predictors},
             demos={n: len(p.demos) for n, p in predictors},
             instructions={n: p.signature.instructions for n, p in predictors},
@@ -392,13 +414,38 @@ def build_optimizers(prepared: PreparedRun, recorder: RoundRecorder, adapter: ds
 
 
 def effective_threads(prepared: PreparedRun) -> int:
-    """Evaluation threads: 1 whenever a CPU model is involved (it serves one call at a time)."""
-    return 1 if prepared.uses_local_cpu else prepared.config.limits.num_threads
+    """Evaluation threads: 1 whenever a CPU model is involved (it serves one call at a time); otherwise
+    enough for the most parallel LM (each LM is capped by its own limit in ``RunObserver``)."""
+    if prepared.uses_local_cpu:
+        return 1
+    return max([prepared.config.limits.num_threads] + [c.parallel_calls for c in prepared.capabilities.values()])
 
 
 def make_adapter() -> dspy.Adapter:
-    # No JSON fallback: a failed parse would cost a second call that small models fail as well.
-    return dspy.ChatAdapter(use_json_adapter_fallback=False)
+    return StudioChatAdapter()
+
+
+def model_prices(config: RunConfig) -> dict[str, tuple[float, float]]:
+    """USD per (input, output) token of each hosted LM whose price is known."""
+    prices = {}
+    for spec in config.lms.values():
+        if isinstance(spec, LiteLLMSpec):
+            price = price_per_token(spec.model, spec.price_per_1m_input, spec.price_per_1m_output)
+            if price is not None:
+                prices[spec.model] = price
+    return prices
+
+
+def with_costs(usage: dict[str, dict[str, Any]], prices: dict[str, tuple[float, float]]) -> dict[str, dict[str, Any]]:
+    """Adds ``cost`` (USD, or None when the price is unknown) to each model's usage."""
+    out = {}
+    for model, counts in usage.items():
+        price = prices.get(model) or prices.get(base_model_of(model))
+        cost = None
+        if price is not None:
+            cost = round(counts.get("input_tokens", 0) * price[0] + counts.get("output_tokens", 0) * price[1], 6)
+        out[model] = {**counts, "cost": cost}
+    return out
 
 
 # --- executing one run -----------------------------------------------------------------------------
@@ -440,12 +487,12 @@ def execute_run(prepared: PreparedRun, store: Store, run_id: int, cancel: thread
     folder = run_dir(run_id)
     folder.mkdir(parents=True, exist_ok=True)
     observer = RunObserver(cancel)
-    recorder = RoundRecorder(store, run_id, config, observer, folder, cancel)
+    recorder = RoundRecorder(store, run_id, config, observer, folder, cancel, prices=model_prices(config))
     observer.on_call = recorder.progress
     adapter = make_adapter()
     threads = effective_threads(prepared)
     with dspy.context(lm=prepared.context_lm, adapter=adapter, callbacks=[observer], usage_tracker=observer,
-                      num_threads=threads):
+                      num_threads=threads, studio_cancel_event=cancel):
         optimizers = build_optimizers(prepared, recorder, adapter)
         optimizer = StudioBetterTogether(prepared.metric, recorder, **optimizers)
         recorder.event("status", f"running '{config.strategy}' on {len(prepared.split.train)} train / "

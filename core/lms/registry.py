@@ -12,6 +12,7 @@ from dspy.clients.provider import Provider
 
 from core.config import EmbeddedLMSpec, FactoryLMSpec, LiteLLMSpec
 from core.errors import LMError
+from core.lms.hosted import StudioOpenAIProvider
 
 # Default key variables of common LiteLLM providers, used when a spec names none.
 DEFAULT_KEY_ENV = {
@@ -91,11 +92,16 @@ def _build_litellm(spec: LiteLLMSpec) -> dspy.LM:
         kwargs["api_key"] = key
     # An explicit provider: DSPy would infer OpenAIProvider for openai/ models and could start a paid
     # fine-tuning job; fine-tuning happens only when the spec asks for it.
-    kwargs["provider"] = dspy.OpenAIProvider() if spec.finetune == "openai" else Provider()
+    if spec.finetune == "openai":
+        kwargs["provider"] = StudioOpenAIProvider(api_key=key, base_url=spec.api_base)
+    else:
+        kwargs["provider"] = Provider()
     try:
-        return dspy.LM(spec.model, **kwargs)
+        lm = dspy.LM(spec.model, **kwargs)
     except Exception as e:  # noqa: BLE001 - any construction failure becomes a user message
         raise LMError(f"cannot set up LM {spec.model!r}: {e}") from e
+    lm.studio_grammar = spec.grammar == "gbnf"  # read by core.adapter.StudioChatAdapter
+    return lm
 
 
 def _build_factory(name: str, spec: FactoryLMSpec, *, allow_user_code: bool) -> dspy.LM:
