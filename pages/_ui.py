@@ -63,8 +63,23 @@ def store() -> Store:
     return manager().store
 
 
+def _through_entry_point() -> None:
+    """Make sure the page runs inside ``app.py``'s navigation.
+
+    Streamlit treats a ``pages/`` folder beside the entry point as an old-style multipage app until
+    the entry point has called ``st.navigation`` once in this server process; a first visit straight
+    to ``/run`` would run the page file alone (no layout, no sidebar). Rerun through ``app.py``.
+    """
+    from streamlit.runtime.pages_manager import PagesManager
+
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
 def guarded(body: Callable[[], None]) -> None:
     """Run a page body: project errors become ``st.error`` with their message, others a short note."""
+    _through_entry_point()
     try:
         body()
     except StudioError as e:

@@ -31,7 +31,7 @@ def presets(current: dict) -> None:
     st.caption("Presets")
     cols = st.columns(len(PRESETS))
     for col, (text, description) in zip(cols, PRESETS.items(), strict=True):
-        if col.button(text, key=f"preset_{text}", help=description, width="stretch"):
+        if col.button(text, key=f"preset_{text.replace(' -> ', '_')}", help=description, width="stretch"):
             _apply_steps(current, text.split(" -> "))
 
 

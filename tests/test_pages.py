@@ -151,7 +151,7 @@ def test_data_page_bad_csv_upload_shows_message_next_to_uploader():
 def test_strategy_page_presets_and_estimate():
     at = open_page("strategy")
     assert any("p -> w -> p" in m.value for m in at.markdown)
-    at.button(key="preset_p -> w").click().run()
+    at.button(key="preset_p_w").click().run()
     assert not at.exception
     assert at.session_state["config_doc"]["strategy"] == "p -> w"
     assert any(m.label == "LM calls" for m in at.metric)
