@@ -1,0 +1,67 @@
+"""Pre-run estimates: calls follow the measured DSPy 3.4.1 budgets; time by LM kind; cost when priced."""
+
+from __future__ import annotations
+
+import pytest
+
+from core.config import parse_config
+from core.defaults import default_config_dict, scripted_config_dict
+from core.estimate import estimate, format_duration, split_sizes
+
+
+def _config(doc_changes: dict | None = None, *, scripted: bool = False):
+    doc = scripted_config_dict() if scripted else default_config_dict()
+    doc.update(doc_changes or {})
+    return parse_config(doc)
+
+
+def test_calls_match_measured_budgets_for_two_predictors():
+    config = _config({"strategy": "p", "optimizers": {"p": {"type": "random_search"}, "w": {"type": "finetune"}},
+                      "data": {**default_config_dict()["data"], "split": {"train": 40, "val": 20, "test": 40}}})
+    result = estimate(config)
+    baseline, step = result.steps
+    assert baseline.calls == 2 * 20  # one round evaluation: P x V
+    assert 276 <= step.calls - 40 <= 276 * 1.15  # measured: 276 for random search at N=40, V=20
+    assert result.test_calls == 2 * 2 * 40
+
+
+def test_weight_step_counts_traces_and_training_steps():
+    config = _config({"strategy": "w"})
+    (_, weight) = estimate(config).steps
+    assert weight.calls == 2 * 40 + 2 * 20  # traces P x N, then the evaluation P x V
+    assert weight.train_steps == 2 * 5  # 2 epochs of ceil(40 / 8) batches
+    assert weight.seconds >= 10 * 6.0  # ~6 s per fine-tuning step on the CPU
+
+
+def test_embedded_time_is_about_0_7_s_per_call_and_scripted_is_fast():
+    embedded = estimate(_config({"strategy": "p"}))
+    scripted = estimate(_config({"strategy": "p"}, scripted=True))
+    assert embedded.calls == scripted.calls
+    assert embedded.seconds == pytest.approx(embedded.calls * 0.7, rel=0.01)
+    assert scripted.seconds < 5
+    assert embedded.cost == 0.0
+
+
+def test_cost_with_prices_and_unknown_without():
+    doc = default_config_dict()
+    doc["lms"]["large"] = {"kind": "litellm", "model": "openai/gpt-4o-mini", "price_per_1m_input": 0.15,
+                           "price_per_1m_output": 0.6}
+    doc["strategy"] = "p"
+    priced = estimate(parse_config(doc))
+    large_calls = priced.calls_per_lm["large"]
+    assert priced.cost == pytest.approx(large_calls * (400 * 0.15 + 80 * 0.6) / 1e6)
+    del doc["lms"]["large"]["price_per_1m_output"]
+    unpriced = estimate(parse_config(doc))
+    assert unpriced.cost is None and any("no price" in n for n in unpriced.notes)
+
+
+def test_ratio_split_uses_dataset_size():
+    doc = default_config_dict()
+    doc["data"]["split"] = {"train": 0.5, "val": 0.25, "test": 0.25}
+    assert split_sizes(parse_config(doc), 100) == (50, 25, 25)
+
+
+def test_format_duration():
+    assert format_duration(42) == "42 s"
+    assert format_duration(600) == "10 min"
+    assert format_duration(7200) == "2.0 h"
