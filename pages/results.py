@@ -168,7 +168,6 @@ def body() -> None:
     runs = store().list_runs(100)
     if not runs:
         st.info("No runs yet. Configure a run (or keep the defaults) and start it on the **Run** page.")
-        st.page_link("pages/run.py", label="Go to Run", icon=":material/play_circle:")
         return
     history(runs)
     run = pick_run(runs)

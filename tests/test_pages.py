@@ -23,16 +23,21 @@ def _home(studio_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def open_page(page: str, doc: dict | None = None) -> AppTest:
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+    """Run one page file with the session's config document prepared."""
+    at = AppTest.from_file(str(ROOT / "pages" / f"{page}.py"), default_timeout=TIMEOUT)
     if doc is not None:
         at.session_state["config_doc"] = doc
         at.session_state["doc_rev"] = 0
     at.run()
-    if page != "program":
-        at.switch_page(f"pages/{page}.py")
-        at.run()
     assert not at.exception, at.exception
     return at
+
+
+def test_app_entry_point_runs_the_default_page():
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+    at.run()
+    assert not at.exception
+    assert [t.value for t in at.title] == ["Program"]
 
 
 def texts(at: AppTest) -> str:

@@ -165,23 +165,36 @@ def test_whole_flow_on_the_scripted_lm(page, server, screenshots, tmp_path):
     assert '"category"' in done.stdout and '"risk_level"' in done.stdout
 
 
+@pytest.mark.slow
 def test_tiny_run_on_the_embedded_model(page, server, screenshots):
+    """The product default (embedded models) with the smallest budget: 2/1/1 examples, strategy p,
+    one candidate program with one bootstrapped demo (about 25 LM calls)."""
     page.goto(server["url"])
     page.locator("h1", has_text="Program").wait_for()
     nav(page, "Data")
-    for label, value in (("Train", "6"), ("Validation", "3"), ("Test", "3")):
+    for label, value in (("Train", "2"), ("Validation", "1"), ("Test", "1")):
         box = page.get_by_label(label, exact=True)
         box.fill(value)
         box.press("Enter")
-        page.wait_for_timeout(800)
-    wait_text(page, "6 train, 3 validation and 3 test examples")
+        page.wait_for_timeout(1000)
+    wait_text(page, "2 train, 1 validation and 1 test examples")
     nav(page, "Strategy")
     page.locator(".st-key-preset_p button").first.click()
     wait_strategy(page, "p")
+    page.get_by_text("p: prompt · random_search").first.click()
+    form = page.locator('[data-testid="stForm"]').filter(has_text="num_candidate_programs").first
+    for label, value in (("num_candidate_programs", "1"), ("max_bootstrapped_demos", "1"),
+                         ("max_labeled_demos", "0")):
+        box = form.get_by_label(label, exact=True)
+        box.fill(value)
+    form.get_by_role("button", name="Save settings").click()
+    wait_text(page, re.compile(r"^~\d+$"))
+    shot(page, screenshots, "strategy_embedded")
     nav(page, "Run")
     page.get_by_role("button", name="Start run").click()
-    page.get_by_text(re.compile(r"Run #\d+: (running|queued)")).first.wait_for(timeout=180_000)
-    page.get_by_text(re.compile(r"Run #\d+: (finished|failed|cancelled|interrupted)")).first.wait_for(timeout=900_000)
+    page.get_by_text(re.compile(r"Run #\d+: (running|queued)")).first.wait_for(timeout=300_000)
+    page.get_by_text(re.compile(r"Run #\d+: (finished|failed|cancelled|interrupted)")).first.wait_for(
+        timeout=1_800_000)
     shot(page, screenshots, "run_embedded")
     assert page.get_by_text(re.compile(r"Run #\d+: finished")).count() == 1
     assert rounds_recorded(page) == 2
