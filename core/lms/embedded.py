@@ -244,8 +244,8 @@ class LlamaEngine:
     # -- fine-tuned models
     def register_finetuned(self, model_name: str, artifact_dir: Path) -> None:
         """Serve ``model_name`` from the artifact in ``artifact_dir`` (``meta.json`` + GGUF)."""
-        if model_name.startswith(MODEL_PREFIX):
-            raise LMError(f"fine-tuned model name {model_name!r} must not start with {MODEL_PREFIX!r}")
+        if model_name in {MODEL_PREFIX + key for key in catalog.MODELS}:
+            raise LMError(f"fine-tuned model name {model_name!r} is the name of a base model")
         artifact = _read_artifact(model_name, Path(artifact_dir))
         with _finetuned_lock:
             _finetuned[model_name] = artifact

@@ -59,7 +59,8 @@ _OUTPUT_BLOCK = re.compile(
     r"Your output fields are:\n(?P<block>.*?)\nAll interactions will be structured", re.DOTALL
 )
 _FIELD_LINE = re.compile(r"^(?P<num>\d+)\. `(?P<name>[^`]+)` \(")
-_CHOICES_NOTE = "the value you produce must exactly match (no extra characters) one of: "
+_CHOICES_NOTE = re.compile(r"the value you produce must (?:exactly match \(no extra characters\) )?be one of: (.*)$|"
+                           r"the value you produce must exactly match \(no extra characters\) one of: (.*)$")
 
 
 def output_fields_from_system(system: str | None) -> list[OutputField]:
@@ -151,8 +152,10 @@ def _classify(name: str, type_name: str, note: str) -> OutputField:
     if type_name in simple:
         return OutputField(name, simple[type_name], type_name=type_name)
     choices = _literal_choices(type_name)
-    if choices is None and note.startswith(_CHOICES_NOTE):  # enums print their members here
-        choices = tuple(v.strip() for v in note[len(_CHOICES_NOTE) :].split(";") if v.strip())
+    note_match = _CHOICES_NOTE.match(note)
+    if choices is None and note_match:  # enums print their members only here
+        listed = note_match.group(1) or note_match.group(2)
+        choices = tuple(v.strip() for v in listed.split(";") if v.strip())
     if choices:
         return OutputField(name, "literal", choices, type_name)
     if "JSON schema" in note:
