@@ -1,0 +1,111 @@
+"""Benchmark: the default offline run end to end (sample data, default p -> w -> p, default models).
+
+Prints progress on stderr and one JSON object as the last line of stdout:
+wall time, baseline, each round (score, seconds, LM calls), best validation and test scores,
+and whether the best beat the baseline on the test split.
+
+    python bench/default_run.py            # the default run as a first-time user gets it
+    python bench/default_run.py --quick    # tiny budget, under a minute after models are cached
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def _seconds(started: str | None, finished: str | None) -> float | None:
+    if not started or not finished:
+        return None
+    return round((datetime.fromisoformat(finished) - datetime.fromisoformat(started)).total_seconds(), 1)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny budget (smoke test of the whole path)")
+    parser.add_argument("--template", default="analyze_classify")
+    parser.add_argument("--strategy", default=None, help="override the strategy, e.g. 'p -> w'")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    for name in ("dspy", "LiteLLM", "litellm", "httpx"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    os.environ.setdefault("STUDIO_HOME", tempfile.mkdtemp(prefix="bench-default-"))
+
+    from core.config import parse_config
+    from core.defaults import default_config_dict
+    from core.paths import db_path
+    from core.runner import RunManager
+    from core.store import Store
+
+    doc = default_config_dict(args.template)
+    if args.quick:
+        doc["data"]["split"] = {"train": 6, "val": 3, "test": 4, "seed": 0}
+        doc["strategy"] = "p -> w"
+        doc["optimizers"]["p"]["settings"] = {"max_bootstrapped_demos": 1, "max_labeled_demos": 0,
+                                              "num_candidate_programs": 1}
+        doc["optimizers"]["w"]["settings"] = {"epochs": 1, "max_steps": 2, "batch_size": 4, "min_score": 0.0}
+    if args.strategy:
+        doc["strategy"] = args.strategy
+    config = parse_config(doc)
+    manager = RunManager(Store(db_path()))
+    started = time.monotonic()
+    with contextlib.redirect_stdout(sys.stderr):
+        run_id = manager.start(config)
+        seen = 0
+        while not manager.wait(run_id, timeout=1.0):
+            for event in manager.store.list_events(run_id, since_id=seen):
+                seen = event.id
+                if event.kind not in ("progress",):
+                    print(f"[{time.monotonic() - started:7.1f}s] {event.kind}: {event.message}", file=sys.stderr)
+    wall = time.monotonic() - started
+    store = manager.store
+    run = store.get_run(run_id)
+    rounds = store.list_rounds(run_id)
+    result = {
+        "bench": "default_run",
+        "quick": args.quick,
+        "template": args.template,
+        "strategy": config.strategy,
+        "models": {name: spec.model for name, spec in config.lms.items()},
+        "split": list(config.data.split.sizes()),
+        "status": run.status.value,
+        "error": run.error,
+        "wall_seconds": round(wall, 1),
+        "goal_seconds": 900,
+        "baseline_val": run.baseline_score,
+        "best_val": run.best_score,
+        "best_strategy": run.best_strategy,
+        "test_baseline": run.test_baseline_score,
+        "test_best": run.test_best_score,
+        "best_beats_baseline_on_test": (
+            run.test_best_score is not None and run.test_baseline_score is not None
+            and run.test_best_score > run.test_baseline_score
+        ),
+        "rounds": [
+            {
+                "strategy": r.strategy or "baseline",
+                "score": r.score,
+                "eval_failed": r.eval_failed,
+                "seconds": _seconds(r.started_at, r.finished_at),
+                "lm_calls": sum(u.get("calls", 0) for u in r.lm_usage.values()),
+                "details": r.details,
+            }
+            for r in rounds
+        ],
+    }
+    print(json.dumps(result))
+    return 0 if run.status.value == "finished" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
