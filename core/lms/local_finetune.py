@@ -205,15 +205,29 @@ def safe_name(model_name: str) -> str:
 
 
 def torch_threads() -> int:
-    """Threads for torch: env ``STUDIO_TORCH_THREADS`` (default 2)."""
-    value = os.environ.get("STUDIO_TORCH_THREADS") or "2"
+    """Threads for torch: env ``STUDIO_TORCH_THREADS``, else 2, or 1 when the CPU is already busy.
+
+    Measured on 2 shared cores with other processes running (load average ~7): a training step
+    took 75-98 s with 2 OpenMP threads and 14 s with 1 thread (OpenMP threads spin-waiting on a
+    core another process holds). Without contention 2 threads are faster. So without the env
+    variable: 2 threads (at most the core count) unless the 1-minute load average already
+    reaches the core count, then 1.
+    """
+    value = os.environ.get("STUDIO_TORCH_THREADS")
+    if value:
+        try:
+            n = int(value)
+        except ValueError as e:
+            raise LMError(f"STUDIO_TORCH_THREADS={value!r} must be a positive integer") from e
+        if n < 1:
+            raise LMError(f"STUDIO_TORCH_THREADS={value!r} must be a positive integer")
+        return n
+    cores = os.cpu_count() or 1
     try:
-        n = int(value)
-    except ValueError as e:
-        raise LMError(f"STUDIO_TORCH_THREADS={value!r} must be a positive integer") from e
-    if n < 1:
-        raise LMError(f"STUDIO_TORCH_THREADS={value!r} must be a positive integer")
-    return n
+        busy = os.getloadavg()[0] >= cores
+    except OSError:
+        busy = False
+    return 1 if busy else max(1, min(2, cores))
 
 
 def peak_rss_mb() -> float:
@@ -400,6 +414,7 @@ class TrainResult:
     rows: int
     truncated_rows: int
     peak_rss_mb: float
+    threads: int = 1
     model: Any = field(default=None, repr=False)
 
     @property
@@ -486,7 +501,8 @@ def train_lora(
 
     if not rows:
         raise LMError("fine-tuning needs at least one training row; got 0")
-    torch.set_num_threads(torch_threads())
+    threads = torch_threads()
+    torch.set_num_threads(threads)
     started = time.monotonic()
     encoded = encode_rows(key, rows, params.max_length)
     truncated = sum(r.truncated for r in encoded)
@@ -573,6 +589,7 @@ def train_lora(
         rows=len(rows),
         truncated_rows=truncated,
         peak_rss_mb=peak_rss_mb(),
+        threads=threads,
         model=merged,
     )
 
@@ -751,7 +768,7 @@ class LocalLoRAProvider(Provider):
                         "rows": result.rows,
                         "truncated_rows": result.truncated_rows,
                         "peak_rss_mb": peak_rss_mb(),
-                        "torch_threads": torch_threads(),
+                        "torch_threads": result.threads,
                     },
                 }
                 (folder / "meta.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
