@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 import json
 
 import pytest
@@ -140,3 +141,13 @@ def test_round_trip_through_json(doc: dict, tmp_path) -> None:
     again = load_config(path)
     assert config_to_dict(again) == config_to_dict(parse_config(copy.deepcopy(doc)))
     assert json.loads(path.read_text())["version"] == 1
+
+
+def test_the_documented_example_is_a_valid_configuration() -> None:
+    """docs/config.md's complete example must stay in step with the schema."""
+    text = (Path(__file__).resolve().parent.parent / "docs" / "config.md").read_text(encoding="utf-8")
+    block = text.split("```json", 1)[1].split("```", 1)[0]
+    config = parse_config_text(block)
+    assert config.strategy == "p -> w -> p"
+    assert config.lms["large"].grammar == "gbnf"
+    assert set(config.optimizers) == {"p", "m", "w"}
