@@ -9,6 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import streamlit as st
+from dotenv import load_dotenv
+
+load_dotenv()  # API keys may come from a .env file next to the app (never written anywhere by the app)
 
 HERE = Path(__file__).parent
 PAGES = HERE / "pages"
