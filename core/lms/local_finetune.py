@@ -294,9 +294,12 @@ def ensure_hf_cache(key: str) -> Path:
             tokenizer.save_pretrained(partial)
             (partial / "source.json").write_text(json.dumps(stamp), encoding="utf-8")
             del hf
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(partial, target)
+            if marker.is_file() and marker.read_text(encoding="utf-8") == json.dumps(stamp):
+                shutil.rmtree(partial)  # another process finished the same conversion first
+            else:
+                if target.exists():
+                    shutil.rmtree(target)
+                os.replace(partial, target)
         except Exception as e:
             shutil.rmtree(partial, ignore_errors=True)
             raise LMError(f"cannot convert the {key} GGUF ({gguf}) to safetensors in {target}: {e}") from e
