@@ -108,3 +108,4 @@ def test_list_models():
         assert {"display_name", "roles", "size_mb", "licence", "installed", "finetunable", "default_for"} <= set(row)
         assert row["installed"] is True
     assert sorted(r for row in rows.values() for r in row["default_for"]) == ["large", "small"]
+    assert rows["smollm2-135m"]["default_for"] == ["large", "small"]
