@@ -129,6 +129,9 @@ class DataSpec(_Model):
     inputs: list[str] = Field(min_length=1)
     labels: list[str] = Field(min_length=1)
     split: SplitSpec = Field(default_factory=SplitSpec)
+    label_choices: Literal["auto", "off"] = Field(
+        "auto", description="'auto': a label field with few distinct values becomes a choice among them"
+    )
 
 
 class MetricSpec(_Model):

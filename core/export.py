@@ -29,7 +29,7 @@ import dspy
 
 from core.config import parse_config
 from core.errors import ExportError, StudioError
-from core.programs import build_program_from_definition, program_definition
+from core.programs import apply_label_choices, build_program_from_definition, program_definition
 from core.store import Store, now_iso
 
 BUNDLE_FORMAT = "bettertogether-studio-bundle"
@@ -135,6 +135,7 @@ def export_run(store: Store, run_id: int, out: str | Path, *, as_zip: bool | Non
             "name": run.name,
             "program": definition,
             "inputs": config.data.inputs,
+            "label_choices": run_label_choices(store, run_id),
             "labels": config.data.labels,
             "predictors": _predictor_table(program, run.config),
             "finetuned": finetuned,
@@ -172,6 +173,12 @@ def export_run(store: Store, run_id: int, out: str | Path, *, as_zip: bool | Non
             shutil.copytree(bundle, out)
     store.add_artifact(run_id, "export", str(out), {"zip": as_zip})
     return out
+
+
+def run_label_choices(store: Store, run_id: int) -> dict[str, list[str]]:
+    """The label choices a run used (recorded when it started)."""
+    event = store.latest_event(run_id, "setup")
+    return dict((event.data or {}).get("label_choices") or {}) if event else {}
 
 
 def _load_saved(config: Any, path: Path) -> dspy.Module:
@@ -249,6 +256,7 @@ def load_bundle(path: str | Path, *, allow_user_code: bool = False, which: str =
         program_json = bundle / f"{which}.json"
         _check_engines(program_json)
         program.load(str(program_json), allow_unsafe_lm_state=True)
+        apply_label_choices(program, manifest.get("label_choices") or {})
     except StudioError:
         raise
     except Exception as e:  # noqa: BLE001 - a broken bundle is a user-facing error

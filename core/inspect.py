@@ -15,8 +15,8 @@ import dspy
 
 from core.config import RunConfig
 from core.errors import ExportError
-from core.export import _check_engines
-from core.programs import build_program
+from core.export import _check_engines, run_label_choices
+from core.programs import apply_label_choices, build_program
 from core.store import Store
 
 logger = logging.getLogger(__name__)
@@ -32,7 +32,8 @@ class PredictorView:
     demos: list[dict[str, Any]]
 
 
-def load_saved_program(config: RunConfig, path: str | Path, weights: dict[str, Path] | None = None) -> dspy.Module:
+def load_saved_program(config: RunConfig, path: str | Path, weights: dict[str, Path] | None = None,
+                       label_choices: dict[str, list[str]] | None = None) -> dspy.Module:
     """The program of ``config`` with the state saved at ``path`` (demos, instructions, LMs).
 
     ``weights`` maps fine-tuned model names to their folders (the run's "weights" artifacts):
@@ -45,6 +46,7 @@ def load_saved_program(config: RunConfig, path: str | Path, weights: dict[str, P
     _check_engines(path)
     program.load(str(path), allow_unsafe_lm_state=True)
     _register_finetuned(program, weights or {})
+    apply_label_choices(program, label_choices or {})
     return program
 
 
@@ -79,7 +81,7 @@ def load_run_program(store: Store, run_id: int, kind: str) -> dspy.Module:
         raise ExportError(f"run {run_id} has no saved {kind.replace('_', ' ')} (status {run.status.value}); "
                           "only runs that evaluated their baseline have one")
     weights = {a.meta.get("model"): Path(a.path) for a in store.list_artifacts(run_id, "weights")}
-    return load_saved_program(parse_config(run.config), path, weights)
+    return load_saved_program(parse_config(run.config), path, weights, run_label_choices(store, run_id))
 
 
 def describe_program(program: dspy.Module) -> list[PredictorView]:

@@ -20,7 +20,7 @@ from core.lms.hosted import check_endpoint
 from core.lms.registry import LMCapabilities, build_lm, capabilities, resolve_api_key
 from core.metrics import make_metric
 from core.paths import sample_path
-from core.programs import ProgramFields, build_program, module_fields
+from core.programs import ProgramFields, apply_label_choices, build_program, module_fields
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,7 @@ class PreparedRun:
     split: Split
     metric: Callable
     small_predictors: tuple[str, ...]
+    label_choices: dict[str, list[str]]
 
     @property
     def uses_local_cpu(self) -> bool:
@@ -62,6 +63,24 @@ def data_source_path(config: RunConfig, base_dir: Path | None = None) -> Path:
             path = base_dir / path
         return path
     raise ConfigError("data.source: unknown kind; allowed kinds: sample, file")
+
+
+MAX_CHOICES = 20
+MAX_CHOICE_CHARS = 40
+
+
+def label_choices(table: Table, config: RunConfig) -> dict[str, list[str]]:
+    """Label fields that look like classes (2-20 short distinct values, far fewer than rows) -> values."""
+    if config.data.label_choices == "off":
+        return {}
+    choices = {}
+    for field in config.data.labels:
+        column = config.data.mapping.get(field)
+        values = sorted({row.get(column, "").strip() for row in table.rows} - {""})
+        if (2 <= len(values) <= MAX_CHOICES and len(values) * 2 <= len(table.rows)
+                and all(len(v) <= MAX_CHOICE_CHARS for v in values)):
+            choices[field] = values
+    return choices
 
 
 def load_data(config: RunConfig, base_dir: Path | None = None) -> tuple[Table, Split]:
@@ -120,10 +139,12 @@ def prepare_run(config: RunConfig, *, base_dir: Path | None = None) -> PreparedR
     for name, lm in lms.items():
         lm.studio_limit = (name, caps[name].parallel_calls)  # read by the runner's per-LM concurrency limit
     _assign_lms(config, program, lms)
-    _, split = load_data(config, base_dir)
+    table, split = load_data(config, base_dir)
+    choices = label_choices(table, config)
+    apply_label_choices(program, choices)
     metric = make_metric(config.metric.name, config.metric_fields())
     small = tuple(n for n, a in config.predictors.items() if a.role == "small")
-    return PreparedRun(config, program, lms, caps, fields, split, metric, small)
+    return PreparedRun(config, program, lms, caps, fields, split, metric, small, choices)
 
 
 def preflight(config: RunConfig, *, base_dir: Path | None = None) -> list[str]:

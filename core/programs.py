@@ -820,3 +820,23 @@ def build_program_from_definition(
     raise ProgramError(
         f"Unknown program definition kind {kind!r}; expected 'template', 'stages' or 'user_file'."
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Label choices: output fields constrained to the values a dataset uses
+# --------------------------------------------------------------------------------------------
+
+
+def apply_label_choices(program: dspy.Module, choices: dict[str, list[str]]) -> None:
+    """Make each listed output field a ``Literal`` of its values, in every predictor producing it.
+
+    The embedded engine turns Literal outputs into an enum in its output grammar, and the
+    ChatAdapter tells hosted models the allowed values: a label is then always one of the
+    dataset's labels, which gives a prompt step correct traces to start from.
+    """
+    for _, predictor in program.named_predictors():
+        signature = predictor.signature
+        for name, values in choices.items():
+            if name in signature.output_fields and values:
+                signature = signature.with_updated_fields(name, type_=Literal[tuple(values)])
+        predictor.signature = signature

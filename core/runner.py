@@ -495,6 +495,9 @@ def execute_run(prepared: PreparedRun, store: Store, run_id: int, cancel: thread
                       num_threads=threads, studio_cancel_event=cancel):
         optimizers = build_optimizers(prepared, recorder, adapter)
         optimizer = StudioBetterTogether(prepared.metric, recorder, **optimizers)
+        recorder.event("setup", "label fields constrained to their values: "
+                                + (", ".join(f"{k} ({len(v)})" for k, v in prepared.label_choices.items()) or "none"),
+                       {"label_choices": prepared.label_choices})
         recorder.event("status", f"running '{config.strategy}' on {len(prepared.split.train)} train / "
                                  f"{len(prepared.split.val)} validation examples")
         try:

@@ -45,6 +45,7 @@ def test_gemma_lives_in_the_model_cache():
 
 
 def test_model_cache_dir_follows_studio_home(monkeypatch, tmp_path):
+    monkeypatch.delenv("STUDIO_MODEL_CACHE", raising=False)
     monkeypatch.setenv("STUDIO_HOME", str(tmp_path))
     assert catalog.model_cache_dir() == tmp_path / "models"
 

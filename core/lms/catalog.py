@@ -119,13 +119,18 @@ def get_model(key: str) -> EmbeddedModel:
 
 
 def studio_home() -> Path:
-    """Root of the runtime state: env ``STUDIO_HOME`` or ``<repo root>/.studio``."""
-    return Path(os.environ.get("STUDIO_HOME") or REPO_ROOT / ".studio")
+    """Root of the runtime state (one definition for the whole app: ``core.paths``)."""
+    from core.paths import studio_home as home
+
+    return home()
 
 
 def model_cache_dir() -> Path:
-    """Folder for assembled or converted model files (``<studio home>/models``)."""
-    return studio_home() / "models"
+    """Folder for assembled or converted model files: env ``STUDIO_MODEL_CACHE``, else ``<studio home>/models``.
+
+    Converted weights take tens of seconds to make; tests point every temporary home at one cache.
+    """
+    return Path(os.environ.get("STUDIO_MODEL_CACHE") or studio_home() / "models")
 
 
 def _package_dir(module: str) -> Path | None:

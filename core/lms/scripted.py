@@ -68,6 +68,13 @@ def output_types(system: str) -> dict[str, str]:
     return {m.group(1): m.group(2) for m in re.finditer(r"`(\w+)` \(([^)]*(?:\)[^:\n]*)?)\)", block)}
 
 
+def _literal_choices(type_name: str) -> list[str]:
+    """``Literal['a', 'b']`` -> ['a', 'b'] (empty for other types)."""
+    if not type_name.startswith("Literal["):
+        return []
+    return re.findall(r"'((?:[^'\\]|\\.)*)'", type_name)
+
+
 def _tokens(text: str) -> set[str]:
     return {t.lower() for t in _WORD_RE.findall(text)}
 
@@ -258,6 +265,12 @@ class ScriptedEngine:
                 values[name] = json.dumps([v[:60] for v in inputs.values()][:2])
             else:
                 values[name] = " ".join(inputs.values())[:200] or "unknown"
+        for name, value in values.items():
+            choices = _literal_choices(types.get(name, ""))
+            if choices and value not in choices:
+                # a Literal field answers one of its values: one named in the inputs, else the first
+                text = " ".join(inputs.values()).lower()
+                values[name] = next((c for c in choices if c.lower() in text), choices[0])
         body = "\n\n".join(f"[[ ## {name} ## ]]\n{value}" for name, value in values.items())
         return body + "\n\n[[ ## completed ## ]]"
 
