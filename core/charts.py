@@ -99,6 +99,22 @@ def usage_totals(rounds: Iterable[Round]) -> dict[str, dict[str, int]]:
     return dict(totals)
 
 
+def usage_rows(rounds: Iterable[Round]) -> list[dict[str, object]]:
+    """One row per model: calls, errors, tokens and cost in USD (None where the price is unknown)."""
+    rows: dict[str, dict[str, object]] = {}
+    for r in rounds:
+        for model, usage in (r.lm_usage or {}).items():
+            row = rows.setdefault(model, {"model": model, "calls": 0, "errors": 0, "input tokens": 0,
+                                          "output tokens": 0, "cost (USD)": None})
+            row["calls"] += int(usage.get("calls") or 0)
+            row["errors"] += int(usage.get("errors") or 0)
+            row["input tokens"] += int(usage.get("input_tokens") or 0)
+            row["output tokens"] += int(usage.get("output_tokens") or 0)
+            if usage.get("cost") is not None:
+                row["cost (USD)"] = round(float(row["cost (USD)"] or 0.0) + float(usage["cost"]), 6)
+    return list(rows.values())
+
+
 def usage_figure(rounds: Iterable[Round], title: str = "LM calls and tokens per model") -> go.Figure:
     totals = usage_totals(rounds)
     models = list(totals)

@@ -14,13 +14,13 @@ from core.config import RunConfig, parse_config
 from core.programs import TEMPLATES, StagedPipeline
 
 # Budgets sized for the embedded models on 2 CPU cores (see bench/default_run.py).
-EMBEDDED_SPLIT = {"train": 40, "val": 20, "test": 40, "seed": 0}
+EMBEDDED_SPLIT = {"train": 40, "val": 15, "test": 30, "seed": 0}
 EMBEDDED_OPTIMIZERS: dict[str, Any] = {
     "p": {
         "type": "random_search",
-        "settings": {"max_bootstrapped_demos": 2, "max_labeled_demos": 0, "num_candidate_programs": 2},
+        "settings": {"max_bootstrapped_demos": 2, "max_labeled_demos": 0, "num_candidate_programs": 1},
     },
-    "w": {"type": "finetune", "settings": {"epochs": 2, "batch_size": 8, "learning_rate": 1e-3, "lora_rank": 16}},
+    "w": {"type": "finetune", "settings": {"epochs": 3, "batch_size": 4, "learning_rate": 1e-3, "lora_rank": 16}},
 }
 SCRIPTED_SPLIT = {"train": 40, "val": 20, "test": 40, "seed": 0}
 

@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from core import ui_state
-from core.charts import loss_figure, score_figure, timeline_figure, usage_figure
+from core.charts import loss_figure, score_figure, timeline_figure, usage_figure, usage_rows
 from core.monitor import RunSnapshot, run_snapshot
 from core.records import RunStatus
 from pages._ui import api_keys, doc, guarded, manager, store
@@ -104,6 +104,7 @@ def live_view(run_id: int) -> None:
         left.info("The fine-tuning loss appears here during weight steps.")
     if snap.rounds:
         right.plotly_chart(usage_figure(snap.rounds), width="stretch", key=f"usage_{run_id}")
+        right.dataframe(pd.DataFrame(usage_rows(snap.rounds)), hide_index=True, width="stretch")
     st.subheader("Rounds")
     if snap.rounds:
         st.dataframe(pd.DataFrame([

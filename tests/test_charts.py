@@ -80,3 +80,21 @@ def test_comparison_figure_one_series_per_run_with_failures_apart():
 def test_label_figure_bars_per_field():
     fig = label_figure({"category": {"legal": 3, "growth": 2}})
     assert list(fig.data[0].x) == ["legal", "growth"] and list(fig.data[0].y) == [3, 2]
+
+
+def test_usage_rows_sum_calls_tokens_and_known_costs() -> None:
+    from core.charts import usage_rows
+    from core.records import Round
+
+    rounds = [
+        Round(run_id=1, index=0, lm_usage={"openai/m": {"calls": 2, "errors": 1, "input_tokens": 10,
+                                                        "output_tokens": 4, "cost": 0.5},
+                                           "embedded/x": {"calls": 3, "input_tokens": 7, "output_tokens": 1,
+                                                          "cost": None}}),
+        Round(run_id=1, index=1, lm_usage={"openai/m": {"calls": 1, "input_tokens": 5, "output_tokens": 2,
+                                                        "cost": 0.25}}),
+    ]
+    rows = {r["model"]: r for r in usage_rows(rounds)}
+    assert rows["openai/m"]["calls"] == 3 and rows["openai/m"]["errors"] == 1
+    assert rows["openai/m"]["input tokens"] == 15 and rows["openai/m"]["cost (USD)"] == 0.75
+    assert rows["embedded/x"]["cost (USD)"] is None  # unknown price stays unknown, not 0

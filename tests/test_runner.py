@@ -230,3 +230,19 @@ def test_scripted_engine_is_shared_across_deep_copies() -> None:
     lm = make_lm("x", tag="copy")
     assert copy.deepcopy(lm).engine is lm.engine
     assert isinstance(lm.engine, ScriptedEngine)
+
+
+def test_mipro_prompt_step_on_a_small_validation_set(manager: RunManager) -> None:
+    doc = scripted_config_dict("classifier", tag="mipro")
+    doc["data"]["split"] = {"train": 12, "val": 6, "test": 6, "seed": 0}
+    doc["optimizers"] = {"m": {"type": "mipro", "settings": {"num_candidates": 3, "num_trials": 2}},
+                         "w": {"type": "finetune"}}
+    doc["strategy"] = "m -> w"
+    run_id = manager.start(parse_config(doc))
+    assert manager.wait(run_id, timeout=300)
+    run = manager.store.get_run(run_id)
+    assert run.status is RunStatus.FINISHED, run.error
+    rounds = manager.store.list_rounds(run_id)
+    assert [(r.strategy, r.optimizer) for r in rounds] == [("", None), ("m", "mipro"), ("m -> w", "finetune")]
+    # MIPROv2 ran its trials on the assigned LM (the program's only predictor is on 'small')
+    assert set(rounds[1].lm_usage) >= {"scripted/small"}
