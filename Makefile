@@ -30,6 +30,7 @@ run: install
 	$(VENV)/bin/streamlit run app.py --server.address localhost --server.port $(PORT)
 
 test: install chromium
+	$(VENV)/bin/ruff check core tests bench pages app.py
 	$(PY) -m pytest
 
 test-fast: install

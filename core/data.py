@@ -535,7 +535,7 @@ def split_examples(
     if all(isinstance(v, int) for v in sizes.values()):
         low = [
             f"{k}={v} (minimum {m})"
-            for (k, v), m in zip(sizes.items(), (MIN_TRAIN, MIN_VAL, MIN_TEST))
+            for (k, v), m in zip(sizes.items(), (MIN_TRAIN, MIN_VAL, MIN_TEST), strict=True)
             if v < m
         ]
         if low:

@@ -43,7 +43,7 @@ class PreparedRun:
     @property
     def context_lm(self) -> Any:
         """The LM for optimizers that need a context LM (MIPROv2's proposer): the first large one."""
-        for name, assignment in self.config.predictors.items():
+        for assignment in self.config.predictors.values():
             if assignment.role == "large":
                 return self.lms[assignment.lm]
         return next(iter(self.lms.values()))
@@ -132,7 +132,7 @@ def prepare_run(config: RunConfig, *, base_dir: Path | None = None) -> PreparedR
                 f"predictor {pname!r} has the role 'small' but LM {assignment.lm!r} cannot be fine-tuned "
                 f"({caps[assignment.lm].reason}); give it the role 'large' or pick a fine-tunable LM"
             )
-    for name, spec in config.lms.items():
+    for spec in config.lms.values():
         if isinstance(spec, LiteLLMSpec) and spec.api_base:
             check_endpoint(spec.model, spec.api_base, resolve_api_key(spec))
     lms = {name: build_lm(name, spec, allow_user_code=config.allow_user_code) for name, spec in config.lms.items()}

@@ -32,10 +32,9 @@ import dspy
 from dspy.teleprompt import BetterTogether
 from dspy.utils.callback import BaseCallback
 
-from core.config import FinetuneStep, MiproStep, RandomSearchStep, RunConfig, config_to_dict
-from core.errors import RunCancelled, StepCancelled, StudioError
 from core.adapter import StudioChatAdapter
-from core.config import LiteLLMSpec
+from core.config import FinetuneStep, LiteLLMSpec, MiproStep, RandomSearchStep, RunConfig, config_to_dict
+from core.errors import RunCancelled, StepCancelled, StudioError
 from core.lms.hosted import base_model_of, explain_lm_error, price_per_token
 from core.lms.registry import engine_of
 from core.optimizers.prompt import KeepLMsRandomSearch, SmallValsetMIPRO

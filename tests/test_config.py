@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 import json
+from pathlib import Path
 
 import pytest
 

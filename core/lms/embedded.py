@@ -30,7 +30,6 @@ Design, in short:
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import logging
 import os

@@ -115,14 +115,6 @@ class StudioOpenAIProvider(Provider):
     def is_provider_model(model: str) -> bool:
         return model.startswith("openai/")
 
-    @staticmethod
-    def launch(lm: Any, launch_kwargs: dict | None = None) -> None:
-        return None
-
-    @staticmethod
-    def kill(lm: Any, launch_kwargs: dict | None = None) -> None:
-        return None
-
     def client(self) -> Any:
         import openai
 

@@ -668,16 +668,6 @@ class LocalLoRAProvider(Provider):
         """Embedded models are ``embedded/<key>`` (fine-tuned: ``embedded/<key>:ft-...``)."""
         return isinstance(model, str) and model.startswith(MODEL_PREFIX)
 
-    @staticmethod
-    def launch(lm: Any, launch_kwargs: dict | None = None) -> None:
-        """Nothing to start: the engine loads models on first use."""
-        return None
-
-    @staticmethod
-    def kill(lm: Any, launch_kwargs: dict | None = None) -> None:
-        """Nothing to stop: loaded models live for the process."""
-        return None
-
     def finetune(
         self,
         job: Any,

@@ -297,14 +297,6 @@ class ScriptedProvider(Provider):
     def is_provider_model(model: str) -> bool:
         return model.startswith(MODEL_PREFIX)
 
-    @staticmethod
-    def launch(lm: Any, launch_kwargs: dict | None = None) -> None:
-        return None
-
-    @staticmethod
-    def kill(lm: Any, launch_kwargs: dict | None = None) -> None:
-        return None
-
     def finetune(
         self, job: Any, model: str, train_data: list[dict], train_data_format: Any, train_kwargs: dict
     ) -> str:
