@@ -42,7 +42,7 @@ class EmbeddedLMSpec(_Model):
     kind: Literal["embedded"]
     model: str = Field(description="catalogue key, see `python -m core models`")
     temperature: float = Field(0.0, ge=0.0, le=2.0)
-    max_tokens: int = Field(384, ge=1, le=4096)
+    max_tokens: int = Field(512, ge=1, le=4096)
 
 
 class LiteLLMSpec(_Model):

@@ -509,7 +509,7 @@ def _provider() -> Any:
     return LocalLoRAProvider()
 
 
-def make_embedded_lm(key: str, *, temperature: float = 0.0, max_tokens: int = 384) -> dspy.LM:
+def make_embedded_lm(key: str, *, temperature: float = 0.0, max_tokens: int = 512) -> dspy.LM:
     """A ``dspy.LM`` for the embedded model ``key``, served by the shared engine, no cache."""
     catalog.get_model(key)
     return dspy.LM(

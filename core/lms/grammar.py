@@ -32,11 +32,11 @@ if TYPE_CHECKING:  # llama_cpp is imported lazily: the parser is used without it
 
 logger = logging.getLogger(__name__)
 
-STR_MAX_CHARS = 200
+STR_MAX_CHARS = 160
 """Longest ``str`` value (about 50-60 tokens of English)."""
-REASONING_MAX_CHARS = 400
+REASONING_MAX_CHARS = 240
 """Longest ``reasoning`` value (ChainOfThought's extra field)."""
-LIST_MAX_ITEMS = 8
+LIST_MAX_ITEMS = 5
 LIST_ITEM_MAX_CHARS = 40
 
 KINDS = ("literal", "bool", "int", "float", "list_str", "list_int", "list_float", "json", "str")
