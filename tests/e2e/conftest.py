@@ -74,7 +74,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
 @pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
     if not Path(CHROMIUM).exists():
-        pytest.skip("Debian chromium is not installed (make chromium)")
+        pytest.fail("Debian chromium is not installed: run `make chromium` (make test does)")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
