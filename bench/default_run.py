@@ -33,7 +33,7 @@ def _seconds(started: str | None, finished: str | None) -> float | None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny budget (smoke test of the whole path)")
-    parser.add_argument("--template", default="analyze_classify")
+    parser.add_argument("--template", default=None, help="default: core.defaults.DEFAULT_TEMPLATE")
     parser.add_argument("--strategy", default=None, help="override the strategy, e.g. 'p -> w'")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
@@ -47,7 +47,7 @@ def main() -> int:
     from core.runner import RunManager
     from core.store import Store
 
-    doc = default_config_dict(args.template)
+    doc = default_config_dict(args.template) if args.template else default_config_dict()
     if args.quick:
         doc["data"]["split"] = {"train": 6, "val": 3, "test": 4, "seed": 0}
         doc["strategy"] = "p -> w"
@@ -74,7 +74,7 @@ def main() -> int:
     result = {
         "bench": "default_run",
         "quick": args.quick,
-        "template": args.template,
+        "template": config.program.name if config.program.kind == "template" else config.program.kind,
         "strategy": config.strategy,
         "models": {name: spec.model for name, spec in config.lms.items()},
         "split": list(config.data.split.sizes()),

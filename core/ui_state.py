@@ -42,7 +42,7 @@ from core.data import (
     load_table_from_path,
     split_examples,
 )
-from core.defaults import SCRIPTED_HINTS, default_config_dict
+from core.defaults import DEFAULT_TEMPLATE, SCRIPTED_HINTS, default_config_dict
 from core.errors import ConfigError, DataError, ProgramError, StrategyError, StudioError
 from core.lms.catalog import DEFAULT_MODELS
 from core.lms.registry import capabilities
@@ -61,7 +61,7 @@ _LM = TypeAdapter(LMSpec)
 # --- the document ----------------------------------------------------------------------------------
 
 
-def new_document(template: str = "analyze_classify") -> dict[str, Any]:
+def new_document(template: str = DEFAULT_TEMPLATE) -> dict[str, Any]:
     """The product default: ``template`` on the embedded models, ready to run."""
     return default_config_dict(template)
 

@@ -10,7 +10,11 @@ from core.estimate import estimate, format_duration, split_sizes
 
 
 def _config(doc_changes: dict | None = None, *, scripted: bool = False):
-    doc = scripted_config_dict() if scripted else default_config_dict()
+    """The two-predictor tutorial pipeline with N=40 train, V=20 validation, 40 test examples."""
+    doc = scripted_config_dict("analyze_classify") if scripted else default_config_dict("analyze_classify")
+    doc["data"]["split"] = {"train": 40, "val": 20, "test": 40, "seed": 0}
+    doc["optimizers"] = {"p": {"type": "random_search"},
+                         "w": {"type": "finetune", "settings": {"epochs": 2, "batch_size": 8}}}
     doc.update(doc_changes or {})
     return parse_config(doc)
 

@@ -49,7 +49,7 @@ def texts(at: AppTest) -> str:
 def test_program_page_lists_predictors_of_the_default_template():
     at = open_page("program")
     values = at.dataframe[0].value
-    assert list(values["predictor"]) == ["analyze.predict", "classify"]
+    assert list(values["predictor"]) == ["extract", "classify"]
     assert list(values["role"]) == ["large", "small"]
     assert list(values["fine-tunable"]) == [True, True]
 
@@ -108,8 +108,8 @@ def test_models_page_test_connection_on_scripted_lm():
 
 def test_data_page_shows_sample_preview_and_split():
     at = open_page("data")
-    assert at.metric[0].value == "168"
-    assert any("20 validation" in s.value for s in at.success)
+    assert at.metric[0].value == "160"  # support_tickets.jsonl, the default template's sample
+    assert any("10 validation" in s.value for s in at.success)
 
 
 def test_data_page_bad_upload_shows_core_message():
