@@ -252,7 +252,9 @@ def load_bundle(path: str | Path, *, allow_user_code: bool = False, which: str =
         )
         for model, entry in manifest.get("finetuned", {}).items():
             if entry.get("engine"):
-                _import_engine(entry["engine"]).register_finetuned(model, bundle / entry["folder"])
+                engine = _import_engine(entry["engine"])
+                engine = engine.shared() if hasattr(engine, "shared") else engine  # the process-wide instance
+                engine.register_finetuned(model, bundle / entry["folder"])
         program_json = bundle / f"{which}.json"
         _check_engines(program_json)
         program.load(str(program_json), allow_unsafe_lm_state=True)

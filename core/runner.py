@@ -564,9 +564,14 @@ class _CpuQueue:
         self._waiting: list[int] = []
         self._holder: int | None = None
 
-    def acquire(self, run_id: int, cancel: threading.Event) -> bool:
+    def enqueue(self, run_id: int) -> None:
+        """Take a place in the queue (called when the run is created, so order follows run ids)."""
         with self._cond:
             self._waiting.append(run_id)
+
+    def acquire(self, run_id: int, cancel: threading.Event) -> bool:
+        """Wait for this run's turn (it must be enqueued); False if cancelled while waiting."""
+        with self._cond:
             try:
                 while not (self._holder is None and self._waiting[0] == run_id):
                     if cancel.is_set():
@@ -599,6 +604,8 @@ class RunManager:
         """Check ``config``, create the run and start its worker; returns the run id at once."""
         prepared = prepare_run(config, base_dir=base_dir)
         run_id = self.store.create_run(config.name, config_to_dict(config), RunStatus.QUEUED)
+        if prepared.uses_local_cpu:
+            self._cpu.enqueue(run_id)
         cancel = threading.Event()
         thread = threading.Thread(target=self._work, args=(run_id, prepared, cancel), name=f"run-{run_id}",
                                   daemon=True)

@@ -148,13 +148,14 @@ def test_a_failed_evaluation_is_recorded_as_failed_not_as_zero(manager: RunManag
 
 
 def test_queued_runs_on_cpu_models_wait_their_turn(manager: RunManager) -> None:
-    doc = scripted_config_dict("classifier", tag="queue", delay=0.002)
+    doc = scripted_config_dict("classifier", tag="queue", delay=0.01)
     for spec in doc["lms"].values():
         spec["options"]["local_cpu"] = True  # behave like the embedded CPU models
     config = parse_config(doc)
     first = manager.start(config)
     second = manager.start(config)
-    _wait_for_event(manager.store, first, "round")
+    _wait_for_event(manager.store, first, "step_start")  # the first run holds the CPU models
+    assert manager.store.get_run(first).status is RunStatus.RUNNING
     assert manager.store.get_run(second).status is RunStatus.QUEUED
     assert manager.store.get_run(second).queue_position == 1
     assert manager.wait(first, timeout=120) and manager.wait(second, timeout=120)
