@@ -118,3 +118,17 @@ def scripted_config_dict(template: str = "analyze_classify", **options: Any) -> 
 
 def scripted_config(template: str = "analyze_classify", **options: Any) -> RunConfig:
     return parse_config(scripted_config_dict(template, **options))
+
+
+def with_smoke_budget(doc: dict[str, Any], *, train: int = 6, val: int = 3, test: int = 3,
+                      seed: int = 0) -> dict[str, Any]:
+    """``doc`` cut down to a smoke test of the whole path: a few examples, ``p -> w``, one prompt
+    candidate with one demo, two training steps on every parsed trace (min_score 0)."""
+    doc["data"]["split"] = {"train": train, "val": val, "test": test, "seed": seed}
+    doc["strategy"] = "p -> w"
+    doc["optimizers"] = {
+        "p": {"type": "random_search",
+              "settings": {"max_bootstrapped_demos": 1, "max_labeled_demos": 1, "num_candidate_programs": 1}},
+        "w": {"type": "finetune", "settings": {"epochs": 1, "max_steps": 2, "batch_size": 4, "min_score": 0.0}},
+    }
+    return doc

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from core.config import parse_config
-from core.defaults import default_config_dict
+from core.defaults import default_config_dict, with_smoke_budget
 from core.export import export_run
 from core.records import RunStatus
 from core.runner import RunManager
@@ -27,15 +27,8 @@ def tiny_config(template: str = "classifier") -> dict:
     doc["name"] = "tiny embedded run"
     doc["lms"] = {"small": {"kind": "embedded", "model": "smollm2-135m"},
                   "large": {"kind": "embedded", "model": "smollm2-135m"}}
-    doc["data"]["split"] = {"train": 6, "val": 3, "test": 3, "seed": 1}
-    doc["strategy"] = "p -> w"
-    doc["optimizers"] = {
-        "p": {"type": "random_search",
-              "settings": {"max_bootstrapped_demos": 1, "max_labeled_demos": 1, "num_candidate_programs": 1}},
-        # min_score 0: keep every parsed trace, so the step trains whatever the tiny model got right
-        "w": {"type": "finetune", "settings": {"epochs": 1, "max_steps": 2, "batch_size": 4, "min_score": 0.0}},
-    }
-    return doc
+    # min_score 0 in the smoke budget: the step trains on every parsed trace of the tiny model
+    return with_smoke_budget(doc, seed=1)
 
 
 def test_p_w_on_the_embedded_model_then_export_and_reload(tmp_path: Path) -> None:

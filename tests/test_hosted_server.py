@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from core.config import config_to_json, parse_config
-from core.defaults import default_config_dict
+from core.defaults import default_config_dict, with_smoke_budget
 from core.errors import LMError
 from core.export import export_run
 from core.lms.catalog import gguf_path
@@ -76,14 +76,7 @@ def hosted_config(base: str, *, key: str = CANARY, model: str = "openai/smol") -
                   "num_threads": 1, "max_tokens": 128},
         "small": {"kind": "embedded", "model": "smollm2-135m"},
     }
-    doc["data"]["split"] = {"train": 5, "val": 3, "test": 3, "seed": 3}
-    doc["strategy"] = "p -> w"
-    doc["optimizers"] = {
-        "p": {"type": "random_search",
-              "settings": {"max_bootstrapped_demos": 1, "max_labeled_demos": 1, "num_candidate_programs": 1}},
-        "w": {"type": "finetune", "settings": {"epochs": 1, "max_steps": 2, "batch_size": 4, "min_score": 0.0}},
-    }
-    return doc
+    return with_smoke_budget(doc, train=5, seed=3)
 
 
 def test_bad_key_is_named(server: str) -> None:
