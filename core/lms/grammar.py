@@ -118,7 +118,7 @@ def _note_for(system: str, name: str) -> str:
     return m.group(1) if m else ""
 
 
-def _literal_choices(type_name: str) -> tuple[str, ...] | None:
+def literal_choices(type_name: str) -> tuple[str, ...] | None:
     """The values of ``Literal[...]`` as DSPy expects them written, or None if not a Literal."""
     if not (type_name.startswith("Literal[") and type_name.endswith("]")):
         return None
@@ -151,7 +151,7 @@ def _classify(name: str, type_name: str, note: str) -> OutputField:
     }
     if type_name in simple:
         return OutputField(name, simple[type_name], type_name=type_name)
-    choices = _literal_choices(type_name)
+    choices = literal_choices(type_name)
     note_match = _CHOICES_NOTE.match(note)
     if choices is None and note_match:  # enums print their members only here
         listed = note_match.group(1) or note_match.group(2)

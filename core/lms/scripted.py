@@ -33,6 +33,7 @@ from dspy.clients.provider import Provider, TrainingJob
 from dspy.lm15 import Message, Response, TextPart, Usage
 
 from core.errors import LMError, StepCancelled
+from core.lms.grammar import literal_choices
 
 _FIELD_RE = re.compile(r"\[\[ ## (\w+) ## \]\]")
 _WORD_RE = re.compile(r"\w+")
@@ -66,13 +67,6 @@ def output_types(system: str) -> dict[str, str]:
         return {}
     block = block[1].split("All interactions will be structured", 1)[0]
     return {m.group(1): m.group(2) for m in re.finditer(r"`(\w+)` \(([^)]*(?:\)[^:\n]*)?)\)", block)}
-
-
-def _literal_choices(type_name: str) -> list[str]:
-    """``Literal['a', 'b']`` -> ['a', 'b'] (empty for other types)."""
-    if not type_name.startswith("Literal["):
-        return []
-    return re.findall(r"'((?:[^'\\]|\\.)*)'", type_name)
 
 
 def _tokens(text: str) -> set[str]:
@@ -266,7 +260,7 @@ class ScriptedEngine:
             else:
                 values[name] = " ".join(inputs.values())[:200] or "unknown"
         for name, value in values.items():
-            choices = _literal_choices(types.get(name, ""))
+            choices = literal_choices(types.get(name, "")) or ()
             if choices and value not in choices:
                 # a Literal field answers one of its values: one named in the inputs, else the first
                 text = " ".join(inputs.values()).lower()
