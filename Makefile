@@ -1,24 +1,67 @@
 # Set-up is part of every target: `make run` and `make test` work on a fresh machine.
 VENV    := .venv
 PY      := $(VENV)/bin/python
-STAMP   := $(VENV)/.installed-$(shell sha1sum requirements.txt | cut -c1-12)
 # The CPU build of torch==2.13.0 lies in /opt/wheels on these machines; elsewhere pip uses PyPI.
 PIP_FLAGS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 PORT    ?= 8501
 
-.PHONY: install run test test-fast lint bench chromium clean
+# --- llama-cpp-python: a portable build by default --------------------------------------------
+# PyPI has no wheel for this platform, so pip compiles llama.cpp. Left alone it compiles for the
+# build machine's CPU (-march=native): AMX or AVX-512 instructions that another machine (or a VM
+# that advertises but traps them) kills with SIGILL. The default build targets the x86-64 AVX2
+# level with every newer extension off; arm64 builds its baseline. `make install NATIVE=1` opts
+# into a native build (faster on the machine that built it, see bench/inference.py --compare-build).
+# pip's own wheel cache ignores CMAKE_ARGS, so we build the wheel ourselves, without that cache,
+# into a folder named after the exact flags, and install from there.
+LLAMA_VERSION := 0.3.36
+ARCH    := $(shell uname -m)
+NATIVE  ?= 0
+ifeq ($(NATIVE),1)
+LLAMA_BUILD := native
+LLAMA_CMAKE := -DGGML_NATIVE=ON
+else ifeq ($(ARCH),x86_64)
+LLAMA_BUILD := portable
+LLAMA_CMAKE := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON \
+	-DGGML_AVX_VNNI=OFF -DGGML_AVX512=OFF -DGGML_AVX512_VBMI=OFF -DGGML_AVX512_VNNI=OFF \
+	-DGGML_AVX512_BF16=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
+else
+LLAMA_BUILD := portable
+LLAMA_CMAKE := -DGGML_NATIVE=OFF
+endif
+LLAMA_KEY    := $(shell echo "$(LLAMA_VERSION) $(ARCH) $(LLAMA_CMAKE)" | sha1sum | cut -c1-10)
+LLAMA_WHEELS := $(HOME)/.cache/bettertogether-studio/llama-cpp-python-$(LLAMA_VERSION)-$(LLAMA_BUILD)-$(LLAMA_KEY)
+STAMP   := $(VENV)/.installed-$(shell sha1sum requirements.txt | cut -c1-12)-$(LLAMA_BUILD)-$(LLAMA_KEY)
+
+.PHONY: install llama-wheel doctor run test test-fast lint bench chromium clean
+
+# The wheel folder is reused by every later install on this machine with the same flags.
+llama-wheel:
+	@if ! ls $(LLAMA_WHEELS)/llama_cpp_python-$(LLAMA_VERSION)-*.whl >/dev/null 2>&1; then \
+		echo ">>> Compiling llama-cpp-python $(LLAMA_VERSION), $(LLAMA_BUILD) build for $(ARCH) (about 6-10 minutes on"; \
+		echo ">>> 2 cores, once per machine; pip prints 'Building wheel for llama-cpp-python ... still running')."; \
+		test -x $(PY) || python3 -m venv $(VENV); \
+		mkdir -p $(LLAMA_WHEELS).tmp && \
+		CMAKE_ARGS="$(LLAMA_CMAKE)" FORCE_CMAKE=1 $(VENV)/bin/pip wheel --disable-pip-version-check --no-cache-dir \
+			--no-deps --no-binary llama-cpp-python -w $(LLAMA_WHEELS).tmp llama-cpp-python==$(LLAMA_VERSION) && \
+		rm -rf $(LLAMA_WHEELS) && mv $(LLAMA_WHEELS).tmp $(LLAMA_WHEELS); \
+	fi
 
 $(STAMP): requirements.txt
 	@test -x $(PY) || python3 -m venv $(VENV)
-	@echo ">>> Installing pinned packages into $(VENV)."
-	@echo ">>> The first install on a machine compiles llama-cpp-python from source (about 6-10 minutes on"
-	@echo ">>> 2 cores; pip shows 'Building wheel for llama-cpp-python ... still running'); later installs"
-	@echo ">>> reuse pip's wheel cache and take seconds."
-	$(VENV)/bin/pip install --disable-pip-version-check $(PIP_FLAGS) -r requirements.txt
+	@$(MAKE) --no-print-directory llama-wheel NATIVE=$(NATIVE)
+	@echo ">>> Installing pinned packages into $(VENV) (llama-cpp-python: $(LLAMA_BUILD) build)."
+	$(VENV)/bin/pip install --disable-pip-version-check --force-reinstall --no-deps --no-index \
+		--find-links $(LLAMA_WHEELS) llama-cpp-python==$(LLAMA_VERSION)
+	$(VENV)/bin/pip install --disable-pip-version-check $(PIP_FLAGS) --find-links $(LLAMA_WHEELS) -r requirements.txt
 	@rm -f $(VENV)/.installed-*
 	@touch $(STAMP)
+	@echo ">>> Checking that the embedded models run on this CPU (python -m core doctor)."
+	@$(PY) -m core doctor || { rm -f $(STAMP); exit 1; }
 
 install: $(STAMP)
+
+doctor: install
+	$(PY) -m core doctor
 
 # Debian's chromium for the browser tests (Playwright cannot download its own browser here).
 chromium:

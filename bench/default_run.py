@@ -44,7 +44,7 @@ def main() -> int:
     from core.config import parse_config
     from core.defaults import default_config_dict, with_smoke_budget
     from core.paths import db_path
-    from core.runner import RunManager
+    from core.run import RunManager
     from core.store import Store
 
     doc = default_config_dict(args.template) if args.template else default_config_dict()

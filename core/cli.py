@@ -58,7 +58,7 @@ def _show_progress(store: Any, run_id: int, seen: int) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from core.config import load_config
     from core.paths import db_path
-    from core.runner import get_manager
+    from core.run import get_manager
 
     config = load_config(args.config)
     manager = get_manager(args.db or db_path())

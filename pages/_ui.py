@@ -13,7 +13,7 @@ import streamlit as st
 
 from core.errors import StudioError
 from core.paths import db_path
-from core.runner import RunManager, get_manager
+from core.run import RunManager, get_manager
 from core.store import Store
 from core.ui_state import new_document
 

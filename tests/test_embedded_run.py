@@ -15,7 +15,7 @@ from core.config import parse_config
 from core.defaults import default_config_dict, with_smoke_budget
 from core.export import export_run
 from core.records import RunStatus
-from core.runner import RunManager
+from core.run import RunManager
 from core.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -17,7 +17,7 @@ from core.defaults import scripted_config_dict
 from core.errors import LMError, StepCancelled
 from core.lms.hosted import StudioOpenAIProvider, base_model_of, check_endpoint, explain_lm_error, price_per_token
 from core.lms.registry import build_lm, capabilities
-from core.runner import RunManager, RunObserver, with_costs
+from core.run import RunManager, RunObserver, with_costs
 from core.store import Store
 from tests.fake_openai import FakeOpenAI
 

@@ -28,7 +28,7 @@ from core.lms.catalog import gguf_path
 from core.lms.hosted import check_endpoint
 from core.prepare import prepare_run
 from core.records import RunStatus
-from core.runner import RunManager
+from core.run import RunManager
 from core.store import Store
 
 pytestmark = pytest.mark.slow

@@ -9,7 +9,7 @@ from streamlit.testing.v1 import AppTest
 
 from core.defaults import scripted_config
 from core.paths import db_path
-from core.runner import get_manager
+from core.run import get_manager
 from core.ui_state import new_document, use_scripted
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -17,7 +17,7 @@ from core.defaults import scripted_config_dict
 from core.export import export_run, load_bundle, predict
 from core.lms.scripted import ScriptedEngine
 from core.records import RunStatus
-from core.runner import RunManager, best_index
+from core.run import RunManager, best_index
 from core.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent

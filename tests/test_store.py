@@ -174,7 +174,7 @@ def test_concurrent_writers_wait_instead_of_failing(store: Store) -> None:
 
 
 def test_lock_held_past_the_timeout_is_a_store_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("core.store.BUSY_TIMEOUT_MS", 50)
+    monkeypatch.setattr("core.store.db.BUSY_TIMEOUT_MS", 50)
     store = Store(tmp_path / "studio.db")
     run_id = store.create_run("r", CONFIG)
     blocker = sqlite3.connect(store.path, isolation_level=None)

@@ -1,0 +1,98 @@
+"""Building the optimizers, adapter and prices of a prepared run."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import dspy
+
+from core.adapter import StudioChatAdapter
+from core.config import FinetuneStep, LiteLLMSpec, MiproStep, RandomSearchStep, RunConfig
+from core.lms.hosted import base_model_of, price_per_token
+from core.optimizers.prompt import KeepLMsRandomSearch, SmallValsetMIPRO
+from core.optimizers.weights import RoleAwareFinetune
+from core.prepare import PreparedRun
+
+if TYPE_CHECKING:
+    from core.run.recorder import RoundRecorder
+
+logger = logging.getLogger(__name__)
+
+
+def build_optimizers(prepared: PreparedRun, recorder: RoundRecorder, adapter: dspy.Adapter) -> dict[str, Any]:
+    config = prepared.config
+    threads = effective_threads(prepared)
+    optimizers: dict[str, Any] = {}
+    for key, spec in config.optimizers.items():
+        if isinstance(spec, RandomSearchStep):
+            s = spec.settings
+            optimizers[key] = KeepLMsRandomSearch(
+                metric=prepared.metric,
+                max_bootstrapped_demos=s.max_bootstrapped_demos,
+                max_labeled_demos=s.max_labeled_demos,
+                num_candidate_programs=s.num_candidate_programs,
+                max_rounds=s.max_rounds,
+                num_threads=threads,
+            )
+        elif isinstance(spec, MiproStep):
+            s = spec.settings
+            optimizers[key] = SmallValsetMIPRO(
+                metric=prepared.metric,
+                prompt_model=prepared.context_lm,
+                task_model=prepared.context_lm,
+                auto=None,
+                num_candidates=s.num_candidates,
+                max_bootstrapped_demos=s.max_bootstrapped_demos,
+                max_labeled_demos=s.max_labeled_demos,
+                num_threads=threads,
+                seed=config.seed,
+                num_trials=s.num_trials,
+                minibatch=s.minibatch,
+            )
+        elif isinstance(spec, FinetuneStep):
+            optimizers[key] = RoleAwareFinetune(
+                metric=prepared.metric,
+                small_predictors=prepared.small_predictors,
+                settings=spec.settings,
+                hooks=recorder.weight_hooks(),
+                num_threads=threads,
+                adapter=adapter,
+                seed=config.seed,
+            )
+    return optimizers
+
+
+def effective_threads(prepared: PreparedRun) -> int:
+    """Evaluation threads: 1 whenever a CPU model is involved (it serves one call at a time); otherwise
+    enough for the most parallel LM (each LM is capped by its own limit in ``RunObserver``)."""
+    if prepared.uses_local_cpu:
+        return 1
+    return max([prepared.config.limits.num_threads] + [c.parallel_calls for c in prepared.capabilities.values()])
+
+
+def make_adapter() -> dspy.Adapter:
+    return StudioChatAdapter()
+
+
+def model_prices(config: RunConfig) -> dict[str, tuple[float, float]]:
+    """USD per (input, output) token of each hosted LM whose price is known."""
+    prices = {}
+    for spec in config.lms.values():
+        if isinstance(spec, LiteLLMSpec):
+            price = price_per_token(spec.model, spec.price_per_1m_input, spec.price_per_1m_output)
+            if price is not None:
+                prices[spec.model] = price
+    return prices
+
+
+def with_costs(usage: dict[str, dict[str, Any]], prices: dict[str, tuple[float, float]]) -> dict[str, dict[str, Any]]:
+    """Adds ``cost`` (USD, or None when the price is unknown) to each model's usage."""
+    out = {}
+    for model, counts in usage.items():
+        price = prices.get(model) or prices.get(base_model_of(model))
+        cost = None
+        if price is not None:
+            cost = round(counts.get("input_tokens", 0) * price[0] + counts.get("output_tokens", 0) * price[1], 6)
+        out[model] = {**counts, "cost": cost}
+    return out

@@ -1,0 +1,125 @@
+"""Executing one run in the current thread: compile, record, evaluate on test."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import dspy
+
+from core.errors import RunCancelled
+from core.paths import run_dir
+from core.prepare import PreparedRun
+from core.records import RunStatus
+from core.run.bettertogether import StudioBetterTogether
+from core.run.build import build_optimizers, effective_threads, make_adapter, model_prices
+from core.run.observer import RunObserver
+from core.run.recorder import RoundRecorder
+from core.store import Store
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    status: RunStatus
+    best_strategy: str | None
+    best_score: float | None
+    baseline_score: float | None
+    test_baseline_score: float | None
+    test_best_score: float | None
+    flagged: bool
+    error: str | None
+
+
+def evaluate_score(program: dspy.Module, devset: list, metric: Callable, threads: int,
+                   recorder: RoundRecorder) -> float | None:
+    """Score on ``devset``; None (never a silent 0) when every example failed or the evaluation crashed."""
+    recorder.begin_eval()
+    evaluate = dspy.Evaluate(devset=devset, metric=metric, num_threads=threads, display_progress=False,
+                             display_table=False, max_errors=len(devset) + 1, provide_traceback=False)
+    try:
+        score = float(evaluate(program).score)
+    except Exception as e:  # noqa: BLE001 - recorded, not turned into a score
+        recorder.event("error", f"test evaluation crashed: {type(e).__name__}: {e}")
+        return None
+    if recorder.eval_errors() >= len(devset):
+        recorder.event("error", f"test evaluation failed on all {len(devset)} examples; last LM error: "
+                                f"{recorder.observer.last_error}")
+        return None
+    return score
+
+
+def execute_run(prepared: PreparedRun, store: Store, run_id: int, cancel: threading.Event) -> RunOutcome:
+    """Run the optimization of ``prepared`` in this thread, recording it under ``run_id``."""
+    config = prepared.config
+    folder = run_dir(run_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    observer = RunObserver(cancel)
+    recorder = RoundRecorder(store, run_id, config, observer, folder, cancel, prices=model_prices(config))
+    observer.on_call = recorder.progress
+    adapter = make_adapter()
+    threads = effective_threads(prepared)
+    with dspy.context(lm=prepared.context_lm, adapter=adapter, callbacks=[observer], usage_tracker=observer,
+                      num_threads=threads, studio_cancel_event=cancel):
+        optimizers = build_optimizers(prepared, recorder, adapter)
+        optimizer = StudioBetterTogether(prepared.metric, recorder, **optimizers)
+        recorder.event("setup", "label fields constrained to their values: "
+                                + (", ".join(f"{k} ({len(v)})" for k, v in prepared.label_choices.items()) or "none"),
+                       {"label_choices": prepared.label_choices})
+        recorder.event("status", f"running '{config.strategy}' on {len(prepared.split.train)} train / "
+                                 f"{len(prepared.split.val)} validation examples")
+        try:
+            best = optimizer.compile(
+                prepared.program,
+                trainset=list(prepared.split.train),
+                valset=list(prepared.split.val),
+                num_threads=threads,
+                max_errors=config.limits.max_errors or len(prepared.split.val) + len(prepared.split.train),
+                seed=config.seed,
+                strategy=config.strategy,
+            )
+        except RunCancelled:
+            recorder.event("cancelled", "cancelled during the baseline evaluation")
+            return RunOutcome(RunStatus.CANCELLED, None, None, None, None, None, False, "cancelled by the user")
+        candidates = best.candidate_programs
+        baseline = next(c for c in candidates if c["strategy"] == "")
+        best_candidate = candidates[0]
+        best.save(str(folder / "best.json"))
+        baseline["program"].save(str(folder / "baseline.json"))
+        store.add_artifact(run_id, "best_program", str(folder / "best.json"), {"strategy": best_candidate["strategy"]})
+        store.add_artifact(run_id, "baseline_program", str(folder / "baseline.json"), {})
+        cancelled = cancel.is_set()
+        flagged = bool(best.flag_compilation_error_occurred) and not cancelled
+        test_base = test_best = None
+        if not cancelled and best_candidate["score"] is not None:
+            recorder.current_step = "test"
+            recorder.event("status", f"evaluating baseline and best on {len(prepared.split.test)} test examples")
+            try:
+                test = prepared.split.test
+                test_base = evaluate_score(baseline["program"], test, prepared.metric, threads, recorder)
+                test_best = (test_base if best_candidate["strategy"] == "" else
+                             evaluate_score(best, test, prepared.metric, threads, recorder))
+            except RunCancelled:
+                cancelled = True
+        if cancelled:
+            status, error = RunStatus.CANCELLED, "cancelled by the user; the best program so far was kept"
+        elif flagged or best_candidate["score"] is None:
+            status = RunStatus.FAILED
+            error = recorder.step_error or "every evaluation failed; see the event log"
+            if best_candidate["score"] is not None:
+                error += f"; kept the best program so far ('{best_candidate['strategy'] or 'baseline'}')"
+        else:
+            status, error = RunStatus.FINISHED, None
+        return RunOutcome(
+            status=status,
+            best_strategy=best_candidate["strategy"],
+            best_score=best_candidate["score"],
+            baseline_score=baseline["score"],
+            test_baseline_score=test_base,
+            test_best_score=test_best,
+            flagged=flagged,
+            error=error,
+        )
