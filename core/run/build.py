@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import dspy
 
@@ -11,16 +11,14 @@ from core.adapter import StudioChatAdapter
 from core.config import FinetuneStep, LiteLLMSpec, MiproStep, RandomSearchStep, RunConfig
 from core.lms.hosted import base_model_of, price_per_token
 from core.optimizers.prompt import KeepLMsRandomSearch, SmallValsetMIPRO
-from core.optimizers.weights import RoleAwareFinetune
+from core.optimizers.weights import RoleAwareFinetune, WeightStepHooks
 from core.prepare import PreparedRun
-
-if TYPE_CHECKING:
-    from core.run.recorder import RoundRecorder
 
 logger = logging.getLogger(__name__)
 
 
-def build_optimizers(prepared: PreparedRun, recorder: RoundRecorder, adapter: dspy.Adapter) -> dict[str, Any]:
+def build_optimizers(prepared: PreparedRun, weight_hooks: WeightStepHooks, adapter: dspy.Adapter) -> dict[str, Any]:
+    """One optimizer instance per strategy key; weight steps report through ``weight_hooks``."""
     config = prepared.config
     threads = effective_threads(prepared)
     optimizers: dict[str, Any] = {}
@@ -55,7 +53,7 @@ def build_optimizers(prepared: PreparedRun, recorder: RoundRecorder, adapter: ds
                 metric=prepared.metric,
                 small_predictors=prepared.small_predictors,
                 settings=spec.settings,
-                hooks=recorder.weight_hooks(),
+                hooks=weight_hooks,
                 num_threads=threads,
                 adapter=adapter,
                 seed=config.seed,

@@ -64,7 +64,7 @@ def execute_run(prepared: PreparedRun, store: Store, run_id: int, cancel: thread
     threads = effective_threads(prepared)
     with dspy.context(lm=prepared.context_lm, adapter=adapter, callbacks=[observer], usage_tracker=observer,
                       num_threads=threads, studio_cancel_event=cancel):
-        optimizers = build_optimizers(prepared, recorder, adapter)
+        optimizers = build_optimizers(prepared, recorder.weight_hooks(), adapter)
         optimizer = StudioBetterTogether(prepared.metric, recorder, **optimizers)
         recorder.event("setup", "label fields constrained to their values: "
                                 + (", ".join(f"{k} ({len(v)})" for k, v in prepared.label_choices.items()) or "none"),
