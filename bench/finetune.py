@@ -160,6 +160,7 @@ def main(argv: list[str] | None = None) -> dict:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
     from core.lms import embedded
+    from core.lms.registry import make_embedded_lm
 
     key = args.model
     n_train = args.train or (16 if args.quick else 120)
@@ -170,7 +171,7 @@ def main(argv: list[str] | None = None) -> dict:
     train, test = tickets[:n_train], tickets[n_train : n_train + n_test]
     adapter = dspy.ChatAdapter(use_json_adapter_fallback=False)
     rows = training_rows(adapter, train)
-    lm = embedded.make_embedded_lm(key, temperature=0.0, max_tokens=64)
+    lm = make_embedded_lm(key, temperature=0.0, max_tokens=64)
     engine = embedded.LlamaEngine.shared()
 
     logger.info("base model %s: %d held-out tickets", key, len(test))

@@ -36,6 +36,7 @@ sys.path.insert(0, str(REPO_ROOT))
 import dspy  # noqa: E402
 
 from core.lms import catalog, embedded, grammar  # noqa: E402
+from core.lms.registry import make_embedded_lm  # noqa: E402
 
 logger = logging.getLogger("bench.inference")
 
@@ -137,7 +138,7 @@ def main(argv: list[str] | None = None) -> dict:
     max_tokens = 384
     tickets = load_tickets(n * rounds)
     adapter = dspy.ChatAdapter(use_json_adapter_fallback=False)
-    lm = embedded.make_embedded_lm(args.model, temperature=0.0, max_tokens=max_tokens)
+    lm = make_embedded_lm(args.model, temperature=0.0, max_tokens=max_tokens)
     loaded = embedded.LlamaEngine.shared().resolve(lm.model)
 
     logger.info("warm-up (%s)", args.model)

@@ -14,7 +14,8 @@ from dspy.lm15 import Config, Message, Request
 
 from core.errors import LMError, RunCancelled
 from core.lms import catalog
-from core.lms.embedded import LlamaEngine, artifact_dir, cancel_scope, make_embedded_lm, register_finetuned
+from core.lms.embedded import LlamaEngine, artifact_dir, cancel_scope, register_finetuned
+from core.lms.registry import make_embedded_lm
 
 KEY = "smollm2-135m"
 MODEL = f"embedded/{KEY}"

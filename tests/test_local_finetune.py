@@ -17,7 +17,8 @@ from dspy.clients.utils_finetune import TrainDataFormat
 
 from core.errors import LMError, StepCancelled
 from core.lms import catalog, embedded, gguf_export
-from core.lms import local_finetune as lf
+from core.lms import lora as lf
+from core.lms.registry import make_embedded_lm
 
 KEY = "smollm2-135m"
 BASE = f"embedded/{KEY}"
@@ -142,7 +143,7 @@ def test_unchanged_base_round_trips_through_gguf(tmp_path: Path) -> None:
 
 
 def test_finetune_learns_a_label_and_serves_it_from_a_merged_gguf(tmp_path: Path) -> None:
-    lm = embedded.make_embedded_lm(KEY, temperature=0.0, max_tokens=8)
+    lm = make_embedded_lm(KEY, temperature=0.0, max_tokens=8)
     assert isinstance(lm.provider, lf.LocalLoRAProvider) and lm.provider.finetunable
     lm.launch()
     lm.launch()  # idempotent no-ops
@@ -169,7 +170,7 @@ def test_finetune_learns_a_label_and_serves_it_from_a_merged_gguf(tmp_path: Path
     assert ft_lm.model.startswith(f"{BASE}:ft-") and ft_lm.model != BASE
 
     folder = embedded.artifact_dir(ft_lm.model)
-    assert folder == tmp_path / "run" / lf.safe_name(ft_lm.model)
+    assert folder == tmp_path / "run" / catalog.safe_name(ft_lm.model)
     meta = json.loads((folder / "meta.json").read_text())
     assert meta["base"] == KEY and meta["kind"] == "merged" and meta["file"] == "model.gguf"
     assert meta["quant"] == "Q4_K_M"
@@ -185,7 +186,7 @@ def test_finetune_learns_a_label_and_serves_it_from_a_merged_gguf(tmp_path: Path
 
 
 def test_should_stop_cancels_between_steps_and_registers_nothing(tmp_path: Path) -> None:
-    provider = lf.LocalLoRAProvider()
+    provider = lf.LocalLoRAProvider(register=embedded.LlamaEngine.shared().register_finetuned)
     steps: list[int] = []
     before = set(embedded.LlamaEngine.shared().known_models())
     kwargs = {
@@ -208,7 +209,7 @@ def test_a_base_exception_in_a_callback_becomes_an_lm_error(tmp_path: Path) -> N
 
     kwargs = {"output_dir": str(tmp_path), "max_steps": 1, "batch_size": 2, "progress": progress}
     with pytest.raises(LMError, match="KeyboardInterrupt"):
-        lf.LocalLoRAProvider().finetune(None, BASE, memo_rows()[:2], "chat", kwargs)
+        lf.LocalLoRAProvider(register=embedded.LlamaEngine.shared().register_finetuned).finetune(None, BASE, memo_rows()[:2], "chat", kwargs)
 
 
 def test_seeded_runs_are_identical() -> None:
@@ -273,13 +274,13 @@ def test_rows_are_rendered_exactly_like_inference_prompts() -> None:
 )
 def test_bad_train_kwargs_name_the_parameter_and_range(tmp_path: Path, kwargs: dict, pattern: str) -> None:
     with pytest.raises(LMError, match=pattern):
-        lf.LocalLoRAProvider().finetune(
+        lf.LocalLoRAProvider(register=embedded.LlamaEngine.shared().register_finetuned).finetune(
             None, BASE, memo_rows(), "chat", {"output_dir": str(tmp_path), **kwargs}
         )
 
 
 def test_missing_output_dir_bad_model_and_bad_rows_are_lm_errors(tmp_path: Path) -> None:
-    provider = lf.LocalLoRAProvider()
+    provider = lf.LocalLoRAProvider(register=embedded.LlamaEngine.shared().register_finetuned)
     with pytest.raises(LMError, match="output_dir"):
         provider.finetune(None, BASE, memo_rows(), "chat", {"epochs": 1})
     with pytest.raises(LMError, match="allowed models are"):
@@ -294,9 +295,9 @@ def test_missing_output_dir_bad_model_and_bad_rows_are_lm_errors(tmp_path: Path)
 
 
 def test_model_names() -> None:
-    assert lf.model_key(BASE) == KEY
-    assert lf.model_key(f"{BASE}:ft-1a2b3c4d") == KEY  # fine-tuned again from the base weights
-    assert lf.safe_name(f"{BASE}:ft-1a2b3c4d") == "smollm2-135m_ft-1a2b3c4d"
+    assert catalog.model_key(BASE) == KEY
+    assert catalog.model_key(f"{BASE}:ft-1a2b3c4d") == KEY  # fine-tuned again from the base weights
+    assert catalog.safe_name(f"{BASE}:ft-1a2b3c4d") == "smollm2-135m_ft-1a2b3c4d"
     assert lf.LocalLoRAProvider.is_provider_model(BASE)
     assert lf.torch_threads() in (1, 2)
     os.environ["STUDIO_TORCH_THREADS"] = "3"

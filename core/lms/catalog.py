@@ -20,6 +20,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,6 +107,48 @@ DEFAULT_MODELS: dict[str, str] = {"large": SMOLLM2.key, "small": SMOLLM2.key}
 ROLES = ("large", "small")
 
 _assemble_lock = threading.Lock()
+
+
+# --- model names --------------------------------------------------------------------------------
+# The one place for the naming rules of embedded models: ``embedded/<key>`` for a shipped model,
+# ``embedded/<key>:ft-<8 hex>`` for a fine-tune of it.
+
+MODEL_PREFIX = "embedded/"
+FT_MARKER = ":ft-"
+
+
+def model_name(key: str) -> str:
+    """The served name of the shipped model ``key`` (``embedded/<key>``)."""
+    return f"{MODEL_PREFIX}{key}"
+
+
+def finetuned_name(key: str, suffix: str) -> str:
+    """The served name of a fine-tune of ``key`` (``embedded/<key>:ft-<suffix>``)."""
+    return f"{MODEL_PREFIX}{key}{FT_MARKER}{suffix}"
+
+
+def is_embedded_name(model: object) -> bool:
+    """True for ``embedded/...`` names (shipped or fine-tuned)."""
+    return isinstance(model, str) and model.startswith(MODEL_PREFIX)
+
+
+def base_model_name(model: str) -> str:
+    """A fine-tuned name without its ``:ft-...`` suffix (any provider's naming); others unchanged."""
+    return model.split(FT_MARKER)[0]
+
+
+def model_key(model: str) -> str:
+    """Catalogue key of ``embedded/<key>`` or of a fine-tuned ``embedded/<key>:ft-...`` name."""
+    name = model[len(MODEL_PREFIX) :] if is_embedded_name(model) else model
+    if not isinstance(name, str):
+        raise LMError(f"model {model!r} is not an embedded model name (embedded/<key>)")
+    return get_model(name.split(":", 1)[0]).key  # LMError naming the allowed keys
+
+
+def safe_name(model: str) -> str:
+    """A folder name for ``model`` (``embedded/smollm2-135m:ft-1a2b`` -> ``smollm2-135m_ft-1a2b``)."""
+    name = model[len(MODEL_PREFIX) :] if is_embedded_name(model) else model
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "model"
 
 
 def get_model(key: str) -> EmbeddedModel:

@@ -49,7 +49,7 @@ from core.lms import catalog, grammar
 
 logger = logging.getLogger(__name__)
 
-MODEL_PREFIX = "embedded/"
+MODEL_PREFIX = catalog.MODEL_PREFIX
 CANCEL_SETTING = "studio_cancel_event"
 DEFAULT_SEED = 1234
 DEFAULT_N_CTX = 2048
@@ -495,28 +495,3 @@ def register_finetuned(model_name: str, artifact_dir: Path) -> None:
 def artifact_dir(model_name: str) -> Path | None:
     """Folder of a registered fine-tuned model (what the export copies), else None."""
     return LlamaEngine.shared().artifact_dir(model_name)
-
-
-def _provider() -> Any:
-    try:
-        from core.lms.local_finetune import LocalLoRAProvider
-    except ImportError:
-        # The LoRA provider lives in core/lms/local_finetune.py (built by the fine-tuning work);
-        # without it the LM still serves inference, it just cannot be fine-tuned.
-        from dspy.clients.provider import Provider
-
-        return Provider()
-    return LocalLoRAProvider()
-
-
-def make_embedded_lm(key: str, *, temperature: float = 0.0, max_tokens: int = 512) -> dspy.LM:
-    """A ``dspy.LM`` for the embedded model ``key``, served by the shared engine, no cache."""
-    catalog.get_model(key)
-    return dspy.LM(
-        f"{MODEL_PREFIX}{key}",
-        engine=LlamaEngine.shared(),
-        provider=_provider(),
-        cache=False,
-        temperature=temperature,
-        max_tokens=max_tokens,
-    )

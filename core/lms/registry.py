@@ -12,6 +12,7 @@ from dspy.clients.provider import Provider
 
 from core.config import EmbeddedLMSpec, FactoryLMSpec, LiteLLMSpec
 from core.errors import LMError
+from core.lms import catalog
 from core.lms.hosted import StudioOpenAIProvider
 
 # Default key variables of common LiteLLM providers, used when a spec names none.
@@ -34,8 +35,12 @@ class LMCapabilities:
     reason: str  # why it cannot be fine-tuned, or how it is
 
 
-def capabilities(spec: Any) -> LMCapabilities:
-    """What an LM spec can do, without building it (factory LMs are built to find out)."""
+def capabilities(spec: Any, *, allow_user_code: bool = False) -> LMCapabilities:
+    """What an LM spec can do, without building it.
+
+    Factory LMs are built to find out, and a factory that is not built in runs only with
+    ``allow_user_code`` (``LMError`` otherwise): the pages ask before any of your code runs.
+    """
     if isinstance(spec, EmbeddedLMSpec):
         return LMCapabilities(True, True, 1, "LoRA fine-tuning on this CPU")
     if isinstance(spec, LiteLLMSpec):
@@ -47,7 +52,7 @@ def capabilities(spec: Any) -> LMCapabilities:
             False, False, spec.num_threads, "no fine-tuning path: set finetune to 'openai' for OpenAI models"
         )
     if isinstance(spec, FactoryLMSpec):
-        lm = build_lm("factory", spec, allow_user_code=True)
+        lm = build_lm("factory", spec, allow_user_code=allow_user_code)
         provider = getattr(lm, "provider", None)
         ok = bool(getattr(provider, "finetunable", False))
         local = bool(spec.options.get("local_cpu", False))
@@ -65,11 +70,27 @@ def resolve_api_key(spec: LiteLLMSpec) -> str | None:
     return None
 
 
+def make_embedded_lm(key: str, *, temperature: float = 0.0, max_tokens: int = 512) -> dspy.LM:
+    """A ``dspy.LM`` for the embedded model ``key``: served by the shared llama.cpp engine, fine-tuned by
+    the LoRA provider, which registers each fine-tune with that engine. No cache."""
+    from core.lms.embedded import LlamaEngine
+    from core.lms.lora import LocalLoRAProvider
+
+    catalog.get_model(key)
+    engine = LlamaEngine.shared()
+    return dspy.LM(
+        catalog.model_name(key),
+        engine=engine,
+        provider=LocalLoRAProvider(register=engine.register_finetuned),
+        cache=False,
+        temperature=temperature,
+        max_tokens=max_tokens,
+    )
+
+
 def build_lm(name: str, spec: Any, *, allow_user_code: bool = False) -> dspy.LM:
     """A fresh ``dspy.LM`` for the spec named ``name`` in the configuration."""
     if isinstance(spec, EmbeddedLMSpec):
-        from core.lms.embedded import make_embedded_lm
-
         return make_embedded_lm(spec.model, temperature=spec.temperature, max_tokens=spec.max_tokens)
     if isinstance(spec, LiteLLMSpec):
         return _build_litellm(spec)
@@ -106,7 +127,8 @@ def _build_litellm(spec: LiteLLMSpec) -> dspy.LM:
 
 def _build_factory(name: str, spec: FactoryLMSpec, *, allow_user_code: bool) -> dspy.LM:
     if not spec.is_builtin and not allow_user_code:
-        raise LMError(f"LM {name!r}: the factory {spec.factory!r} runs your code; enable allow_user_code")
+        raise LMError(f"LM {name!r}: the factory {spec.factory!r} runs your code and was not run; "
+                      "allow user code for this configuration to use it")
     module_name, func_name = spec.factory.split(":")
     try:
         module = importlib.import_module(module_name)

@@ -35,6 +35,7 @@ from core.store.rows import (
     artifact_from_row,
     event_from_row,
     now_iso,
+    parse_status,
     placeholders,
     round_from_row,
     round_to_row,
@@ -146,7 +147,7 @@ class Store:
         ``config`` must hold no secrets (the caller strips them); a key named like a secret
         (``api_key``, ``token``, ``password`` ...) with a non-empty string value is refused.
         """
-        status = status(status)
+        status = parse_status(status)
         if not name or not name.strip():
             raise StoreError("a run needs a non-empty name")
         secrets_found = find_secrets(config)
@@ -208,7 +209,7 @@ class Store:
         Becoming running sets ``started_at`` (once); becoming terminal sets ``finished_at``.
         A terminal status never changes again, so a late writer cannot resurrect a run.
         """
-        return self._update_active(run_id, status(status), {"error": error} if error is not None else {})
+        return self._update_active(run_id, parse_status(status), {"error": error} if error is not None else {})
 
     def claim_run(self, run_id: int, pid: int, started: float | None) -> bool:
         """Make process ``pid`` (started at ``started``) the owner of run ``run_id`` and mark it
@@ -232,7 +233,7 @@ class Store:
 
         False (nothing written) when the run was already terminal.
         """
-        status = status(status)
+        status = parse_status(status)
         if status not in TERMINAL:
             allowed = ", ".join(sorted(s.value for s in TERMINAL))
             raise StoreError(f"finish_run needs a terminal status, got {status.value!r}; allowed: {allowed}")

@@ -36,7 +36,7 @@ def from_json(text: str | None) -> Any:
     return json.loads(text) if text else {}
 
 
-def status(status: RunStatus | str) -> RunStatus:
+def parse_status(status: RunStatus | str) -> RunStatus:
     try:
         return RunStatus(status)
     except ValueError as e:

@@ -1,0 +1,188 @@
+"""The DSPy provider of the embedded LMs: ``finetune`` runs one LoRA job and registers the result."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from dspy.clients.provider import Provider, TrainingJob
+from dspy.clients.utils_finetune import TrainingStatus
+
+from core.errors import LMError, RunCancelled, StepCancelled
+from core.lms import catalog
+from core.lms.lora.params import parse_train_kwargs, peak_rss_mb
+from core.lms.lora.train import export_merged, train_lora
+
+logger = logging.getLogger(__name__)
+
+_TRAIN_LOCK = threading.Lock()
+
+
+class LocalLoRATrainingJob(TrainingJob):
+    """A fine-tuning job of ``LocalLoRAProvider``; ``status()`` and ``progress`` report where it is."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.progress: dict[str, Any] = {}
+        self.started = False
+        self.cancel_event = threading.Event()
+
+    def cancel(self) -> bool:
+        """Ask the training loop to stop before its next step (it raises StepCancelled)."""
+        self.cancel_event.set()
+        return True
+
+    def status(self) -> str:
+        """A ``dspy.clients.utils_finetune.TrainingStatus`` value."""
+        if self.done():
+            result = self.result()
+            if isinstance(result, StepCancelled):
+                return TrainingStatus.cancelled.value
+            return (
+                TrainingStatus.failed.value
+                if isinstance(result, Exception)
+                else TrainingStatus.succeeded.value
+            )
+        if self.cancel_event.is_set():
+            return TrainingStatus.cancelled.value
+        return TrainingStatus.running.value if self.started else TrainingStatus.pending.value
+
+
+class LocalLoRAProvider(Provider):
+    """Fine-tunes embedded models with LoRA on the CPU and serves them with the llama.cpp engine."""
+
+    def __init__(self, register: Callable[[str, Path], None]) -> None:
+        """``register(name, folder)`` makes the serving engine serve a new fine-tune (injected by
+        ``core.lms.registry``, so training never imports the engine)."""
+        super().__init__()
+        self.finetunable = True
+        self.TrainingJob = LocalLoRATrainingJob
+        self.register = register
+
+    def __deepcopy__(self, memo: dict) -> LocalLoRAProvider:
+        return self
+
+    @staticmethod
+    def is_provider_model(model: str) -> bool:
+        """Embedded models are ``embedded/<key>`` (fine-tuned: ``embedded/<key>:ft-...``)."""
+        return catalog.is_embedded_name(model)
+
+    def finetune(
+        self,
+        job: Any,
+        model: str,
+        train_data: list[dict[str, Any]],
+        train_data_format: Any,
+        train_kwargs: dict[str, Any] | None = None,
+    ) -> str:
+        """Fine-tune ``model`` on ``train_data``; return the new registered model name.
+
+        Raises StepCancelled when cancelled between steps and LMError for anything else.
+        """
+        try:
+            return self._finetune(job, model, train_data, train_data_format, train_kwargs)
+        except (StepCancelled, LMError):
+            raise
+        except RunCancelled as e:
+            raise StepCancelled(f"fine-tuning {model} cancelled: {e}") from None
+        except BaseException as e:  # noqa: BLE001 - a BaseException would leave DSPy's job unresolved
+            logger.exception("fine-tuning %s failed", model)
+            raise LMError(f"fine-tuning {model} failed: {type(e).__name__}: {e}") from e
+
+    def _finetune(
+        self,
+        job: Any,
+        model: str,
+        train_data: list[dict[str, Any]],
+        train_data_format: Any,
+        train_kwargs: dict[str, Any] | None,
+    ) -> str:
+        fmt = getattr(train_data_format, "value", train_data_format)
+        if fmt not in (None, "chat"):
+            raise LMError(f"train_data_format {fmt!r} is not supported by the embedded models; allowed: chat")
+        key = catalog.model_key(model)
+        params, output_dir = parse_train_kwargs(key, train_kwargs)
+        if not train_data:
+            raise LMError("fine-tuning needs at least one training row; got 0")
+        kw = train_kwargs or {}
+        user_progress, user_stop = kw.get("progress"), kw.get("should_stop")
+        cancel_event = getattr(job, "cancel_event", None)
+
+        def should_stop() -> bool:
+            if cancel_event is not None and cancel_event.is_set():
+                return True
+            return bool(user_stop()) if user_stop is not None else False
+
+        def progress(step: int, total: int, loss: float) -> None:
+            if job is not None and hasattr(job, "progress"):
+                job.progress = {
+                    "step": step,
+                    "total_steps": total,
+                    "loss": loss,
+                    "peak_rss_mb": peak_rss_mb(),
+                }
+            if user_progress is not None:
+                user_progress(step, total, loss)
+
+        new_name = catalog.finetuned_name(key, uuid.uuid4().hex[:8])
+        folder = output_dir / catalog.safe_name(new_name)
+        if model != catalog.model_name(key):
+            logger.info("%s is fine-tuned again from the base weights of %s", model, key)
+        if should_stop():
+            raise StepCancelled("fine-tuning cancelled before step 1")
+        with _TRAIN_LOCK:
+            if job is not None and hasattr(job, "started"):
+                job.started = True
+            try:
+                result = train_lora(key, train_data, params, progress=progress, should_stop=should_stop)
+                if should_stop():
+                    raise StepCancelled(
+                        f"fine-tuning cancelled after step {result.steps} (before the export)"
+                    )
+                gguf, export_seconds = export_merged(key, result.model, folder, params.quant)
+                result.model = None
+                meta = {
+                    "base": key,
+                    "kind": "merged",
+                    "file": gguf.name,
+                    "quant": params.quant,
+                    "source_model": model,
+                    "train": {
+                        **{k: v for k, v in asdict(params).items() if k != "quant"},
+                        "steps": result.steps,
+                        "total_steps": result.total_steps,
+                        "first_loss": result.first_loss,
+                        "final_loss": result.final_loss,
+                        "losses": [round(x, 5) for x in result.losses],
+                        "seconds": result.seconds,
+                        "seconds_per_step": result.seconds_per_step,
+                        "export_seconds": export_seconds,
+                        "rows": result.rows,
+                        "truncated_rows": result.truncated_rows,
+                        "peak_rss_mb": peak_rss_mb(),
+                        "torch_threads": result.threads,
+                    },
+                }
+                (folder / "meta.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
+            except BaseException:
+                shutil.rmtree(folder, ignore_errors=True)
+                raise
+        self.register(new_name, folder)
+        logger.info(
+            "fine-tuned %s -> %s (%d steps, final loss %.4f, %s, %s)",
+            model,
+            new_name,
+            result.steps,
+            result.final_loss or float("nan"),
+            params.quant,
+            folder,
+        )
+        return new_name
+
