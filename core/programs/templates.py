@@ -1,0 +1,113 @@
+"""The built-in templates: fixed lists of stages, each with a sample dataset."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from core.programs.stages import Stage
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Template:
+    """A built-in program with the sample dataset it comes with.
+
+    ``default_mapping`` maps each program field (inputs and labels) to a column of ``sample``.
+    """
+
+    key: str
+    title: str
+    description: str
+    stages: list[Stage]
+    sample: str
+    input_fields: tuple[str, ...]
+    label_fields: tuple[str, ...]
+    default_mapping: dict[str, str] = field(default_factory=dict)
+
+
+
+TEMPLATES: dict[str, Template] = {
+    "analyze_classify": Template(
+        key="analyze_classify",
+        title="Analyze, then classify",
+        description=(
+            "A reasoning step analyses a document and lists key findings; a classification step "
+            "turns them into a category and a risk level."
+        ),
+        stages=[
+            Stage(
+                name="analyze",
+                module="ChainOfThought",
+                signature="document -> analysis: str, key_findings: list[str]",
+                instructions=(
+                    "Read the document carefully and write a concise analysis together with its "
+                    "most important findings."
+                ),
+            ),
+            Stage(
+                name="classify",
+                module="Predict",
+                signature="analysis, key_findings -> category: str, risk_level: str",
+                instructions=(
+                    "From the analysis and key findings, assign the document's category and its "
+                    "risk level (low, medium or high)."
+                ),
+            ),
+        ],
+        sample="documents.csv",
+        input_fields=("document",),
+        label_fields=("category", "risk_level"),
+        default_mapping={"document": "document", "category": "category", "risk_level": "risk_level"},
+    ),
+    "classifier": Template(
+        key="classifier",
+        title="Text classifier",
+        description="A single step that assigns a label to a piece of text.",
+        stages=[
+            Stage(
+                name="classify",
+                module="Predict",
+                signature="text -> label: str",
+                instructions="Classify the text and answer with the single label that fits it best.",
+            ),
+        ],
+        sample="sentiment.json",
+        input_fields=("text",),
+        label_fields=("label",),
+        default_mapping={"text": "text", "label": "label"},
+    ),
+    "support_triage": Template(
+        key="support_triage",
+        title="Support ticket triage",
+        description=(
+            "An extraction step summarises a support ticket and names the product area; a "
+            "classification step decides the customer's intent and the ticket's urgency."
+        ),
+        stages=[
+            Stage(
+                name="extract",
+                module="Predict",
+                signature="ticket -> summary: str, product_area: str",
+                instructions=(
+                    "Summarise the support ticket in one sentence and name the product area it concerns."
+                ),
+            ),
+            Stage(
+                name="classify",
+                module="Predict",
+                signature="ticket, summary -> intent: str, urgency: str",
+                instructions=(
+                    "Decide what the customer wants (intent) and how urgently the ticket must be "
+                    "handled (urgency)."
+                ),
+            ),
+        ],
+        sample="support_tickets.jsonl",
+        input_fields=("ticket",),
+        label_fields=("intent", "urgency"),
+        default_mapping={"ticket": "ticket", "intent": "intent", "urgency": "urgency"},
+    ),
+}
+
