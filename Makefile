@@ -10,12 +10,14 @@ PORT    ?= 8501
 # build machine's CPU (-march=native): AMX or AVX-512 instructions that another machine (or a VM
 # that advertises but traps them) kills with SIGILL. The default build targets the x86-64 AVX2
 # level with every newer extension off; arm64 builds its baseline. `make install NATIVE=1` opts
-# into a native build (faster on the machine that built it, see bench/inference.py --compare-build).
+# into a native build (faster on the machine that built it, see bench/build_compare.py); the choice
+# is remembered in $(VENV)/.llama-build, so a later `make run` keeps it until `make install NATIVE=0`.
 # pip's own wheel cache ignores CMAKE_ARGS, so we build the wheel ourselves, without that cache,
-# into a folder named after the exact flags, and install from there.
+# into a folder named after the exact flags (and, for a native build, this CPU's flags), and
+# install from there with --force-reinstall.
 LLAMA_VERSION := 0.3.36
 ARCH    := $(shell uname -m)
-NATIVE  ?= 0
+NATIVE  ?= $(if $(filter native,$(shell cat $(VENV)/.llama-build 2>/dev/null)),1,0)
 ifeq ($(NATIVE),1)
 LLAMA_BUILD := native
 LLAMA_CMAKE := -DGGML_NATIVE=ON
@@ -28,7 +30,9 @@ else
 LLAMA_BUILD := portable
 LLAMA_CMAKE := -DGGML_NATIVE=OFF
 endif
-LLAMA_KEY    := $(shell echo "$(LLAMA_VERSION) $(ARCH) $(LLAMA_CMAKE)" | sha1sum | cut -c1-10)
+# A native wheel only suits CPUs with the same flags: its folder name carries them.
+CPU_FLAGS    := $(if $(filter native,$(LLAMA_BUILD)),$(shell grep -m1 -E '^(flags|Features)' /proc/cpuinfo 2>/dev/null),)
+LLAMA_KEY    := $(shell echo "$(LLAMA_VERSION) $(ARCH) $(LLAMA_CMAKE)$(if $(CPU_FLAGS), $(CPU_FLAGS))" | sha1sum | cut -c1-10)
 LLAMA_WHEELS := $(HOME)/.cache/bettertogether-studio/llama-cpp-python-$(LLAMA_VERSION)-$(LLAMA_BUILD)-$(LLAMA_KEY)
 STAMP   := $(VENV)/.installed-$(shell sha1sum requirements.txt | cut -c1-12)-$(LLAMA_BUILD)-$(LLAMA_KEY)
 
@@ -40,7 +44,7 @@ llama-wheel:
 		echo ">>> Compiling llama-cpp-python $(LLAMA_VERSION), $(LLAMA_BUILD) build for $(ARCH) (about 6-10 minutes on"; \
 		echo ">>> 2 cores, once per machine; pip prints 'Building wheel for llama-cpp-python ... still running')."; \
 		test -x $(PY) || python3 -m venv $(VENV); \
-		mkdir -p $(LLAMA_WHEELS).tmp && \
+		rm -rf $(LLAMA_WHEELS).tmp && mkdir -p $(LLAMA_WHEELS).tmp && \
 		CMAKE_ARGS="$(LLAMA_CMAKE)" FORCE_CMAKE=1 $(VENV)/bin/pip wheel --disable-pip-version-check --no-cache-dir \
 			--no-deps --no-binary llama-cpp-python -w $(LLAMA_WHEELS).tmp llama-cpp-python==$(LLAMA_VERSION) && \
 		rm -rf $(LLAMA_WHEELS) && mv $(LLAMA_WHEELS).tmp $(LLAMA_WHEELS); \
@@ -54,6 +58,7 @@ $(STAMP): requirements.txt
 		--find-links $(LLAMA_WHEELS) llama-cpp-python==$(LLAMA_VERSION)
 	$(VENV)/bin/pip install --disable-pip-version-check $(PIP_FLAGS) --find-links $(LLAMA_WHEELS) -r requirements.txt
 	@rm -f $(VENV)/.installed-*
+	@echo $(LLAMA_BUILD) > $(VENV)/.llama-build
 	@touch $(STAMP)
 	@echo ">>> Checking that the embedded models run on this CPU (python -m core doctor)."
 	@$(PY) -m core doctor || { rm -f $(STAMP); exit 1; }
