@@ -9,6 +9,8 @@ error during trace collection. This step:
 * keeps traces whose metric score is at least ``min_score`` (failed parses are dropped);
 * builds chat rows with the adapter's ``format_finetune_data`` for small predictors only, grouped by
   the model serving them: one fine-tuning job per small LM, trained on its own predictors' rows;
+* hands each small LM's rows to ``hooks.on_rows`` (the run records them as the step's evidence: what
+  each model trained on, with its source, ``self`` for rows from the program's own traces);
 * runs the jobs one after the other (CPU training does not parallelise well), reporting progress
   and honouring cancel between training steps;
 * raises a clear error when zero traces are usable.
@@ -30,6 +32,7 @@ from dspy.teleprompt.teleprompt import Teleprompter
 
 from core.config import FinetuneSettings
 from core.errors import LMError, StepCancelled, StudioError
+from core.store.evidence import TrainingRow
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +54,7 @@ class WeightStepHooks:
     on_job_start: Callable[[str, int], None] = lambda model, rows: None
     on_progress: Callable[[str, int, int, float], None] = lambda model, step, total, loss: None
     on_finetuned: Callable[[str, Any], None] = lambda old_model, new_lm: None
+    on_rows: Callable[[str, list[TrainingRow]], None] = lambda model, rows: None
     should_stop: Callable[[], bool] = lambda: False
     extra_train_kwargs: dict[str, Any] = field(default_factory=dict)
 
@@ -81,6 +85,7 @@ class RoleAwareFinetune(Teleprompter):
         self.seed = seed
         self.last_stats: TraceStats | None = None
         self.finetuned: dict[str, str] = {}
+        self.row_sources: dict[str, list[TrainingRow]] = {}
 
     def compile(self, student: dspy.Module, *, trainset: list[dspy.Example], teacher: Any = None) -> dspy.Module:
         student = student.deepcopy()
@@ -88,6 +93,7 @@ class RoleAwareFinetune(Teleprompter):
         traces = self._collect_traces(student, trainset)
         groups = self._rows_by_model(traces, small, len(trainset))
         for model, (lm, predictors, rows) in groups.items():
+            self.hooks.on_rows(model, self.row_sources.get(model, []))
             new_lm = self._finetune(lm, rows)
             for predictor in predictors:
                 predictor.lm = new_lm
@@ -137,6 +143,7 @@ class RoleAwareFinetune(Teleprompter):
     ) -> dict[str, tuple[Any, list[Any], list[dict]]]:
         adapter = self.adapter or dspy.settings.adapter or dspy.ChatAdapter()
         groups: dict[str, tuple[Any, list[Any], list[dict]]] = {}
+        self.row_sources = {}
         for _, predictor in small.values():
             groups.setdefault(predictor.lm.model, (predictor.lm, [], []))[1].append(predictor)
         for item in traces:
@@ -148,6 +155,11 @@ class RoleAwareFinetune(Teleprompter):
                     signature=predictor.signature, demos=demos, inputs=inputs, outputs=outputs
                 )
                 groups[predictor.lm.model][2].append(row)
+                self.row_sources.setdefault(predictor.lm.model, []).append(TrainingRow(
+                    predictor=small[id(predictor)][0], messages=list(row.get("messages", [])),
+                    outputs={k: v for k, v in outputs.items() if not str(k).startswith("dspy_")},
+                    source="self", index=len(groups[predictor.lm.model][2]) - 1,
+                ))
         total, kept, failed = self._counts
         stats = TraceStats(total, kept, failed, {m: len(g[2]) for m, g in groups.items()})
         self.last_stats = stats

@@ -10,6 +10,7 @@ import dspy
 from dspy.teleprompt import BetterTogether
 
 from core.errors import RunCancelled, StepCancelled
+from core.evidence.capture import evidence_scope
 from core.run.recorder import RoundRecorder
 
 logger = logging.getLogger(__name__)
@@ -36,18 +37,20 @@ class StudioBetterTogether(BetterTogether):
             display_table=False,
             provide_traceback=False,
         )
-        try:
-            result = evaluate(program)
-        except Exception as e:  # noqa: BLE001 - recorded as a failed evaluation, not as 0
-            self.recorder.eval_error = f"evaluation crashed: {type(e).__name__}: {e}"
-            return None
-        errors = self.recorder.eval_errors()
-        if errors >= len(valset):
-            self.recorder.eval_error = (
-                f"all {len(valset)} validation examples failed; last LM error: {self.recorder.observer.last_error}"
-            )
-            return None
-        return float(result.score)
+        with evidence_scope(self.recorder.evidence, "val", self.recorder.current_step, program, valset) as scope:
+            try:
+                result = scope.result = evaluate(program)
+            except Exception as e:  # noqa: BLE001 - recorded as a failed evaluation, not as 0
+                self.recorder.eval_error = scope.error = f"evaluation crashed: {type(e).__name__}: {e}"
+                return None
+            errors = self.recorder.eval_errors()
+            if errors >= len(valset):
+                self.recorder.eval_error = scope.error = (
+                    f"all {len(valset)} validation examples failed; last LM error: {self.recorder.observer.last_error}"
+                )
+                return None
+            scope.score = float(result.score)
+            return scope.score
 
     def _run_and_evaluate_step(self, optimizer, student, teacher, trainset, valset, compile_args,
                                candidate_programs, current_strategy, *args, **kwargs):

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import dspy
 
 from core.errors import RunCancelled
+from core.evidence.capture import EvidenceCollector, UsageTap, evidence_scope
 from core.paths import run_dir
 from core.prepare import PreparedRun
 from core.records import RunStatus
@@ -35,21 +36,28 @@ class RunOutcome:
 
 
 def evaluate_score(program: dspy.Module, devset: list, metric: Callable, threads: int,
-                   recorder: RoundRecorder) -> float | None:
-    """Score on ``devset``; None (never a silent 0) when every example failed or the evaluation crashed."""
+                   recorder: RoundRecorder, which: str = "best") -> float | None:
+    """Score on ``devset``; None (never a silent 0) when every example failed or the evaluation crashed.
+
+    Each example's evidence is recorded as the test evaluation of the ``which`` program."""
     recorder.begin_eval()
     evaluate = dspy.Evaluate(devset=devset, metric=metric, num_threads=threads, display_progress=False,
                              display_table=False, max_errors=len(devset) + 1, provide_traceback=False)
-    try:
-        score = float(evaluate(program).score)
-    except Exception as e:  # noqa: BLE001 - recorded, not turned into a score
-        recorder.event("error", f"test evaluation crashed: {type(e).__name__}: {e}")
-        return None
-    if recorder.eval_errors() >= len(devset):
-        recorder.event("error", f"test evaluation failed on all {len(devset)} examples; last LM error: "
-                                f"{recorder.observer.last_error}")
-        return None
-    return score
+    with evidence_scope(recorder.evidence, "test", f"test: {which}", program, devset, program_label=which) as scope:
+        try:
+            scope.result = evaluate(program)
+            score = float(scope.result.score)
+        except Exception as e:  # noqa: BLE001 - recorded, not turned into a score
+            scope.error = f"test evaluation crashed: {type(e).__name__}: {e}"
+            recorder.event("error", scope.error)
+            return None
+        if recorder.eval_errors() >= len(devset):
+            scope.error = (f"test evaluation failed on all {len(devset)} examples; last LM error: "
+                           f"{recorder.observer.last_error}")
+            recorder.event("error", scope.error)
+            return None
+        scope.score = score
+        return score
 
 
 def execute_run(prepared: PreparedRun, store: Store, run_id: int, cancel: threading.Event) -> RunOutcome:
@@ -60,9 +68,11 @@ def execute_run(prepared: PreparedRun, store: Store, run_id: int, cancel: thread
     observer = RunObserver(cancel)
     recorder = RoundRecorder(store, run_id, config, observer, folder, cancel, prices=model_prices(config))
     observer.on_call = recorder.progress
+    recorder.evidence = EvidenceCollector(store, run_id)
     adapter = make_adapter()
     threads = effective_threads(prepared)
-    with dspy.context(lm=prepared.context_lm, adapter=adapter, callbacks=[observer], usage_tracker=observer,
+    with dspy.context(lm=prepared.context_lm, adapter=adapter, callbacks=[observer, recorder.evidence],
+                      usage_tracker=UsageTap(observer, recorder.evidence),
                       num_threads=threads, studio_cancel_event=cancel):
         optimizers = build_optimizers(prepared, recorder.weight_hooks(), adapter)
         optimizer = StudioBetterTogether(prepared.metric, recorder, **optimizers)
@@ -99,9 +109,9 @@ def execute_run(prepared: PreparedRun, store: Store, run_id: int, cancel: thread
             recorder.event("status", f"evaluating baseline and best on {len(prepared.split.test)} test examples")
             try:
                 test = prepared.split.test
-                test_base = evaluate_score(baseline["program"], test, prepared.metric, threads, recorder)
+                test_base = evaluate_score(baseline["program"], test, prepared.metric, threads, recorder, "baseline")
                 test_best = (test_base if best_candidate["strategy"] == "" else
-                             evaluate_score(best, test, prepared.metric, threads, recorder))
+                             evaluate_score(best, test, prepared.metric, threads, recorder, "best"))
             except RunCancelled:
                 cancelled = True
         if cancelled:

@@ -13,6 +13,7 @@ import dspy
 
 from core.config import RunConfig
 from core.errors import StudioError
+from core.evidence.capture import EvidenceCollector
 from core.lms.registry import engine_of
 from core.optimizers.weights import TraceStats, WeightStepHooks
 from core.records import Round
@@ -44,6 +45,7 @@ class RoundRecorder:
     current_step: str = "baseline"
     prices: dict[str, tuple[float, float]] = field(default_factory=dict)
     scores: list[float | None] = field(default_factory=list)
+    evidence: EvidenceCollector | None = None  # per-example evidence of evaluations and training rows
     _last_progress: float = 0.0
 
     def event(self, kind: str, message: str, data: dict | None = None) -> None:
@@ -75,6 +77,8 @@ class RoundRecorder:
         self.usage_before = self.observer.snapshot()
         self.step_details = {}
         self.current_step = strategy
+        if self.evidence is not None:
+            self.evidence.round_index = index
         optimizer = self.config.optimizers[key].type
         self.event("step_start", f"step {index}: {key} ({optimizer}), strategy '{strategy}'", {
             "index": index, "strategy": strategy, "key": key, "optimizer": optimizer,
@@ -114,8 +118,13 @@ class RoundRecorder:
                     "model": new, "base": old, "engine": f"{type(engine).__module__}:{type(engine).__qualname__}",
                 })
 
+        def on_rows(model: str, rows: list) -> None:
+            if self.evidence is not None:
+                self.evidence.training_rows(model, rows)
+
         return WeightStepHooks(
             output_dir=self.folder / "weights",
+            on_rows=on_rows,
             on_traces=on_traces,
             on_job_start=on_job_start,
             on_progress=on_progress,

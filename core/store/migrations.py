@@ -77,3 +77,91 @@ def m001_initial_schema(db: Database) -> None:
         foreign_keys=[("run_id", "runs", "id")],
     )
     db["artifacts"].create_index(["run_id", "kind"])
+
+
+@MIGRATIONS()
+def m003_evidence(db: Database) -> None:
+    """Per-example evidence: evaluations, their example results, each result's LM calls, and the
+    training rows of weight steps. Rows go with their run (``ON DELETE CASCADE``); runs recorded
+    before this migration simply have none."""
+    # One statement at a time: ``executescript`` would commit the store's migration transaction.
+    statements = """
+        CREATE TABLE IF NOT EXISTS evaluations (
+            id INTEGER PRIMARY KEY,
+            run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+            split TEXT NOT NULL,
+            round_index INTEGER,
+            label TEXT NOT NULL,
+            program TEXT,
+            started_at TEXT,
+            finished_at TEXT,
+            examples INTEGER NOT NULL DEFAULT 0,
+            score REAL,
+            error TEXT
+        );
+        CREATE INDEX IF NOT EXISTS idx_evaluations_run ON evaluations (run_id, split, id);
+        CREATE TABLE IF NOT EXISTS example_results (
+            evaluation_id INTEGER NOT NULL REFERENCES evaluations(id) ON DELETE CASCADE,
+            run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+            split TEXT NOT NULL,
+            example_index INTEGER NOT NULL,
+            inputs TEXT NOT NULL,
+            gold TEXT NOT NULL,
+            outputs TEXT NOT NULL,
+            score REAL,
+            passed INTEGER,
+            error TEXT,
+            error_kind TEXT,
+            PRIMARY KEY (evaluation_id, example_index)
+        );
+        CREATE INDEX IF NOT EXISTS idx_example_results_matrix ON example_results (run_id, split, example_index);
+        CREATE TABLE IF NOT EXISTS lm_calls (
+            id INTEGER PRIMARY KEY,
+            evaluation_id INTEGER NOT NULL REFERENCES evaluations(id) ON DELETE CASCADE,
+            example_index INTEGER NOT NULL,
+            seq INTEGER NOT NULL,
+            predictor TEXT,
+            model TEXT,
+            messages TEXT NOT NULL,
+            completion TEXT,
+            input_tokens INTEGER,
+            output_tokens INTEGER,
+            latency_ms REAL,
+            error TEXT
+        );
+        CREATE INDEX IF NOT EXISTS idx_lm_calls_example ON lm_calls (evaluation_id, example_index, seq);
+        CREATE TABLE IF NOT EXISTS training_rows (
+            run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+            round_index INTEGER NOT NULL,
+            model TEXT NOT NULL,
+            row_index INTEGER NOT NULL,
+            predictor TEXT,
+            source TEXT NOT NULL DEFAULT 'self',
+            messages TEXT NOT NULL,
+            outputs TEXT NOT NULL,
+            PRIMARY KEY (run_id, round_index, model, row_index)
+        )
+    """
+    for statement in statements.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
+@MIGRATIONS()
+def m002_worker_ownership(db: Database) -> None:
+    """Runs supervised across processes: heartbeats, cancel requests, the CPU queue and its lease.
+
+    ``heartbeat_at`` (epoch seconds) is refreshed by the supervising process; a run whose heartbeat is
+    too old has lost its owner (pids mean nothing across containers). ``cancel_requested_at`` is a
+    request any process may write and the worker polls. ``local_cpu``/``queued_at`` order the CPU
+    queue; the ``leases`` row named ``cpu`` says which run holds the embedded CPU models.
+    """
+    db["runs"].add_column("heartbeat_at", float)
+    db["runs"].add_column("cancel_requested_at", float)
+    db["runs"].add_column("local_cpu", int, not_null_default=0)
+    db["runs"].add_column("queued_at", float)
+    db["runs"].add_column("base_dir", str)
+    db["runs"].add_column("owner_host", str)
+    db["runs"].add_column("worker_pid", int)
+    db.execute("update runs set queued_at = id")
+    db["leases"].create({"name": str, "run_id": int, "heartbeat_at": float, "acquired_at": float}, pk="name")
