@@ -4,6 +4,7 @@
     python -m core export RUN_ID OUT      OUT a folder or a .zip
     python -m core predict BUNDLE --input '{"field": "..."}'
     python -m core models [--json]
+    python -m core doctor [--json]       do the embedded models run on this CPU? (child processes)
 
 Any failure exits non-zero with a one-line message on stderr.
 """
@@ -119,6 +120,19 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from core.doctor import format_report, run_doctor
+
+    def announce(check: Any) -> None:
+        print(f"checking {check.name} (in a child process)...", file=sys.stderr, flush=True)
+
+    report = run_doctor(on_check=announce)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else format_report(report))
+    for line in report.diagnoses():
+        print(f"error: {line}", file=sys.stderr)
+    return 0 if report.ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m core", description="BetterTogether Studio, headless")
     parser.add_argument("--db", help="database file (default: $STUDIO_HOME/studio.db)")
@@ -139,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="list the embedded models")
     models.add_argument("--json", action="store_true")
     models.set_defaults(func=cmd_models)
+    doctor = sub.add_parser("doctor", help="check that the embedded models run on this CPU (generation, a LoRA step)")
+    doctor.add_argument("--json", action="store_true")
+    doctor.set_defaults(func=cmd_doctor)
     return parser
 
 
