@@ -29,6 +29,25 @@ def embedded_section() -> None:
                "first use. Progress is shown on the Run page.")
 
 
+def doctor_section() -> None:
+    """The doctor's check (``python -m core doctor``), run only on request; the last result is kept."""
+    from core.doctor import report_rows, run_doctor
+
+    if st.button("Check that the embedded models run on this CPU", icon=":material/health_and_safety:",
+                 help="Generates a few tokens with each default model and runs one LoRA step, in child "
+                      "processes (about a minute; longer the first time)."):
+        with st.spinner("Running the checks in child processes..."):
+            st.session_state["doctor_report"] = run_doctor().to_dict()
+    report = st.session_state.get("doctor_report")
+    if report:
+        st.dataframe(pd.DataFrame(report_rows(report)), hide_index=True, width="stretch")
+        for check in report["checks"]:
+            if check["diagnosis"]:
+                st.error(check["diagnosis"])
+        if report["ok"]:
+            st.success(f"The embedded models run on this CPU (llama-cpp-python build: {report['build']}).")
+
+
 def scripted_section(current: dict) -> None:
     st.subheader("Fast scripted test LM")
     on = st.toggle(
@@ -98,6 +117,7 @@ def body() -> None:
     scripted_section(current)
     lm_table(current)
     embedded_section()
+    doctor_section()
     litellm_form(current)
 
 

@@ -188,3 +188,32 @@ def test_the_real_doctor_passes_on_this_machine():
     for check in generate:
         assert check["metrics"]["generated_tokens"] >= 1 and check["metrics"]["generation_tok_per_s"] > 0
     assert math.isfinite(lora[0]["metrics"]["loss"]) and lora[0]["metrics"]["steps"] == 1
+
+
+# --- the Models page ------------------------------------------------------------------------------------------
+
+
+def test_models_page_runs_the_doctor_only_on_the_button_and_keeps_the_result(monkeypatch):
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    root = Path(__file__).resolve().parent.parent
+    monkeypatch.chdir(root)
+    calls = []
+
+    def checks() -> list[Check]:
+        calls.append(1)
+        return [child(SEGFAULT)]
+
+    monkeypatch.setattr(doctor, "default_checks", checks)
+    at = AppTest.from_file(str(root / "pages" / "models.py"), default_timeout=60)
+    at.run()
+    assert not at.exception and calls == []  # never on render
+    button = next(b for b in at.button if b.label.startswith("Check that the embedded models run"))
+    button.click().run()
+    assert not at.exception and calls == [1]
+    assert any("crashed with SIGSEGV" in e.value for e in at.error)
+    assert at.session_state["doctor_report"]["ok"] is False
+    at.run()  # a later render shows the kept result without running the checks again
+    assert calls == [1] and any("crashed with SIGSEGV" in e.value for e in at.error)
