@@ -2,6 +2,7 @@
 
     python -m core run CONFIG.json        progress on stderr, the run summary as JSON on stdout
     python -m core export RUN_ID OUT      OUT a folder or a .zip
+    python -m core report RUN_ID OUT.html one self-contained HTML report (opens offline)
     python -m core predict BUNDLE --input '{"field": "..."}'
     python -m core models [--json]
     python -m core doctor [--json]       do the embedded models run on this CPU? (child processes)
@@ -91,6 +92,16 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from core.evidence.report import write_report
+    from core.paths import db_path
+    from core.store import Store
+
+    out = write_report(Store(args.db or db_path()), args.run_id, args.out)
+    print(json.dumps({"run_id": args.run_id, "report": str(out)}))
+    return 0
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from core.export import load_bundle, predict
 
@@ -145,6 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("run_id", type=int)
     export.add_argument("out")
     export.set_defaults(func=cmd_export)
+    report = sub.add_parser("report", help="write a run's self-contained HTML report")
+    report.add_argument("run_id", type=int)
+    report.add_argument("out", help="the .html file to write")
+    report.set_defaults(func=cmd_report)
     pred = sub.add_parser("predict", help="run one input through a bundle")
     pred.add_argument("bundle")
     pred.add_argument("--input", required=True, help="JSON object of input fields")
