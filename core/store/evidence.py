@@ -369,3 +369,12 @@ def label_distribution(store: Store, run_id: int, round_index: int, model: str,
     ):
         out.setdefault(row["field"], {})[row["value"]] = row["n"]
     return out
+
+
+def cell_outputs(store: Store, run_id: int, split: str, max_chars: int = 400) -> Iterator[tuple[int, int, str, str | None]]:
+    """(evaluation id, example index, outputs JSON cut to ``max_chars``, error) of every result of a split."""
+    for row in store.db.execute(
+        "select evaluation_id, example_index, substr(outputs, 1, ?), substr(error, 1, ?) from example_results "
+        "where run_id = ? and split = ? order by example_index, evaluation_id", [max_chars, max_chars, run_id, split]
+    ):
+        yield row[0], row[1], row[2], row[3]
