@@ -1,4 +1,5 @@
-"""Results: run history, round table, baseline vs best per predictor, playground, comparison, export."""
+"""Results: run history, round table, the example matrix with traces, round diffs, training rows,
+baseline vs best per predictor, playground, comparison, export and the shareable report."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from core.inspect import describe_program, load_run_program
 from core.paths import studio_home
 from core.records import Run
 from core.strategy import strategy_prefixes
+from pages._evidence import diffs, examples, report_button, training
 from pages._ui import guarded, store
 
 LOAD_SNIPPET = '''from core.export import load_bundle, predict
@@ -147,6 +149,7 @@ def comparison(runs: list[Run]) -> None:
 
 
 def export(run: Run) -> None:
+    report_button(run)
     st.download_button("Download config JSON", json.dumps(run.config, indent=2, ensure_ascii=False),
                        file_name=f"run-{run.id}-config.json", mime="application/json", key=f"cfg_{run.id}")
     if not store().list_artifacts(run.id, "best_program"):
@@ -171,17 +174,24 @@ def body() -> None:
         return
     history(runs)
     run = pick_run(runs)
-    tabs = st.tabs(["Rounds", "Baseline vs best", "Playground", "Compare runs", "Export"])
+    tabs = st.tabs(["Rounds", "Examples", "Diffs", "Training data", "Baseline vs best", "Playground", "Compare runs",
+                    "Export"])
     with tabs[0]:
         guarded(lambda: round_table(run))
     with tabs[1]:
+        guarded(lambda: examples(run))
+    with tabs[2]:
+        guarded(lambda: diffs(run))
+    with tabs[3]:
+        guarded(lambda: training(run))
+    with tabs[4]:
         guarded(lambda: compare_programs(run) if run.best_score is not None or store().list_artifacts(
             run.id, "best_program") else st.info("No saved programs for this run."))
-    with tabs[2]:
+    with tabs[5]:
         guarded(lambda: playground(run))
-    with tabs[3]:
+    with tabs[6]:
         guarded(lambda: comparison(runs))
-    with tabs[4]:
+    with tabs[7]:
         guarded(lambda: export(run))
 
 
