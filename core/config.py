@@ -64,8 +64,14 @@ class LiteLLMSpec(_Model):
     price_per_1m_output: float | None = Field(None, ge=0)
 
 
+# The factories that run without ``allow_user_code``: an explicit list, never a prefix (any other
+# import path, even inside ``core``, can be made to run code through its options).
+BUILTIN_FACTORIES = frozenset({"core.lms.scripted:make_lm"})
+
+
 class FactoryLMSpec(_Model):
-    """An import path ``module:function`` returning a ``dspy.LM`` (user code unless in ``core.``)."""
+    """An import path ``module:function`` returning a ``dspy.LM``: your code, unless it is one of
+    ``BUILTIN_FACTORIES`` (the scripted test LM)."""
 
     kind: Literal["factory"]
     factory: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
@@ -73,7 +79,7 @@ class FactoryLMSpec(_Model):
 
     @property
     def is_builtin(self) -> bool:
-        return self.factory.startswith("core.")
+        return self.factory in BUILTIN_FACTORIES
 
 
 LMSpec = Annotated[EmbeddedLMSpec | LiteLLMSpec | FactoryLMSpec, Field(discriminator="kind")]
@@ -90,6 +96,15 @@ class PredictorAssignment(_Model):
 class SampleSource(_Model):
     kind: Literal["sample"]
     name: str = Field(description="a file in data/, e.g. documents.csv")
+
+    @field_validator("name")
+    @classmethod
+    def _bundled_name(cls, name: str) -> str:
+        from core.paths import sample_name_problem
+
+        if problem := sample_name_problem(name):
+            raise ValueError(problem)
+        return name
 
 
 class FileSource(_Model):
@@ -147,6 +162,12 @@ class RandomSearchSettings(_Model):
     max_labeled_demos: int = Field(2, ge=0, le=16)
     num_candidate_programs: int = Field(2, ge=1, le=32)
     max_rounds: int = Field(1, ge=1, le=5)
+    stratify: bool = Field(
+        True, description="candidates are labeled demo sets covering every label value (else DSPy's random search)"
+    )
+    max_prompt_tokens: int | None = Field(
+        None, ge=64, le=1_000_000, description="bound on a prompt's tokens; default: what fits the model's context"
+    )
 
 
 class MiproSettings(_Model):
@@ -155,6 +176,10 @@ class MiproSettings(_Model):
     max_bootstrapped_demos: int = Field(2, ge=0, le=16)
     max_labeled_demos: int = Field(2, ge=0, le=16)
     minibatch: bool = Field(False, description="True needs a validation set of at least 35")
+
+
+TRACE_SOURCES = ("auto", "self", "teacher", "gold")
+TraceSource = Literal["auto", "self", "teacher", "gold"]
 
 
 class FinetuneSettings(_Model):
@@ -172,6 +197,11 @@ class FinetuneSettings(_Model):
         description="keep traces whose metric score is at least this (1.0 = only fully correct)",
     )
     exclude_demos: bool = False
+    trace_source: TraceSource = Field(
+        "auto", description="training rows: self, teacher, gold, or auto (gold for label predictors, else self/teacher)"
+    )
+    teacher_lm: str | None = Field(None, description="LM serving the small predictors for 'teacher' (default: large role)")
+    balance: Literal["cap", "upsample", "off"] = Field("cap", description="rows per label value balanced")
 
 
 class RandomSearchStep(_Model):
@@ -249,6 +279,10 @@ class RunConfig(_Model):
                     f"predictor {name!r} uses LM {assignment.lm!r}, which is not defined; "
                     f"defined LMs: {sorted(self.lms)}"
                 )
+        for key, step in self.optimizers.items():
+            teacher = getattr(step.settings, "teacher_lm", None)
+            if teacher is not None and teacher not in self.lms:
+                raise ValueError(f"step {key!r}: teacher_lm {teacher!r} is not defined; defined LMs: {sorted(self.lms)}")
         for name, spec in self.lms.items():
             if isinstance(spec, FactoryLMSpec) and not spec.is_builtin and not self.allow_user_code:
                 raise ValueError(
@@ -339,4 +373,7 @@ def config_to_dict(config: RunConfig) -> dict[str, Any]:
 
 
 def config_to_json(config: RunConfig) -> str:
-    return json.dumps(config_to_dict(config), indent=2, ensure_ascii=False)
+    """The document as JSON text for a download or a file: no typed keys, key-like strings redacted."""
+    from core.store.secrets import redact_value
+
+    return json.dumps(redact_value(config_to_dict(config)), indent=2, ensure_ascii=False)
