@@ -11,13 +11,18 @@ A bundle (a folder or a .zip of it) holds:
 * ``rounds.jsonl`` and a short ``README.md``.
 
 No pickle anywhere: everything is JSON, GGUF/safetensors weights or Python source.
-``load_bundle(path)`` works in a fresh process that never saw the app.
+``load_bundle(path)`` works in a fresh process that never saw the app; loading treats the bundle
+as untrusted data (see ``core.bundle``).
+
+Export writes, never deletes: an existing target that is not a Studio bundle is refused; the new
+bundle is written under a temporary name next to the target and renamed into place, so a failed
+export leaves the old bundle intact. Secrets are redacted from every text file written.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
+import os
 import shutil
 import tempfile
 import zipfile
@@ -27,14 +32,20 @@ from typing import Any
 
 import dspy
 
+from core.bundle import (  # noqa: F401 - the loading API, re-exported for `from core.export import ...`
+    BUNDLE_FORMAT,
+    BUNDLE_VERSION,
+    ENGINES,
+    UntrustedEndpointError,
+    load_bundle,
+    predict,
+    read_manifest,
+)
 from core.config import parse_config
-from core.errors import ExportError, StudioError
-from core.programs import apply_label_choices, build_program_from_definition, program_definition
+from core.errors import ExportError
+from core.programs import program_definition
 from core.store import Store, now_iso
-
-BUNDLE_FORMAT = "bettertogether-studio-bundle"
-BUNDLE_VERSION = 1
-TRUSTED_ENGINE_PREFIX = "core."
+from core.store.secrets import redact, redact_value
 
 README = """# {name}
 
@@ -103,17 +114,20 @@ def export_run(store: Store, run_id: int, out: str | Path, *, as_zip: bool | Non
     if best is None or not Path(best.path).is_file():
         raise ExportError(f"run {run_id} has no best program to export (status {run.status.value}); "
                           "export a run that evaluated at least its baseline")
-    out = Path(out)
+    out = Path(out).expanduser()
     as_zip = out.suffix == ".zip" if as_zip is None else as_zip
+    _check_target(out, as_zip, run_id)
     config = parse_config(run.config)
     program = _load_saved(config, Path(best.path))
-    with tempfile.TemporaryDirectory() as tmp:
-        bundle = Path(tmp) / (out.stem if as_zip else out.name)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        bundle = work / "bundle"
         bundle.mkdir()
-        shutil.copy(best.path, bundle / "program.json")
+        _copy_redacted(Path(best.path), bundle / "program.json")
         baseline = {a.kind: a for a in store.list_artifacts(run_id)}.get("baseline_program")
         if baseline is not None and Path(baseline.path).is_file():
-            shutil.copy(baseline.path, bundle / "baseline.json")
+            _copy_redacted(Path(baseline.path), bundle / "baseline.json")
         definition = program_definition(config.program)
         if definition["kind"] == "user_file":
             (bundle / "source").mkdir()
@@ -124,8 +138,9 @@ def export_run(store: Store, run_id: int, out: str | Path, *, as_zip: bool | Non
         rounds = [asdict(r) for r in store.list_rounds(run_id)]
         with (bundle / "rounds.jsonl").open("w", encoding="utf-8") as f:
             for r in rounds:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
-        (bundle / "config.json").write_text(json.dumps(run.config, indent=2, ensure_ascii=False), encoding="utf-8")
+                f.write(redact(json.dumps(redact_value(r), ensure_ascii=False)) + "\n")
+        safe_config = redact_value(run.config)
+        (bundle / "config.json").write_text(json.dumps(safe_config, indent=2, ensure_ascii=False), encoding="utf-8")
         manifest = {
             "format": BUNDLE_FORMAT,
             "format_version": BUNDLE_VERSION,
@@ -149,8 +164,9 @@ def export_run(store: Store, run_id: int, out: str | Path, *, as_zip: bool | Non
             },
             "status": run.status.value,
             "rounds": [{k: r[k] for k in ("index", "strategy", "score", "eval_failed", "is_best")} for r in rounds],
-            "config": run.config,
+            "config": safe_config,
         }
+        manifest = redact_value(manifest)
         (bundle / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")
         example = {field: "..." for field in config.data.inputs}
         (bundle / "README.md").write_text(README.format(
@@ -159,20 +175,55 @@ def export_run(store: Store, run_id: int, out: str | Path, *, as_zip: bool | Non
             folder=out.name, example=", ".join(f"{k}='...'" for k in example),
             example_json=json.dumps(example),
         ), encoding="utf-8")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        if as_zip:
-            if out.exists():
-                out.unlink()
-            with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
-                for path in sorted(bundle.rglob("*")):
-                    if path.is_file():
-                        zf.write(path, path.relative_to(bundle).as_posix())
-        else:
-            if out.exists():
-                shutil.rmtree(out)
-            shutil.copytree(bundle, out)
+        _place(bundle, out, as_zip, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     store.add_artifact(run_id, "export", str(out), {"zip": as_zip})
     return out
+
+
+def _copy_redacted(source: Path, target: Path) -> None:
+    """Copy a saved program's JSON with key-like strings (an ``api_base`` with credentials...) redacted."""
+    state = json.loads(source.read_text(encoding="utf-8"))
+    target.write_text(json.dumps(redact_value(state), indent=2, ensure_ascii=False), encoding="utf-8")
+
+
+def _check_target(out: Path, as_zip: bool, run_id: int) -> None:
+    """Refuse to write over anything that is not a bundle written by the Studio."""
+    if not (out.exists() or out.is_symlink()):
+        return
+    suggestion = out / f"run-{run_id}{'.zip' if as_zip else ''}" if out.is_dir() else out.with_name(
+        f"{out.stem}-run-{run_id}{out.suffix}")
+    if out.is_symlink() or as_zip != out.is_file():
+        raise ExportError(f"{out} already exists and is not a BetterTogether Studio bundle {'.zip' if as_zip else 'folder'};"
+                          f" the export never overwrites other files: choose a new name, e.g. {suggestion}")
+    try:
+        read_manifest(out)
+    except ExportError:
+        raise ExportError(f"{out} already exists and is not a BetterTogether Studio bundle; the export never "
+                          f"overwrites other files: choose a new name, e.g. {suggestion}") from None
+
+
+def _place(bundle: Path, out: Path, as_zip: bool, work: Path) -> None:
+    """Move the finished bundle to ``out`` by renames; an old Studio bundle there is replaced last."""
+    if as_zip:
+        partial = work / "bundle.zip"
+        with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as zf:
+            for path in sorted(bundle.rglob("*")):
+                if path.is_file():
+                    zf.write(path, path.relative_to(bundle).as_posix())
+        os.replace(partial, out)  # atomic: readers see the old zip or the new one
+        return
+    if not out.exists():
+        os.rename(bundle, out)
+        return
+    old = work / "previous"
+    os.rename(out, old)
+    try:
+        os.rename(bundle, out)
+    except OSError:
+        os.rename(old, out)  # put the old bundle back
+        raise
 
 
 def run_label_choices(store: Store, run_id: int) -> dict[str, list[str]]:
@@ -182,6 +233,7 @@ def run_label_choices(store: Store, run_id: int) -> dict[str, list[str]]:
 
 
 def _load_saved(config: Any, path: Path) -> dspy.Module:
+    """The run's own saved program (written by this machine's runner, not a bundle from elsewhere)."""
     from core.programs import build_program
 
     program = build_program(config.program, allow_user_code=config.allow_user_code)
@@ -191,83 +243,13 @@ def _load_saved(config: Any, path: Path) -> dspy.Module:
 
 
 def _check_engines(program_json: Path) -> None:
-    """Refuse custom LM engines outside this package before ``allow_unsafe_lm_state`` imports them."""
+    """Refuse LM engines other than ours before ``allow_unsafe_lm_state`` would import them."""
+    from core.bundle import _engine_kind
+
     state = json.loads(program_json.read_text(encoding="utf-8"))
     for name, entry in state.items():
-        engine = (entry.get("lm") or {}).get("engine") if isinstance(entry, dict) else None
-        if isinstance(engine, dict):
-            cls = str(engine.get("class", ""))
-            if not cls.startswith(TRUSTED_ENGINE_PREFIX):
-                raise ExportError(f"predictor {name!r} uses the LM engine {cls!r}, which is not part of "
-                                  "BetterTogether Studio; refusing to import it")
-
-
-def _import_engine(path: str) -> Any:
-    if not path.startswith(TRUSTED_ENGINE_PREFIX):
-        raise ExportError(f"engine {path!r} is not part of BetterTogether Studio; refusing to import it")
-    module_name, qualname = path.split(":")
-    return getattr(importlib.import_module(module_name), qualname)
-
-
-def _open_bundle(path: Path) -> Path:
-    if path.is_dir():
-        return path
-    if path.is_file() and zipfile.is_zipfile(path):
-        target = Path(tempfile.mkdtemp(prefix="bt-bundle-"))
-        with zipfile.ZipFile(path) as zf:
-            for member in zf.namelist():
-                resolved = (target / member).resolve()
-                if not str(resolved).startswith(str(target.resolve())):
-                    raise ExportError(f"unsafe path {member!r} in bundle {path}")
-            zf.extractall(target)
-        return target
-    raise ExportError(f"{path} is not a bundle folder or .zip file")
-
-
-def read_manifest(path: str | Path) -> dict[str, Any]:
-    bundle = _open_bundle(Path(path))
-    manifest_path = bundle / "manifest.json"
-    if not manifest_path.is_file():
-        raise ExportError(f"{path} has no manifest.json; it is not a BetterTogether Studio bundle")
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    if manifest.get("format") != BUNDLE_FORMAT:
-        raise ExportError(f"{path} is not a BetterTogether Studio bundle (format {manifest.get('format')!r})")
-    if manifest.get("format_version") != BUNDLE_VERSION:
-        raise ExportError(f"bundle format version {manifest.get('format_version')} is not supported; "
-                          f"this version reads {BUNDLE_VERSION}")
-    manifest["_folder"] = str(bundle)
-    return manifest
-
-
-def load_bundle(path: str | Path, *, allow_user_code: bool = False, which: str = "program") -> dspy.Module:
-    """A runnable program from a bundle; ``which`` is "program" (best) or "baseline".
-
-    A bundle of a user's own ``dspy.Module`` runs that file's code: pass ``allow_user_code=True``.
-    """
-    manifest = read_manifest(path)
-    bundle = Path(manifest["_folder"])
-    try:
-        program = build_program_from_definition(
-            manifest["program"], allow_user_code=allow_user_code, source_dir=bundle / "source"
-        )
-        for model, entry in manifest.get("finetuned", {}).items():
-            if entry.get("engine"):
-                engine = _import_engine(entry["engine"])
-                engine = engine.shared() if hasattr(engine, "shared") else engine  # the process-wide instance
-                engine.register_finetuned(model, bundle / entry["folder"])
-        program_json = bundle / f"{which}.json"
-        _check_engines(program_json)
-        program.load(str(program_json), allow_unsafe_lm_state=True)
-        apply_label_choices(program, manifest.get("label_choices") or {})
-    except StudioError:
-        raise
-    except Exception as e:  # noqa: BLE001 - a broken bundle is a user-facing error
-        raise ExportError(f"cannot load bundle {path}: {type(e).__name__}: {e}") from e
-    return program
-
-
-def predict(program: dspy.Module, inputs: dict[str, Any]) -> dict[str, Any]:
-    """Run one input through a loaded program; returns its outputs as plain JSON values."""
-    with dspy.context(adapter=dspy.ChatAdapter(use_json_adapter_fallback=False)):
-        prediction = program(**inputs)
-    return {k: v for k, v in prediction.toDict().items()}
+        lm = (entry.get("lm") or {}) if isinstance(entry, dict) else {}
+        if lm.get("_dspy_lm_class") not in (None, "dspy.clients.lm.LM"):
+            raise ExportError(f"predictor {name!r} names the LM class {lm['_dspy_lm_class']!r}; refusing to import it")
+        if isinstance(lm.get("engine"), dict):
+            _engine_kind(lm["engine"], name)
