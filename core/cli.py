@@ -1,6 +1,7 @@
 """Command line: run a configuration headless, export a run, predict with a bundle, list models.
 
     python -m core run CONFIG.json        progress on stderr, the run summary as JSON on stdout
+    python -m core resume RUN_ID          continue a failed, cancelled or interrupted run
     python -m core export RUN_ID OUT      OUT a folder or a .zip
     python -m core report RUN_ID OUT.html one self-contained HTML report (opens offline)
     python -m core predict BUNDLE --input '{"field": "..."}'
@@ -67,6 +68,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     # DSPy's optimizers print to stdout: keep stdout for the JSON summary only.
     with contextlib.redirect_stdout(sys.stderr):
         run_id = manager.start(config, base_dir=Path(args.config).resolve().parent)
+    return _follow(manager, run_id)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from core.paths import db_path
+    from core.run import get_manager
+
+    manager = get_manager(args.db or db_path())
+    with contextlib.redirect_stdout(sys.stderr):
+        run_id = manager.resume(args.run_id)
+    return _follow(manager, run_id)
+
+
+def _follow(manager: Any, run_id: int) -> int:
+    """Show a run's progress on stderr until it ends (Ctrl-C cancels it); its summary as JSON on stdout."""
+    with contextlib.redirect_stdout(sys.stderr):
         seen = 0
         try:
             while not manager.wait(run_id, timeout=0.5):
@@ -152,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a configuration")
     run.add_argument("config")
     run.set_defaults(func=cmd_run)
+    resume = sub.add_parser("resume", help="continue a failed, cancelled or interrupted run from its last round")
+    resume.add_argument("run_id", type=int)
+    resume.set_defaults(func=cmd_resume)
     export = sub.add_parser("export", help="export a run as a bundle (folder, or .zip)")
     export.add_argument("run_id", type=int)
     export.add_argument("out")

@@ -40,9 +40,10 @@ class Run:
     """One optimisation run: its config (without secrets), status and headline results.
 
     ``flagged`` is True when a step failed and the run ended early with the best program so far.
-    ``owner_pid``/``owner_started`` identify the process that owns the run (the start time
-    guards against pid reuse). ``queue_position`` is computed on read: 1 is the next queued run
-    to start, ``None`` unless the run is queued.
+    ``owner_pid``/``owner_started``/``owner_host`` say which process supervises the run (for
+    people; liveness is the ``heartbeat_at`` time, in epoch seconds, that the owner refreshes).
+    ``cancel_requested`` is True once any process asked the run to stop. ``queue_position`` is
+    computed on read: 1 is the next queued run to start, ``None`` unless the run is queued.
     """
 
     id: int
@@ -62,6 +63,10 @@ class Run:
     owner_pid: int | None = None
     owner_started: float | None = None
     queue_position: int | None = None
+    owner_host: str | None = None
+    heartbeat_at: float | None = None
+    cancel_requested: bool = False
+    local_cpu: bool = False
 
 
 @dataclass(frozen=True)

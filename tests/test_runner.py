@@ -18,7 +18,7 @@ from core.export import export_run, load_bundle, predict
 from core.lms.scripted import ScriptedEngine
 from core.records import RunStatus
 from core.run import RunManager, best_index
-from core.store import Store
+from core.store import HEARTBEAT_TIMEOUT_S, Store
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -164,31 +164,52 @@ def test_queued_runs_on_cpu_models_wait_their_turn(manager: RunManager) -> None:
     assert b.started_at >= a.finished_at
 
 
-def test_a_killed_worker_process_leaves_an_interrupted_run_with_its_rounds(tmp_path: Path) -> None:
-    config = tmp_path / "slow.json"
-    config.write_text(json.dumps(scripted_config_dict("analyze_classify", tag="killed", delay=0.02)))
-    db = tmp_path / "killed.db"
+def _start_cli_run(tmp_path: Path, tag: str, **popen) -> tuple[subprocess.Popen, Path]:
+    config = tmp_path / f"{tag}.json"
+    config.write_text(json.dumps(scripted_config_dict("analyze_classify", tag=tag, delay=0.02)))
+    db = tmp_path / f"{tag}.db"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "core", "--db", str(db), "run", str(config)],
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if db.exists() and Store(db).list_runs() and Store(db).list_rounds(Store(db).list_runs()[0].id):
-                break
-            time.sleep(0.1)
-        else:
-            raise AssertionError("the run recorded no round in 60 s")
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **popen)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if db.exists() and Store(db).list_runs() and Store(db).list_rounds(Store(db).list_runs()[0].id):
+            return proc, db
+        time.sleep(0.1)
+    proc.kill()
+    raise AssertionError("the run recorded no round in 60 s")
+
+
+def test_a_killed_app_process_leaves_an_interrupted_run_with_its_rounds(tmp_path: Path) -> None:
+    proc, db = _start_cli_run(tmp_path, "killed")
+    proc.send_signal(signal.SIGKILL)  # the supervising process dies; its worker notices and stops
+    proc.wait(timeout=10)
+    store = Store(db)
+    run = store.list_runs()[0]
+    deadline = time.monotonic() + 10
+    while store.get_run(run.id).status is RunStatus.RUNNING and time.monotonic() < deadline:
+        time.sleep(0.1)
+    run = store.get_run(run.id)
+    assert run.status is RunStatus.INTERRUPTED, run
+    assert "supervised this run stopped" in run.error and f"resume {run.id}" in run.error
+    assert len(store.list_rounds(run.id)) >= 1
+    assert run.baseline_score == store.list_rounds(run.id)[0].score and run.best_score is not None
+
+
+def test_a_run_whose_owner_stopped_sending_heartbeats_is_recovered(tmp_path: Path) -> None:
+    proc, db = _start_cli_run(tmp_path, "silent", start_new_session=True)
+    os.killpg(proc.pid, signal.SIGKILL)  # the app and its worker die together (a container stops)
+    proc.wait(timeout=10)
     store = Store(db)
     run = store.list_runs()[0]
     assert run.status is RunStatus.RUNNING  # nobody has noticed yet
-    assert store.recover_interrupted() == [run.id]
+    assert store.recover_interrupted() == []  # its heartbeat is still fresh: it may be alive elsewhere
+    later = time.time() + HEARTBEAT_TIMEOUT_S + 1
+    assert store.recover_interrupted(now=later) == [run.id]
     run = store.get_run(run.id)
-    assert run.status is RunStatus.INTERRUPTED and "stopped" in run.error
+    assert run.status is RunStatus.INTERRUPTED and "heartbeat" in run.error
     assert len(store.list_rounds(run.id)) >= 1
+    assert run.baseline_score == store.list_rounds(run.id)[0].score
 
 
 def test_export_then_load_in_a_fresh_process_gives_the_same_predictions(manager: RunManager, tmp_path: Path) -> None:

@@ -16,8 +16,8 @@ from core.errors import StoreError
 from core.records import TERMINAL, Round, RunStatus
 from core.store import (
     BUSY_TIMEOUT_MS,
+    HEARTBEAT_TIMEOUT_S,
     Store,
-    default_is_alive,
     find_secrets,
     is_secret_name,
     process_start_time,
@@ -43,8 +43,10 @@ def test_opening_creates_folder_and_tables(tmp_path: Path) -> None:
     path = tmp_path / "deep" / "folder" / "studio.db"
     store = Store(path)
     assert path.exists()
-    assert {"runs", "rounds", "events", "artifacts"} <= set(store.db.table_names())
-    assert store.applied_migrations() == ["m001_initial_schema"]
+    assert {"runs", "rounds", "events", "artifacts", "leases"} <= set(store.db.table_names())
+    applied = store.applied_migrations()
+    assert applied[0] == "m001_initial_schema" and "m002_worker_ownership" in applied
+    assert {"heartbeat_at", "cancel_requested_at", "local_cpu", "queued_at"} <= set(store.db["runs"].columns_dict)
 
 
 def test_migrations_are_idempotent(tmp_path: Path) -> None:
@@ -56,11 +58,11 @@ def test_migrations_are_idempotent(tmp_path: Path) -> None:
     first.close()
 
     second = Store(path)
-    assert version == 1
+    assert version == len(first.applied_migrations()) >= 2
     assert second.schema_version == version
     assert second.db.schema == schema
     rows = second.db.execute("select count(*) from _sqlite_migrations").fetchone()[0]
-    assert rows == 1
+    assert rows == version
     assert second.get_run(run_id).name == "kept"
 
 
@@ -450,73 +452,123 @@ def test_delete_run_removes_its_rows_only(store: Store) -> None:
 # -- recovery ------------------------------------------------------------------------------
 
 
-def test_recover_interrupted_with_fake_is_alive(store: Store) -> None:
+def test_recover_interrupted_by_heartbeat_age(store: Store) -> None:
     dead_running = store.create_run("dead running", CONFIG)
     alive_running = store.create_run("alive running", CONFIG)
     dead_queued = store.create_run("dead queued", CONFIG)
     finished = store.create_run("finished", CONFIG)
-    orphan = store.create_run("orphan", CONFIG)
+    never = store.create_run("never beat", CONFIG)
     store.claim_run(dead_running, 111, 10.0)
     store.claim_run(alive_running, 222, 20.0)
-    store.db.execute("update runs set owner_pid = 333, owner_started = 30.0 where id = ?", [dead_queued])
-    store.db.execute("update runs set owner_pid = null, owner_started = null where id = ?", [orphan])
     store.claim_run(finished, 111, 10.0)
     store.set_status(finished, RunStatus.FINISHED)
+    now = time.time()
+    store.heartbeat([dead_running, dead_queued], now=now - HEARTBEAT_TIMEOUT_S - 5)
+    store.heartbeat([alive_running], now=now - 1)
+    store.db.execute("update runs set heartbeat_at = null where id = ?", [never])
     store.add_round(_round(dead_running, 0, 0.3))
     store.add_round(_round(dead_running, 1, 0.6))
 
-    asked: list[tuple[int, float | None]] = []
-
-    def is_alive(pid: int, started: float | None) -> bool:
-        asked.append((pid, started))
-        return pid == 222
-
-    marked = store.recover_interrupted(is_alive)
-    assert marked == [dead_running, dead_queued, orphan]
-    assert sorted(asked) == [(111, 10.0), (222, 20.0), (333, 30.0)]
-
+    marked = store.recover_interrupted(now=now)
+    assert marked == [dead_running, dead_queued, never]
     running = store.get_run(dead_running)
     assert running.status is RunStatus.INTERRUPTED
-    assert running.error is not None and "stopped during the run" in running.error
+    assert running.error is not None and "stopped during the run" in running.error and "heartbeat" in running.error
+    assert f"resume {dead_running}" in running.error
     assert running.finished_at is not None
+    # the best round so far becomes the run's result, so that it can be exported and compared
+    assert (running.best_strategy, running.best_score, running.baseline_score) == ("p", 0.6, 0.3)
     assert [r.score for r in store.list_rounds(dead_running)] == [0.3, 0.6]
     assert "before the run started" in (store.get_run(dead_queued).error or "")
-    assert store.get_run(orphan).status is RunStatus.INTERRUPTED
+    assert "never sent a heartbeat" in (store.get_run(never).error or "")
     assert store.get_run(alive_running).status is RunStatus.RUNNING
     assert store.get_run(finished).status is RunStatus.FINISHED
-    # Nothing left to recover.
-    assert store.recover_interrupted(is_alive) == []
+    assert store.recover_interrupted(now=now) == []
 
 
-def test_recover_interrupted_with_a_real_dead_process(store: Store) -> None:
-    child = subprocess.Popen([sys.executable, "-c", "pass"])
-    child_started = process_start_time(child.pid)
-    child.wait()
-    assert default_is_alive(child.pid, child_started) is False
+def test_a_pid_from_another_machine_does_not_matter_only_the_heartbeat(store: Store) -> None:
+    # a run owned by a process of another container: its pid means nothing here, its heartbeat is fresh
+    foreign = store.create_run("foreign", CONFIG)
+    store.claim_run(foreign, 999_999, None)
+    store.db.execute("update runs set owner_host = 'other-container' where id = ?", [foreign])
+    assert store.recover_interrupted() == []
+    assert store.get_run(foreign).status is RunStatus.RUNNING
+    assert store.get_run(foreign).owner_host == "other-container"
 
-    dead = store.create_run("dead", CONFIG)
-    store.claim_run(dead, child.pid, child_started)
-    mine = store.create_run("mine", CONFIG)  # owned by this (living) process
-    store.claim_run(mine, os.getpid(), process_start_time(os.getpid()))
-    queued = store.create_run("queued here", CONFIG)
 
-    assert store.recover_interrupted() == [dead]
-    assert store.get_run(dead).status is RunStatus.INTERRUPTED
-    assert str(child.pid) in (store.get_run(dead).error or "")
-    assert store.get_run(mine).status is RunStatus.RUNNING
-    assert store.get_run(queued).status is RunStatus.QUEUED
+def test_cpu_lease_follows_the_queue_and_frees_when_its_holder_ends_or_goes_silent(store: Store) -> None:
+    first = store.create_run("first", CONFIG, local_cpu=True)
+    second = store.create_run("second", CONFIG, local_cpu=True)
+    hosted = store.create_run("hosted", CONFIG)  # not in the CPU queue
+    assert store.try_acquire_cpu(second) is False  # not its turn
+    assert store.try_acquire_cpu(hosted) is False
+    assert store.try_acquire_cpu(first) is True
+    assert store.get_run(first).status is RunStatus.RUNNING and store.cpu_holder() == first
+    assert store.get_run(second).queue_position == 1
+    assert store.try_acquire_cpu(second) is False  # held
+    store.finish_run(first, RunStatus.FINISHED, best_strategy="", best_score=1.0, baseline_score=1.0,
+                     test_baseline_score=None, test_best_score=None, flagged=False)
+    assert store.try_acquire_cpu(second) is True  # the holder ended (even before releasing)
+    store.release_cpu(second)
+    assert store.cpu_holder() is None
+
+    third = store.create_run("third", CONFIG, local_cpu=True)
+    fourth = store.create_run("fourth", CONFIG, local_cpu=True)
+    assert store.try_acquire_cpu(third) is True
+    later = time.time() + HEARTBEAT_TIMEOUT_S + 1
+    store.heartbeat([fourth], now=later)  # the holder's owner went silent; fourth's owner is alive
+    assert store.try_acquire_cpu(fourth, now=later) is True
+    assert store.cpu_holder() == fourth
+
+
+def test_a_silent_queued_run_does_not_block_the_queue(store: Store) -> None:
+    dead = store.create_run("dead", CONFIG, local_cpu=True)
+    alive = store.create_run("alive", CONFIG, local_cpu=True)
+    later = time.time() + HEARTBEAT_TIMEOUT_S + 1
+    store.heartbeat([alive], now=later)
+    assert store.try_acquire_cpu(alive, now=later) is True
+    assert store.get_run(dead).status is RunStatus.QUEUED
+
+
+def test_only_one_of_many_concurrent_takers_gets_the_cpu_lease(tmp_path: Path) -> None:
+    path = tmp_path / "lease.db"
+    store = Store(path)
+    run_id = store.create_run("one", CONFIG, local_cpu=True)
+    script = (
+        "import sys; from core.store import Store\n"
+        f"print(Store({str(path)!r}).try_acquire_cpu({run_id}))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=env)
+             for _ in range(4)]
+    answers = [p.communicate(timeout=60)[0].strip() for p in procs]
+    assert sorted(answers) == ["False", "False", "False", "True"]
+
+
+def test_cancel_requests_and_reopening_for_resume(store: Store) -> None:
+    run_id = store.create_run("r", CONFIG)
+    assert store.cancel_requested(run_id) is False
+    assert store.request_cancel(run_id) is True
+    assert store.cancel_requested(run_id) and store.get_run(run_id).cancel_requested
+    store.add_round(_round(run_id, 0, 0.5))
+    store.end_abruptly(run_id, RunStatus.CANCELLED, "cancelled")
+    assert store.request_cancel(run_id) is False  # terminal: nothing to cancel
+    with pytest.raises(StoreError, match="no run with id 999"):
+        store.request_cancel(999)
+    store.reopen_run(run_id, local_cpu=True)
+    reopened = store.get_run(run_id)
+    assert reopened.status is RunStatus.QUEUED and reopened.local_cpu and not reopened.cancel_requested
+    assert reopened.error is None and reopened.finished_at is None
+    assert [r.score for r in store.list_rounds(run_id)] == [0.5]
+    with pytest.raises(StoreError, match="only failed, cancelled, interrupted runs can be resumed"):
+        store.reopen_run(run_id, local_cpu=True)  # queued already: a second resume is refused
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
-def test_process_start_time_detects_pid_reuse() -> None:
+def test_process_start_time_is_recorded_for_people() -> None:
     started = process_start_time(os.getpid())
-    assert started is not None
+    assert started is not None and started <= time.time()
     assert abs(started - time.time()) < 24 * 3600 * 365
-    assert started <= time.time()
-    assert default_is_alive(os.getpid(), started) is True
-    assert default_is_alive(os.getpid(), None) is True
-    # Same pid, different start time: another process that reused the pid.
-    assert default_is_alive(os.getpid(), started - 3600) is False
 
 
 # -- secrets -------------------------------------------------------------------------------

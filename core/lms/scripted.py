@@ -13,14 +13,22 @@ It honours DSPy's engine + provider contract like the embedded models do:
   traces are correct before any optimization, as with a real LM;
 * options simulate slow calls (``delay``), an LM that starts failing after N calls
   (``fail_after``), unparseable answers (every ``garble_every``-th call) and slow training
-  steps (``train_step_delay``).
+  steps (``train_step_delay``);
+* ``crash_at_round=k`` makes the worker process die when round k starts (``crash_signal``: a
+  signal name such as ``"SIGKILL"`` or ``"SIGSEGV"`` sent to itself, or ``"hang"`` to block and
+  ignore cancel), to test that a native crash fails only its own run. With ``crash_marker`` (a
+  file path) it crashes only once: the file is created before crashing, and a resumed run that
+  finds it goes on. Only this test engine honours it (the runner calls ``on_round_start`` on any
+  engine that has one).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import signal
 import threading
 import time
 import uuid
@@ -127,7 +135,13 @@ class ScriptedEngine:
         tag: str = "",
         hints: dict[str, dict[str, str]] | None = None,
         garble_every: int | None = None,
+        crash_at_round: int | None = None,
+        crash_signal: str = "SIGKILL",
+        crash_marker: str | None = None,
     ):
+        self.crash_at_round = crash_at_round
+        self.crash_signal = crash_signal
+        self.crash_marker = crash_marker
         self.garble_every = garble_every
         self.hints = {k.lower(): v for k, v in (hints or {}).items()}
         self.tag = tag  # separates call counters of otherwise identical engines (tests)
@@ -155,6 +169,9 @@ class ScriptedEngine:
             "tag": self.tag,
             "hints": self.hints,
             "garble_every": self.garble_every,
+            "crash_at_round": self.crash_at_round,
+            "crash_signal": self.crash_signal,
+            "crash_marker": self.crash_marker,
         }
 
     def __deepcopy__(self, memo: dict) -> ScriptedEngine:
@@ -166,6 +183,22 @@ class ScriptedEngine:
     @classmethod
     def load_state(cls, state: dict[str, Any]) -> ScriptedEngine:
         return cls.shared(**state)
+
+    # -- crash simulation ------------------------------------------------------------------------
+    def on_round_start(self, index: int) -> None:
+        """Die (or hang) when round ``crash_at_round`` starts; once only when ``crash_marker`` is set."""
+        if self.crash_at_round is None or index != self.crash_at_round:
+            return
+        if self.crash_marker:
+            marker = Path(self.crash_marker)
+            if marker.exists():
+                return
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.write_text(f"crashed at round {index}\n", encoding="utf-8")
+        if self.crash_signal == "hang":
+            while True:  # blocks the run's thread: no LM call, so the cooperative cancel never fires
+                time.sleep(1.0)
+        os.kill(os.getpid(), signal.Signals[self.crash_signal])
 
     # -- fine-tuned models -----------------------------------------------------------------------
     @classmethod
@@ -342,11 +375,15 @@ def make_lm(
     tag: str = "",
     hints: dict[str, dict[str, str]] | None = None,
     garble_every: int | None = None,
+    crash_at_round: int | None = None,
+    crash_signal: str = "SIGKILL",
+    crash_marker: str | None = None,
 ) -> dspy.LM:
     """Factory used by configs: ``{"kind": "factory", "factory": "core.lms.scripted:make_lm"}``."""
     engine = ScriptedEngine.shared(
         delay=delay, fail_after=fail_after, demo_threshold=demo_threshold, tag=tag, hints=hints,
-        garble_every=garble_every,
+        garble_every=garble_every, crash_at_round=crash_at_round, crash_signal=crash_signal,
+        crash_marker=crash_marker,
     )
     provider = ScriptedProvider(train_step_delay=train_step_delay)
     return dspy.LM(f"{MODEL_PREFIX}{name}", engine=engine, provider=provider, cache=False, num_retries=0)

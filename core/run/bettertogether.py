@@ -1,4 +1,10 @@
-"""DSPy's BetterTogether with exact round boundaries recorded through a RoundRecorder."""
+"""DSPy's BetterTogether with exact round boundaries recorded through a RoundRecorder.
+
+A resumed run replays its finished rounds (``set_replay``, see ``core.run.resume``): the same loop
+runs with the same seed, but a replayed step hands back the recorded program and score instead of
+running its optimizer, and is not recorded again; so the shuffles of the training set, the round
+indexes and the candidate list are those of an uninterrupted run.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +14,11 @@ from typing import Any
 
 import dspy
 from dspy.teleprompt import BetterTogether
+from dspy.teleprompt.bootstrap_finetune import launch_lms
 
 from core.errors import RunCancelled, StepCancelled
 from core.evidence.capture import evidence_scope
+from core.lms.registry import engine_of
 from core.run.recorder import RoundRecorder
 
 logger = logging.getLogger(__name__)
@@ -23,10 +31,18 @@ class StudioBetterTogether(BetterTogether):
         super().__init__(metric, **optimizers)
         self.recorder = recorder
         self._step_index = 0
+        self._replay: list[Any] = []
+
+    def set_replay(self, rounds: list[Any]) -> None:
+        """Replay these finished rounds (``core.run.resume.ReplayedRound``, baseline first) instead of
+        running them again."""
+        self._replay = list(rounds)
 
     def _evaluate_on_valset(self, program, valset, rng, num_threads, effective_max_errors, provide_traceback):
         if not valset:
             return None
+        if self._step_index == 0 and self._replay:
+            return self._replay[0].score  # the baseline of a resumed run: recorded already
         self.recorder.begin_eval()
         evaluate = dspy.Evaluate(
             devset=valset,
@@ -55,8 +71,11 @@ class StudioBetterTogether(BetterTogether):
     def _run_and_evaluate_step(self, optimizer, student, teacher, trainset, valset, compile_args,
                                candidate_programs, current_strategy, *args, **kwargs):
         self._step_index += 1
+        if self._step_index < len(self._replay):
+            return self._replay_step(student, candidate_programs, current_strategy)
         key = current_strategy.split(" -> ")[-1]
         self.recorder.step_started(self._step_index, current_strategy, key)
+        _notify_round_start(student, self._step_index)
         try:
             return super()._run_and_evaluate_step(
                 optimizer, student, teacher, trainset, valset, compile_args,
@@ -74,6 +93,32 @@ class StudioBetterTogether(BetterTogether):
             self.recorder.step_failed(current_strategy, e)
             raise
 
+    def _replay_step(self, student, candidate_programs, strategy):
+        """A finished round of a resumed run: its recorded program and score, not recorded again."""
+        replayed = self._replay[self._step_index]
+        models_before = [getattr(p.lm, "model", None) for p in student.predictors()]
+        student = replayed.program
+        self._add_candidate(candidate_programs, student, strategy, replayed.score)
+        relaunched = [getattr(p.lm, "model", None) for p in student.predictors()] != models_before
+        if relaunched:
+            launch_lms(student)
+        scores = [c["score"] for c in candidate_programs if c["score"] is not None]
+        is_new_best = replayed.score is not None and replayed.score >= max(scores)
+        return student, replayed.score, is_new_best, relaunched
+
     def _add_candidate(self, candidate_programs, student, strategy, score):
         super()._add_candidate(candidate_programs, student, strategy, score)
+        if len(candidate_programs) <= len(self._replay):
+            return  # a replayed round of a resumed run: recorded by the earlier attempt
         self.recorder.round_finished(len(candidate_programs) - 1, strategy, score, candidate_programs[-1]["program"])
+
+
+def _notify_round_start(student: dspy.Module, index: int) -> None:
+    """Tell the engines serving the student that round ``index`` starts (only test engines listen)."""
+    seen = set()
+    for predictor in student.predictors():
+        engine = engine_of(predictor.lm)
+        hook = getattr(engine, "on_round_start", None)
+        if hook is not None and id(engine) not in seen:
+            seen.add(id(engine))
+            hook(index)

@@ -1,4 +1,8 @@
-"""Executing one run in the current thread: compile, record, evaluate on test."""
+"""Executing one run in the current thread (of the run's worker process): compile, record, evaluate on test.
+
+With ``resume=True`` the finished rounds of an earlier attempt are replayed (``core.run.resume``)
+and only the remaining steps run; the new rounds are appended to the earlier ones.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from dataclasses import dataclass
 
 import dspy
 
-from core.errors import RunCancelled
+from core.errors import RunCancelled, StoreError
 from core.evidence.capture import EvidenceCollector, UsageTap, evidence_scope
 from core.paths import run_dir
 from core.prepare import PreparedRun
@@ -17,7 +21,8 @@ from core.records import RunStatus
 from core.run.bettertogether import StudioBetterTogether
 from core.run.build import build_optimizers, effective_threads, make_adapter, model_prices
 from core.run.observer import RunObserver
-from core.run.recorder import RoundRecorder
+from core.run.recorder import RoundRecorder, best_index
+from core.run.resume import load_replay
 from core.store import Store
 
 logger = logging.getLogger(__name__)
@@ -60,8 +65,12 @@ def evaluate_score(program: dspy.Module, devset: list, metric: Callable, threads
         return score
 
 
-def execute_run(prepared: PreparedRun, store: Store, run_id: int, cancel: threading.Event) -> RunOutcome:
-    """Run the optimization of ``prepared`` in this thread, recording it under ``run_id``."""
+def execute_run(prepared: PreparedRun, store: Store, run_id: int, cancel: threading.Event, *,
+                resume: bool = False) -> RunOutcome:
+    """Run the optimization of ``prepared`` in this thread, recording it under ``run_id``.
+
+    ``resume``: continue after the rounds already recorded for ``run_id`` (same config and seed).
+    """
     config = prepared.config
     folder = run_dir(run_id)
     folder.mkdir(parents=True, exist_ok=True)
@@ -76,6 +85,8 @@ def execute_run(prepared: PreparedRun, store: Store, run_id: int, cancel: thread
                       num_threads=threads, studio_cancel_event=cancel):
         optimizers = build_optimizers(prepared, recorder.weight_hooks(), adapter)
         optimizer = StudioBetterTogether(prepared.metric, recorder, **optimizers)
+        if resume:
+            _replay_finished_rounds(optimizer, recorder, prepared, store, run_id, folder)
         recorder.event("setup", "label fields constrained to their values: "
                                 + (", ".join(f"{k} ({len(v)})" for k, v in prepared.label_choices.items()) or "none"),
                        {"label_choices": prepared.label_choices})
@@ -99,7 +110,8 @@ def execute_run(prepared: PreparedRun, store: Store, run_id: int, cancel: thread
         best_candidate = candidates[0]
         best.save(str(folder / "best.json"))
         baseline["program"].save(str(folder / "baseline.json"))
-        store.add_artifact(run_id, "best_program", str(folder / "best.json"), {"strategy": best_candidate["strategy"]})
+        store.add_artifact(run_id, "best_program", str(folder / "best.json"),
+                           {"strategy": best_candidate["strategy"], "round": best_index(recorder.scores)})
         store.add_artifact(run_id, "baseline_program", str(folder / "baseline.json"), {})
         cancelled = cancel.is_set()
         flagged = bool(best.flag_compilation_error_occurred) and not cancelled
@@ -133,3 +145,21 @@ def execute_run(prepared: PreparedRun, store: Store, run_id: int, cancel: thread
             flagged=flagged,
             error=error,
         )
+
+
+def _replay_finished_rounds(optimizer: StudioBetterTogether, recorder: RoundRecorder, prepared: PreparedRun,
+                            store: Store, run_id: int, folder) -> None:
+    """Load the rounds an earlier attempt finished and make the optimizer replay them."""
+    replay = load_replay(store, run_id, prepared, folder)
+    steps = prepared.config.strategy.split(" -> ")
+    expected = [" -> ".join(steps[:i]) for i in range(len(steps) + 1)]
+    recorded = [r.strategy for r in replay]
+    if recorded != expected[: len(recorded)]:
+        raise StoreError(f"run {run_id} cannot be resumed: its rounds {recorded} do not follow its strategy "
+                         f"'{prepared.config.strategy}'")
+    optimizer.set_replay(replay)
+    recorder.scores = [r.score for r in replay]
+    recorder.strategies = [r.strategy for r in replay]
+    recorder.event("status", f"resuming after round {len(replay) - 1}: rounds 0-{len(replay) - 1} are replayed "
+                             "from disk, not run again" if replay else "resuming: no round was finished; "
+                             "starting from the baseline", {"replayed": len(replay)})

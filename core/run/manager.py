@@ -1,158 +1,139 @@
-"""Background runs: one BetterTogether optimization per run, recorded round by round in the store.
+"""Background runs: start, resume, cancel and watch runs; each run's optimization is its own process.
 
-A run is started with ``RunManager.start(config)``, which checks the configuration, creates the
-run (status ``queued``) and returns its id at once; a worker thread does the rest inside its own
-``dspy.context`` (never ``dspy.configure``). Runs that use the embedded CPU models wait in a FIFO
-queue and run one at a time.
+``RunManager.start(config)`` checks the configuration here (``prepare_run`` raises a
+``StudioError`` before anything is stored), creates the run (``queued``) and returns its id at
+once. A supervising thread of this process (``core.run.supervisor``) then waits for the CPU lease
+if the run uses the embedded models and spawns the worker process (``core.run.worker``) that runs
+and records it. Why a process: a native crash (SIGILL, SIGSEGV, the OOM killer) then fails only
+that run, the app keeps serving and the next queued run starts; and the models, fine-tuned
+weights and DSPy's history are freed with the worker, so the app's memory stays flat.
 
-Recording: ``StudioBetterTogether`` subclasses DSPy's ``BetterTogether`` and overrides its step and
-candidate hooks (``_run_and_evaluate_step``, ``_add_candidate``, ``_evaluate_on_valset``) so that
-each round (baseline and each step) is written with its exact boundaries; a crashed evaluation is
-recorded as a failed evaluation (score None), never as a silent 0.
+Ownership lives in the database, so that several app processes, the CLI and the app, or two
+containers on one volume, can share it: this manager refreshes the heartbeat of the runs it
+supervises (``HEARTBEAT_EVERY_S``); the CPU queue and lease are rows (``core.store.liveness``);
+``cancel`` writes a request that the worker of any process polls. A run whose owner stopped
+sending heartbeats is marked interrupted (``recover_interrupted``, on first use of a database).
 
-Cancel: the ``RunObserver`` callback raises ``RunCancelled`` (a BaseException, passing DSPy's
-``except Exception`` layers) from ``on_lm_start`` once the run's Event is set; the step boundary
-turns it into ``StepCancelled`` so BetterTogether returns the best program so far. Fine-tuning
-checks the same Event between training steps.
+``resume(run_id)`` continues a failed, cancelled or interrupted run from its last finished round
+(``core.run.resume``): same run id, config, seed and splits; the earlier rounds are kept.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import threading
-import traceback
+import time
 from pathlib import Path
 
-from core.config import RunConfig, config_to_dict
-from core.errors import RunCancelled, StepCancelled, StudioError
-from core.prepare import PreparedRun, prepare_run
+from core.config import RunConfig, config_to_dict, parse_config
+from core.errors import StoreError
+from core.paths import studio_home
+from core.prepare import prepare_run
 from core.records import RunStatus
-from core.run.execute import execute_run
-from core.store import Store, process_start_time
+from core.run.supervisor import CANCEL_GRACE_S, Supervision
+from core.run.worker import WorkerJob
+from core.store import HEARTBEAT_EVERY_S, RESUMABLE, Store
 
 logger = logging.getLogger(__name__)
 
-
-class _CpuQueue:
-    """FIFO admission for runs on the embedded CPU models: one at a time."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._waiting: list[int] = []
-        self._holder: int | None = None
-
-    def enqueue(self, run_id: int) -> None:
-        """Take a place in the queue (called when the run is created, so order follows run ids)."""
-        with self._cond:
-            self._waiting.append(run_id)
-
-    def acquire(self, run_id: int, cancel: threading.Event) -> bool:
-        """Wait for this run's turn (it must be enqueued); False if cancelled while waiting."""
-        with self._cond:
-            try:
-                while not (self._holder is None and self._waiting[0] == run_id):
-                    if cancel.is_set():
-                        return False
-                    self._cond.wait(0.2)
-                self._holder = run_id
-                return True
-            finally:
-                self._waiting.remove(run_id)
-                self._cond.notify_all()
-
-    def release(self, run_id: int) -> None:
-        with self._cond:
-            if self._holder == run_id:
-                self._holder = None
-            self._cond.notify_all()
+WAIT_POLL_S = 0.2
 
 
 class RunManager:
-    """Starts, tracks and cancels runs of this process. One per process and store (see ``get_manager``)."""
+    """Starts, resumes, cancels and supervises runs. One per process and store (see ``get_manager``)."""
 
-    def __init__(self, store: Store):
+    def __init__(self, store: Store, *, cancel_grace_s: float = CANCEL_GRACE_S):
         self.store = store
-        self._cpu = _CpuQueue()
+        self.cancel_grace_s = cancel_grace_s
         self._threads: dict[int, threading.Thread] = {}
-        self._cancels: dict[int, threading.Event] = {}
         self._lock = threading.Lock()
+        self._heartbeat: threading.Thread | None = None
 
     def start(self, config: RunConfig, *, base_dir: Path | None = None) -> int:
-        """Check ``config``, create the run and start its worker; returns the run id at once."""
+        """Check ``config``, create the run and start supervising it; returns the run id at once."""
         prepared = prepare_run(config, base_dir=base_dir)
-        run_id = self.store.create_run(config.name, config_to_dict(config), RunStatus.QUEUED)
-        if prepared.uses_local_cpu:
-            self._cpu.enqueue(run_id)
-        cancel = threading.Event()
-        thread = threading.Thread(target=self._work, args=(run_id, prepared, cancel), name=f"run-{run_id}",
-                                  daemon=True)
-        with self._lock:
-            self._threads[run_id] = thread
-            self._cancels[run_id] = cancel
-        thread.start()
+        local = prepared.uses_local_cpu
+        document = config_to_dict(config)
+        run_id = self.store.create_run(config.name, document, RunStatus.QUEUED, local_cpu=local,
+                                       base_dir=None if base_dir is None else Path(base_dir).resolve())
+        self._supervise(run_id, document, base_dir, local, resume=False)
+        return run_id
+
+    def resume(self, run_id: int) -> int:
+        """Continue a failed, cancelled or interrupted run from its last finished round; returns its id."""
+        run = self.store.get_run(run_id)
+        if run.status not in RESUMABLE:
+            allowed = ", ".join(s.value for s in RESUMABLE)
+            raise StoreError(f"run {run_id} is {run.status.value}; only {allowed} runs can be resumed")
+        row = self.store.db.execute("select base_dir from runs where id = ?", [run_id]).fetchone()
+        base_dir = Path(row[0]) if row and row[0] else None
+        prepared = prepare_run(parse_config(run.config), base_dir=base_dir)
+        rounds = self.store.list_rounds(run_id)
+        self.store.reopen_run(run_id, local_cpu=prepared.uses_local_cpu)
+        self.store.add_event(run_id, "status", f"resume requested after {len(rounds)} recorded round(s)",
+                             {"rounds": len(rounds)})
+        self._supervise(run_id, run.config, base_dir, prepared.uses_local_cpu, resume=True)
         return run_id
 
     def cancel(self, run_id: int) -> bool:
-        """Ask a run of this process to stop; it keeps the best program so far. False if not active here."""
-        with self._lock:
-            event = self._cancels.get(run_id)
-        if event is None:
+        """Ask a run (of any process) to stop, keeping the best program so far; False if it is not active."""
+        if not self.store.request_cancel(run_id):
             return False
-        event.set()
         self.store.add_event(run_id, "status", "cancel requested")
+        if self.store.is_stale(run_id):  # nobody supervises it any more: end it here
+            self.store.end_abruptly(run_id, RunStatus.CANCELLED, "cancelled (its owner process had stopped); "
+                                                                 "the best program so far is kept")
         return True
 
     def is_active(self, run_id: int) -> bool:
+        """True while this process supervises ``run_id``."""
         with self._lock:
             thread = self._threads.get(run_id)
         return thread is not None and thread.is_alive()
 
     def wait(self, run_id: int, timeout: float | None = None) -> bool:
+        """Wait until ``run_id`` ends (supervised here or elsewhere); False on timeout."""
         with self._lock:
             thread = self._threads.get(run_id)
-        if thread is None:
-            return True
-        thread.join(timeout)
-        return not thread.is_alive()
+        if thread is not None:
+            thread.join(timeout)
+            return not thread.is_alive()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.store.get_run(run_id).status.is_terminal:
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(WAIT_POLL_S)
+        return True
 
-    def _work(self, run_id: int, prepared: PreparedRun, cancel: threading.Event) -> None:
-        store = self.store
-        local = prepared.uses_local_cpu
-        try:
-            if local:
-                store.add_event(run_id, "status", "waiting for the embedded CPU models")
-                if not self._cpu.acquire(run_id, cancel):
-                    store.finish_run(run_id, RunStatus.CANCELLED, best_strategy=None, best_score=None,
-                                     baseline_score=None, test_baseline_score=None, test_best_score=None,
-                                     flagged=False, error="cancelled while queued")
-                    return
-            pid = os.getpid()
-            store.claim_run(run_id, pid, process_start_time(pid))
-            outcome = execute_run(prepared, store, run_id, cancel)
-            store.finish_run(run_id, outcome.status, best_strategy=outcome.best_strategy,
-                             best_score=outcome.best_score, baseline_score=outcome.baseline_score,
-                             test_baseline_score=outcome.test_baseline_score,
-                             test_best_score=outcome.test_best_score, flagged=outcome.flagged,
-                             error=outcome.error)
-            store.add_event(run_id, "status", f"run {outcome.status.value}", {"status": outcome.status.value})
-        except BaseException as e:  # noqa: BLE001 - the worker must always leave a final status
-            if isinstance(e, StudioError):
-                message = str(e)
-            else:
-                message = f"unexpected error: {type(e).__name__}: {e}"
-                logger.error("run %s failed\n%s", run_id, traceback.format_exc())
-            status = RunStatus.CANCELLED if isinstance(e, RunCancelled | StepCancelled) else RunStatus.FAILED
+    # -- internals ------------------------------------------------------------------------------
+
+    def _supervise(self, run_id: int, config: dict, base_dir: Path | None, local: bool, *, resume: bool) -> None:
+        job = WorkerJob(run_id=run_id, db_path=str(self.store.path.resolve()), config=config,
+                        base_dir=None if base_dir is None else str(Path(base_dir).resolve()),
+                        studio_home=str(studio_home().resolve()), resume=resume)
+        supervision = Supervision(self.store, job, local, self.cancel_grace_s)
+        thread = threading.Thread(target=supervision.run, name=f"run-{run_id}", daemon=True)
+        with self._lock:
+            self._threads[run_id] = thread
+            if self._heartbeat is None or not self._heartbeat.is_alive():
+                self._heartbeat = threading.Thread(target=self._beat, name="run-heartbeat", daemon=True)
+                self._heartbeat.start()
+        thread.start()
+
+    def _beat(self) -> None:
+        """Refresh the heartbeat of the runs this process supervises, while there are any."""
+        while True:
+            with self._lock:
+                alive = [run_id for run_id, thread in self._threads.items() if thread.is_alive()]
+                if not alive and all(t.ident is not None for t in self._threads.values()):
+                    self._heartbeat = None
+                    break
             try:
-                store.add_event(run_id, "error", message)
-                store.finish_run(run_id, status, best_strategy=None, best_score=None, baseline_score=None,
-                                 test_baseline_score=None, test_best_score=None, flagged=False, error=message)
-            except StudioError:
-                logger.exception("cannot record the failure of run %s", run_id)
-        finally:
-            if local:
-                self._cpu.release(run_id)
-            store.close()
+                self.store.heartbeat(alive)
+            except StoreError:
+                logger.exception("cannot refresh the heartbeat of runs %s", alive)
+            time.sleep(HEARTBEAT_EVERY_S)
+        self.store.close()
 
 
 _managers: dict[str, RunManager] = {}
@@ -160,7 +141,7 @@ _managers_lock = threading.Lock()
 
 
 def get_manager(db_file: str | Path) -> RunManager:
-    """The process-wide manager for a database file; recovers runs left by dead processes on first use."""
+    """The process-wide manager for a database file; marks runs of owners that stopped as interrupted."""
     key = str(Path(db_file).resolve())
     with _managers_lock:
         if key not in _managers:

@@ -1,8 +1,15 @@
-"""Recording rounds, events and per-round program snapshots of one run in the store."""
+"""Recording rounds, events and per-round program snapshots of one run in the store.
+
+After every round the best program so far is written to the run folder (``best.json``, with an
+artifact naming its round): a worker that dies, is killed or is cancelled mid-step leaves a best
+program that export can bundle (the fine-tuned weights it needs are already in the run folder).
+"""
 
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import threading
 import time
 from dataclasses import dataclass, field
@@ -45,8 +52,10 @@ class RoundRecorder:
     current_step: str = "baseline"
     prices: dict[str, tuple[float, float]] = field(default_factory=dict)
     scores: list[float | None] = field(default_factory=list)
+    strategies: list[str] = field(default_factory=list)
     evidence: EvidenceCollector | None = None  # per-example evidence of evaluations and training rows
     _last_progress: float = 0.0
+    _saved_best: int | None = None
 
     def event(self, kind: str, message: str, data: dict | None = None) -> None:
         try:
@@ -161,10 +170,15 @@ class RoundRecorder:
         )
         self.store.add_round(record)
         self.store.add_artifact(self.run_id, "round_program", str(snapshot), {"index": index, "strategy": strategy})
+        if index == 0:
+            shutil.copyfile(snapshot, self.folder / "baseline.json")
+            self.store.add_artifact(self.run_id, "baseline_program", str(self.folder / "baseline.json"), {})
         self.scores.append(score)
+        self.strategies.append(strategy)
         best = best_index(self.scores)
         if best is not None:
             self.store.mark_best(self.run_id, best)
+            self.save_best_so_far(best)
         shown = "evaluation failed" if score is None else f"{score:.1f}"
         self.event("round", f"round {index} '{strategy or 'baseline'}': {shown}", {
             "index": index, "strategy": strategy, "score": score, "best_index": best,
@@ -172,6 +186,19 @@ class RoundRecorder:
         self.round_started_at = now_iso()
         self.usage_before = self.observer.snapshot()
         self.step_details = {}
+
+    def save_best_so_far(self, index: int) -> None:
+        """Make round ``index``'s program the run's ``best.json`` (atomically) and record which round it is."""
+        if index == self._saved_best:
+            return
+        snapshot = self.folder / "rounds" / f"{index}.json"
+        target = self.folder / "best.json"
+        partial = target.with_suffix(".json.partial")
+        shutil.copyfile(snapshot, partial)
+        os.replace(partial, target)
+        self.store.add_artifact(self.run_id, "best_program", str(target),
+                                {"strategy": self.strategies[index], "round": index, "so_far": True})
+        self._saved_best = index
 
 
 def best_index(scores: list[float | None]) -> int | None:

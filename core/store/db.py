@@ -18,6 +18,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,10 +28,9 @@ from sqlite_utils import Database
 
 from core.errors import StoreError
 from core.records import TERMINAL, Artifact, Event, Round, Run, RunStatus
-from core.store.liveness import IsAlive, default_is_alive, process_start_time
+from core.store.liveness import OwnershipMixin, host_name, process_start_time
 from core.store.migrations import MIGRATIONS
 from core.store.rows import (
-    ACTIVE_VALUES,
     TERMINAL_VALUES,
     artifact_from_row,
     event_from_row,
@@ -50,7 +50,7 @@ BUSY_TIMEOUT_MS = 30_000
 """How long a writer waits for another writer's transaction before giving up."""
 
 
-class Store:
+class Store(OwnershipMixin):
     """The run store at one SQLite file; safe to share between threads.
 
     The object holds only the path; each thread that uses it gets its own connection.
@@ -141,8 +141,12 @@ class Store:
 
     # -- runs ----------------------------------------------------------------------------
 
-    def create_run(self, name: str, config: dict[str, Any], status: RunStatus = RunStatus.QUEUED) -> int:
-        """Record a new run owned by this process and return its id.
+    def create_run(self, name: str, config: dict[str, Any], status: RunStatus = RunStatus.QUEUED, *,
+                   local_cpu: bool = False, base_dir: str | Path | None = None) -> int:
+        """Record a new run owned by this process (heartbeat now) and return its id.
+
+        ``local_cpu`` puts it in the database-wide CPU queue; ``base_dir`` is where relative data
+        paths of its config resolve (kept so that a resume prepares the very same data).
 
         ``config`` must hold no secrets (the caller strips them); a key named like a secret
         (``api_key``, ``token``, ``password`` ...) with a non-empty string value is refused.
@@ -168,6 +172,11 @@ class Store:
             "flagged": 0,
             "owner_pid": pid,
             "owner_started": process_start_time(pid),
+            "owner_host": host_name(),
+            "heartbeat_at": time.time(),
+            "queued_at": time.time(),
+            "local_cpu": int(local_cpu),
+            "base_dir": None if base_dir is None else str(base_dir),
         }
         with self._write() as db:
             run_id = db["runs"].insert(row).last_pk
@@ -183,7 +192,8 @@ class Store:
         position = None
         if row["status"] == RunStatus.QUEUED.value:
             position = self.db.execute(
-                "select count(*) from runs where status = ? and id <= ?", [RunStatus.QUEUED.value, run_id]
+                "select count(*) from runs where status = ? and (queued_at < ? or (queued_at = ? and id <= ?))",
+                [RunStatus.QUEUED.value, row["queued_at"], row["queued_at"], run_id],
             ).fetchone()[0]
         return run_from_row(row, position)
 
@@ -192,7 +202,7 @@ class Store:
         db = self.db
         queued = [
             row["id"]
-            for row in db.query("select id from runs where status = ? order by id", [RunStatus.QUEUED.value])
+            for row in db.query("select id from runs where status = ? order by queued_at, id", [RunStatus.QUEUED.value])
         ]
         positions = {run_id: position for position, run_id in enumerate(queued, start=1)}
         rows = db.query("select * from runs order by id desc limit ?", [limit])
@@ -200,7 +210,7 @@ class Store:
 
     def queued_run_ids(self) -> list[int]:
         """Ids of the queued runs, next to start first."""
-        rows = self.db.query("select id from runs where status = ? order by id", [RunStatus.QUEUED.value])
+        rows = self.db.query("select id from runs where status = ? order by queued_at, id", [RunStatus.QUEUED.value])
         return [row["id"] for row in rows]
 
     def set_status(self, run_id: int, status: RunStatus, *, error: str | None = None) -> bool:
@@ -214,7 +224,8 @@ class Store:
     def claim_run(self, run_id: int, pid: int, started: float | None) -> bool:
         """Make process ``pid`` (started at ``started``) the owner of run ``run_id`` and mark it
         running; False when the run is already terminal (for example cancelled while queued)."""
-        return self._update_active(run_id, RunStatus.RUNNING, {"owner_pid": pid, "owner_started": started})
+        return self._update_active(run_id, RunStatus.RUNNING, {"owner_pid": pid, "owner_started": started,
+                                                               "owner_host": host_name(), "heartbeat_at": time.time()})
 
     def finish_run(
         self,
@@ -275,37 +286,10 @@ class Store:
         logger.info("run %s is now %s", run_id, status.value)
         return True
 
-    def recover_interrupted(self, is_alive: IsAlive = default_is_alive) -> list[int]:
-        """At start-up, mark queued or running runs whose owner process is gone as interrupted.
-
-        ``is_alive(pid, started)`` decides whether an owner still lives; a run with no owner is
-        orphaned. Their rounds, events and artifacts are kept. Returns the ids marked.
-        """
-        rows = list(
-            self.db.query(
-                f"select id, status, owner_pid, owner_started from runs "
-                f"where status in ({placeholders(ACTIVE_VALUES)}) order by id",
-                list(ACTIVE_VALUES),
-            )
-        )
-        marked: list[int] = []
-        for row in rows:
-            pid = row["owner_pid"]
-            if pid is not None and is_alive(pid, row["owner_started"]):
-                continue
-            owner = f"process {pid}" if pid is not None else "no process"
-            when = "during the run" if row["status"] == RunStatus.RUNNING.value else "before the run started"
-            error = f"The app stopped {when} (owner {owner} is gone); the rounds recorded so far are kept."
-            if self._update_active(row["id"], RunStatus.INTERRUPTED, {"error": error}):
-                marked.append(row["id"])
-        if marked:
-            logger.info("marked runs %s as interrupted", marked)
-        return marked
-
     def delete_run(self, run_id: int) -> None:
         """Delete run ``run_id`` with its rounds, events and artifact rows (files stay)."""
         with self._write() as db:
-            for table in ("rounds", "events", "artifacts"):
+            for table in ("rounds", "events", "artifacts", "leases"):
                 db.execute(f"delete from {table} where run_id = ?", [run_id])
             if not db.execute("delete from runs where id = ?", [run_id]).rowcount:
                 raise StoreError(f"no run with id {run_id}")

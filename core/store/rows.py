@@ -67,6 +67,10 @@ def run_from_row(row: Mapping[str, Any], queue_position: int | None) -> Run:
         owner_pid=row["owner_pid"],
         owner_started=optional_float(row["owner_started"]),
         queue_position=queue_position,
+        owner_host=row.get("owner_host"),
+        heartbeat_at=optional_float(row.get("heartbeat_at")),
+        cancel_requested=row.get("cancel_requested_at") is not None,
+        local_cpu=bool(row.get("local_cpu")),
     )
 
 

@@ -1,0 +1,135 @@
+"""The worker process of one run: prepares it, runs it, records it, and exits.
+
+Why a process per run: the optimization loads native code (llama.cpp, torch) that can die on an
+illegal instruction, a segfault or the kernel's OOM killer; in a child process such a death fails
+only its own run, and the models, fine-tuned weights and DSPy's call history are freed when the
+child exits. The child is started with multiprocessing's ``spawn`` context (a fresh interpreter:
+forking a process that holds threads, sqlite connections and llama.cpp state is unsafe).
+
+The child receives only plain data (``WorkerJob``), prepares the run again from its config (the
+parent already checked it), opens its own ``Store`` on the same database file and does all the
+writing of rounds, events and the final status. A watch thread polls the database for a cancel
+request (any process may write one) and sets the run's Event, so that the cooperative cancel of
+``execute_run`` applies; it also notices when the supervising process is gone (then the run is
+marked interrupted and the worker exits: nobody is left to watch it).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from core.errors import RunCancelled, StepCancelled, StudioError
+
+logger = logging.getLogger(__name__)
+
+CANCEL_POLL_S = 0.25
+"""How often the worker looks for a cancel request in the database."""
+
+
+@dataclass(frozen=True)
+class WorkerJob:
+    """What a worker needs, as plain data (it crosses a process boundary)."""
+
+    run_id: int
+    db_path: str
+    config: dict[str, Any]
+    base_dir: str | None
+    studio_home: str | None
+    resume: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def spawn_worker(job: WorkerJob) -> multiprocessing.process.BaseProcess:
+    """Start the worker of ``job`` in a spawned (never forked) child process."""
+    context = multiprocessing.get_context("spawn")
+    process = context.Process(target=worker_main, args=(job.as_dict(),), name=f"studio-run-{job.run_id}")
+    process.start()
+    return process
+
+
+def worker_main(job_dict: dict[str, Any]) -> None:
+    """Entry point of the child process: run the job and record its outcome in the store."""
+    job = WorkerJob(**job_dict)
+    # Ctrl-C in a terminal reaches the whole process group: the supervisor turns it into a cancel request.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if job.studio_home:
+        os.environ["STUDIO_HOME"] = job.studio_home
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    for name in ("dspy", "LiteLLM", "litellm", "httpx", "urllib3"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    from core.store import Store
+
+    store = Store(job.db_path)
+    store.set_worker_pid(job.run_id, os.getpid())
+    cancel = threading.Event()
+    watch = threading.Thread(target=_watch, args=(store, job.run_id, cancel), name="cancel-watch", daemon=True)
+    watch.start()
+    try:
+        _run(job, store, cancel)
+    finally:
+        store.close()
+
+
+def _run(job: WorkerJob, store: Any, cancel: threading.Event) -> None:
+    from core.config import parse_config
+    from core.prepare import prepare_run
+    from core.records import RunStatus
+    from core.run.execute import execute_run
+
+    run_id = job.run_id
+    try:
+        config = parse_config(job.config)
+        prepared = prepare_run(config, base_dir=Path(job.base_dir) if job.base_dir else None)
+        outcome = execute_run(prepared, store, run_id, cancel, resume=job.resume)
+        store.finish_run(run_id, outcome.status, best_strategy=outcome.best_strategy,
+                         best_score=outcome.best_score, baseline_score=outcome.baseline_score,
+                         test_baseline_score=outcome.test_baseline_score,
+                         test_best_score=outcome.test_best_score, flagged=outcome.flagged,
+                         error=outcome.error)
+        store.add_event(run_id, "status", f"run {outcome.status.value}", {"status": outcome.status.value})
+    except BaseException as e:  # noqa: BLE001 - the worker must always leave a final status
+        if isinstance(e, StudioError):
+            message = str(e)
+        else:
+            message = f"unexpected error: {type(e).__name__}: {e}"
+            logger.error("run %s failed\n%s", run_id, traceback.format_exc())
+        status = RunStatus.CANCELLED if isinstance(e, RunCancelled | StepCancelled) else RunStatus.FAILED
+        try:
+            store.add_event(run_id, "error", message)
+            store.end_abruptly(run_id, status, message)
+        except StudioError:
+            logger.exception("cannot record the failure of run %s", run_id)
+
+
+def _watch(store: Any, run_id: int, cancel: threading.Event) -> None:
+    """Poll for a cancel request and for the supervisor's death until the process ends."""
+    from core.records import RunStatus
+
+    parent = multiprocessing.parent_process()
+    while True:
+        try:
+            if not cancel.is_set() and store.cancel_requested(run_id):
+                logger.info("run %s: cancel requested", run_id)
+                cancel.set()
+            if parent is not None and not parent.is_alive():
+                store.add_event(run_id, "error", "the app process that supervised this run stopped; "
+                                                 "the worker stops too")
+                store.end_abruptly(run_id, RunStatus.INTERRUPTED,
+                                   "The app process that supervised this run stopped; the rounds recorded so "
+                                   f"far are kept; resume it with `python -m core resume {run_id}`.")
+                os._exit(3)
+        except StudioError:
+            logger.exception("run %s: cannot read the run store", run_id)
+        time.sleep(CANCEL_POLL_S)
