@@ -120,8 +120,8 @@ def test_weight_step_survives_unparseable_answers_and_lm_errors(tmp_path: Path) 
 
 def test_weight_step_with_zero_usable_traces_says_what_to_do(tmp_path: Path) -> None:
     large = make_lm("large", tag="w4")  # no hints: every answer is wrong
-    small = make_lm("small", tag="w4")
-    step = RoleAwareFinetune(make_metric("exact_match", ["label"]), ["classify"], FinetuneSettings(),
+    small = make_lm("small", tag="w4")  # 'self' (the paper's source): 'gold' would train on the labels
+    step = RoleAwareFinetune(make_metric("exact_match", ["label"]), ["classify"], FinetuneSettings(trace_source="self"),
                              _hooks(tmp_path))
     with dspy.context(lm=large, adapter=dspy.ChatAdapter(use_json_adapter_fallback=False)):
         with pytest.raises(StudioError, match=r"nothing to train on: 0 of 6 .*Put a prompt step before it"):

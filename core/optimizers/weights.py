@@ -5,8 +5,9 @@ the predictors (a large hosted LM fails or starts a paid job), trains each LM on
 with ``multitask``, needs ``num_threads >= jobs``, and crashes on one unparseable answer or one LM
 error during trace collection. This step:
 
-* collects traces with ``bootstrap_trace_data(..., raise_on_error=False, capture_crashes=True)``;
-* keeps traces whose metric score is at least ``min_score`` (failed parses are dropped);
+* collects rows per small predictor from its trace source (``core.optimizers.traces``: ``self``,
+  ``teacher``, ``gold``, ``auto``), keeping ``self``/``teacher`` traces whose metric score is at
+  least ``min_score`` (failed parses are dropped), and balances them per label value;
 * builds chat rows with the adapter's ``format_finetune_data`` for small predictors only, grouped by
   the model serving them: one fine-tuning job per small LM, trained on its own predictors' rows;
 * hands each small LM's rows to ``hooks.on_rows`` (the run records them as the step's evidence: what
@@ -19,6 +20,7 @@ error during trace collection. This step:
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,12 +28,19 @@ from typing import Any
 
 import dspy
 from dspy.clients.utils_finetune import TrainDataFormat
-from dspy.primitives.prediction import Prediction
-from dspy.teleprompt.bootstrap_trace import FailedPrediction, bootstrap_trace_data
 from dspy.teleprompt.teleprompt import Teleprompter
 
 from core.config import FinetuneSettings
 from core.errors import LMError, StepCancelled, StudioError
+from core.optimizers.traces import (
+    Collected,
+    TraceRow,
+    balance_rows,
+    categorical_fields,
+    collect_rows,
+    label_distribution,
+    plan_sources,
+)
 from core.store.evidence import TrainingRow
 
 logger = logging.getLogger(__name__)
@@ -43,6 +52,10 @@ class TraceStats:
     kept: int  # traces usable for training (parsed, score >= min_score)
     failed: int  # examples whose run crashed or did not parse
     rows: dict[str, int]  # model name -> training rows
+    sources: dict[str, str] = field(default_factory=dict)  # predictor -> trace source
+    balance: str = "off"
+    labels: dict[str, dict[str, int]] = field(default_factory=dict)  # training rows per label value
+    labels_before: dict[str, dict[str, int]] = field(default_factory=dict)  # the same before balancing
 
 
 @dataclass
@@ -55,6 +68,7 @@ class WeightStepHooks:
     on_progress: Callable[[str, int, int, float], None] = lambda model, step, total, loss: None
     on_finetuned: Callable[[str, Any], None] = lambda old_model, new_lm: None
     on_rows: Callable[[str, list[TrainingRow]], None] = lambda model, rows: None
+    on_phase: Callable[[str, float], None] = lambda phase, seconds: None
     should_stop: Callable[[], bool] = lambda: False
     extra_train_kwargs: dict[str, Any] = field(default_factory=dict)
 
@@ -72,6 +86,7 @@ class RoleAwareFinetune(Teleprompter):
         num_threads: int | None = 1,
         adapter: dspy.Adapter | None = None,
         seed: int = 0,
+        teacher_lm: Any = None,
     ):
         super().__init__()
         if not small_predictors:
@@ -83,6 +98,7 @@ class RoleAwareFinetune(Teleprompter):
         self.num_threads = num_threads
         self.adapter = adapter
         self.seed = seed
+        self.teacher_lm = teacher_lm
         self.last_stats: TraceStats | None = None
         self.finetuned: dict[str, str] = {}
         self.row_sources: dict[str, list[TrainingRow]] = {}
@@ -90,7 +106,9 @@ class RoleAwareFinetune(Teleprompter):
     def compile(self, student: dspy.Module, *, trainset: list[dspy.Example], teacher: Any = None) -> dspy.Module:
         student = student.deepcopy()
         small = self._small_predictors(student)
-        traces = self._collect_traces(student, trainset)
+        started = time.monotonic()
+        traces = self._collect_rows(student, small, trainset)
+        self.hooks.on_phase("trace collection", time.monotonic() - started)
         groups = self._rows_by_model(traces, small, len(trainset))
         for model, (lm, predictors, rows) in groups.items():
             self.hooks.on_rows(model, self.row_sources.get(model, []))
@@ -116,52 +134,46 @@ class RoleAwareFinetune(Teleprompter):
                 raise LMError(f"predictor {name!r} has the role 'small' but its LM {lm.model!r} cannot be fine-tuned")
         return small
 
-    def _collect_traces(self, student: dspy.Module, trainset: list[dspy.Example]) -> list[dict[str, Any]]:
-        data = bootstrap_trace_data(
-            program=student,
-            dataset=trainset,
-            metric=self.metric,
-            num_threads=self.num_threads,
-            raise_on_error=False,
-            capture_crashes=True,
+    def _collect_rows(
+        self, student: dspy.Module, small: dict[int, tuple[str, Any]], trainset: list[dspy.Example]
+    ) -> list[TraceRow]:
+        by_name = {name: predictor for name, predictor in small.values()}
+        label_keys = set().union(*(set(ex.labels().keys()) for ex in trainset)) if trainset else set()
+        plan = plan_sources(self.settings.trace_source, by_name, label_keys, self.teacher_lm)
+        collected: Collected = collect_rows(
+            student, by_name, trainset, plan=plan, metric=self.metric, min_score=self.settings.min_score,
+            teacher_lm=self.teacher_lm, num_threads=self.num_threads,
         )
-        kept = []
-        failed = 0
-        for item in data:
-            prediction, score = item["prediction"], item.get("score")
-            if isinstance(prediction, FailedPrediction) or not isinstance(prediction, Prediction):
-                failed += 1
-                continue
-            if score is not None and score >= self.settings.min_score:
-                kept.append(item)
-        failed += len(trainset) - len(data)
-        self._counts = (len(trainset), len(kept), failed)
-        return kept
+        categorical = {name: categorical_fields(p) for name, p in by_name.items()}
+        rows = balance_rows(collected.rows, categorical, self.settings.balance, self.seed)
+        self._counts = (collected.collected, collected.kept, collected.failed)
+        self._labels = (plan, label_distribution(collected.rows, categorical), label_distribution(rows, categorical))
+        return rows
 
     def _rows_by_model(
-        self, traces: list[dict[str, Any]], small: dict[int, tuple[str, Any]], collected: int
+        self, traces: list[TraceRow], small: dict[int, tuple[str, Any]], collected: int
     ) -> dict[str, tuple[Any, list[Any], list[dict]]]:
         adapter = self.adapter or dspy.settings.adapter or dspy.ChatAdapter()
         groups: dict[str, tuple[Any, list[Any], list[dict]]] = {}
         self.row_sources = {}
         for _, predictor in small.values():
             groups.setdefault(predictor.lm.model, (predictor.lm, [], []))[1].append(predictor)
+        by_name = {name: predictor for name, predictor in small.values()}
         for item in traces:
-            for predictor, inputs, outputs in item["trace"]:
-                if id(predictor) not in small or isinstance(outputs, FailedPrediction):
-                    continue
-                demos = [] if self.settings.exclude_demos else predictor.demos
-                row = adapter.format_finetune_data(
-                    signature=predictor.signature, demos=demos, inputs=inputs, outputs=outputs
-                )
-                groups[predictor.lm.model][2].append(row)
-                self.row_sources.setdefault(predictor.lm.model, []).append(TrainingRow(
-                    predictor=small[id(predictor)][0], messages=list(row.get("messages", [])),
-                    outputs={k: v for k, v in outputs.items() if not str(k).startswith("dspy_")},
-                    source="self", index=len(groups[predictor.lm.model][2]) - 1,
-                ))
+            predictor = by_name[item.predictor]
+            demos = [] if self.settings.exclude_demos else predictor.demos
+            row = adapter.format_finetune_data(
+                signature=predictor.signature, demos=demos, inputs=item.inputs, outputs=item.outputs
+            )
+            groups[predictor.lm.model][2].append(row)
+            self.row_sources.setdefault(predictor.lm.model, []).append(TrainingRow(
+                predictor=item.predictor, messages=list(row.get("messages", [])),
+                outputs=dict(item.outputs), source=item.source, index=len(groups[predictor.lm.model][2]) - 1,
+            ))
         total, kept, failed = self._counts
-        stats = TraceStats(total, kept, failed, {m: len(g[2]) for m, g in groups.items()})
+        plan, before, after = self._labels
+        stats = TraceStats(total, kept, failed, {m: len(g[2]) for m, g in groups.items()}, dict(plan),
+                           self.settings.balance, after, before)
         self.last_stats = stats
         self.hooks.on_traces(stats)
         if kept == 0:
@@ -194,10 +206,22 @@ class RoleAwareFinetune(Teleprompter):
         }
         self.hooks.on_job_start(model, len(rows))
         logger.info("fine-tuning %s on %d rows", model, len(rows))
+        started = time.monotonic()
+        last_step = [started]
+        report = train_kwargs["progress"]
+
+        def progress(step: int, total: int, loss: float) -> None:
+            last_step[0] = time.monotonic()
+            report(step, total, loss)
+
+        train_kwargs["progress"] = progress
         job = lm.finetune(train_data=rows, train_data_format=TrainDataFormat.CHAT, train_kwargs=train_kwargs)
         result = job.result()
         if job.thread is not None:
             job.thread.join()
+        # training ends at the last reported step; what follows is writing the model (GGUF export)
+        self.hooks.on_phase("training", last_step[0] - started)
+        self.hooks.on_phase("GGUF export", time.monotonic() - last_step[0])
         if isinstance(result, StepCancelled):
             raise result
         if isinstance(result, BaseException):

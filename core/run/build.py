@@ -32,6 +32,8 @@ def build_optimizers(prepared: PreparedRun, weight_hooks: WeightStepHooks, adapt
                 num_candidate_programs=s.num_candidate_programs,
                 max_rounds=s.max_rounds,
                 num_threads=threads,
+                stratify=s.stratify,
+                max_prompt_tokens=s.max_prompt_tokens,
             )
         elif isinstance(spec, MiproStep):
             s = spec.settings
@@ -57,8 +59,16 @@ def build_optimizers(prepared: PreparedRun, weight_hooks: WeightStepHooks, adapt
                 num_threads=threads,
                 adapter=adapter,
                 seed=config.seed,
+                teacher_lm=teacher_lm(prepared, spec.settings.teacher_lm),
             )
     return optimizers
+
+
+def teacher_lm(prepared: PreparedRun, name: str | None) -> Any:
+    """The weight step's teacher: the named LM, else the first large-role LM (None without one)."""
+    if name:
+        return prepared.lms[name]
+    return next((prepared.lms[a.lm] for a in prepared.config.predictors.values() if a.role == "large"), None)
 
 
 def effective_threads(prepared: PreparedRun) -> int:

@@ -56,6 +56,8 @@ class RoundRecorder:
     evidence: EvidenceCollector | None = None  # per-example evidence of evaluations and training rows
     _last_progress: float = 0.0
     _saved_best: int | None = None
+    _step_clock: float = field(default_factory=time.monotonic)  # when the current round began (monotonic)
+    _eval_clock: float | None = None  # when its evaluation began
 
     def event(self, kind: str, message: str, data: dict | None = None) -> None:
         try:
@@ -76,6 +78,7 @@ class RoundRecorder:
     def begin_eval(self) -> None:
         self.errors_before_eval = self.observer.total_errors()
         self.eval_error = None
+        self._eval_clock = time.monotonic()
 
     def eval_errors(self) -> int:
         return self.observer.total_errors() - self.errors_before_eval
@@ -83,6 +86,7 @@ class RoundRecorder:
     # steps
     def step_started(self, index: int, strategy: str, key: str) -> None:
         self.round_started_at = now_iso()
+        self._step_clock, self._eval_clock = time.monotonic(), None
         self.usage_before = self.observer.snapshot()
         self.step_details = {}
         self.current_step = strategy
@@ -105,6 +109,8 @@ class RoundRecorder:
         def on_traces(stats: TraceStats) -> None:
             self.step_details["traces"] = {
                 "collected": stats.collected, "kept": stats.kept, "failed": stats.failed, "rows": stats.rows,
+                "sources": stats.sources, "balance": stats.balance, "labels": stats.labels,
+                "labels_before_balance": stats.labels_before,
             }
             self.event("traces", f"traces: {stats.kept} kept of {stats.collected} collected", self.step_details["traces"])
 
@@ -131,8 +137,13 @@ class RoundRecorder:
             if self.evidence is not None:
                 self.evidence.training_rows(model, rows)
 
+        def on_phase(name: str, seconds: float) -> None:
+            phases = self.step_details.setdefault("phases", {})
+            phases[name] = round(phases.get(name, 0.0) + seconds, 2)
+
         return WeightStepHooks(
             output_dir=self.folder / "weights",
+            on_phase=on_phase,
             on_rows=on_rows,
             on_traces=on_traces,
             on_job_start=on_job_start,
@@ -150,6 +161,7 @@ class RoundRecorder:
         program.save(str(snapshot))
         details = dict(self.step_details)
         details["lm_errors"] = self.eval_errors()
+        details["phases"] = self._phases(index, key)
         record = Round(
             run_id=self.run_id,
             index=index,
@@ -184,8 +196,26 @@ class RoundRecorder:
             "index": index, "strategy": strategy, "score": score, "best_index": best,
         })
         self.round_started_at = now_iso()
+        self._step_clock, self._eval_clock = time.monotonic(), None
         self.usage_before = self.observer.snapshot()
         self.step_details = {}
+
+    def _phases(self, index: int, key: str | None) -> dict[str, float]:
+        """Seconds per phase of the round ending now: the weight step's own phases (trace collection,
+        training, GGUF export), the prompt search (the rest of a prompt step) and the evaluation."""
+        now = time.monotonic()
+        phases = dict(self.step_details.get("phases", {}))
+        evaluated = self._eval_clock is not None and self._eval_clock >= self._step_clock
+        if index == 0:
+            return {"baseline evaluation": round(now - (self._eval_clock if evaluated else self._step_clock), 2)}
+        rest = (self._eval_clock if evaluated else now) - self._step_clock - sum(phases.values())
+        if key and self.config.optimizers[key].type not in ("finetune",):
+            phases["prompt search"] = round(max(rest, 0.0), 2)
+        elif rest > 0.5:
+            phases["other"] = round(rest, 2)
+        if evaluated:
+            phases["evaluation"] = round(now - self._eval_clock, 2)
+        return phases
 
     def save_best_so_far(self, index: int) -> None:
         """Make round ``index``'s program the run's ``best.json`` (atomically) and record which round it is."""
