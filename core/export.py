@@ -105,7 +105,7 @@ def _copy_weights(program: dspy.Module, bundle: Path, recorded: dict[str, Any]) 
 
 
 def export_run(store: Store, run_id: int, out: str | Path, *, as_zip: bool | None = None) -> Path:
-    """Write the bundle of a finished (or cancelled, or failed-with-best) run to ``out``.
+    """Write the bundle of a finished, failed, cancelled or interrupted run to ``out`` (its best program so far).
 
     ``out`` ending in ``.zip`` (or ``as_zip=True``) gives a zip file; otherwise a folder.
     """
@@ -156,6 +156,7 @@ def export_run(store: Store, run_id: int, out: str | Path, *, as_zip: bool | Non
             "finetuned": finetuned,
             "strategy": config.strategy,
             "best_strategy": run.best_strategy,
+            "round": best.meta.get("round"),  # the round whose program this is (the best so far if it ended early)
             "scores": {
                 "baseline_val": run.baseline_score,
                 "best_val": run.best_score,

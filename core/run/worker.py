@@ -64,6 +64,7 @@ def worker_main(job_dict: dict[str, Any]) -> None:
     job = WorkerJob(**job_dict)
     # Ctrl-C in a terminal reaches the whole process group: the supervisor turns it into a cancel request.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _stdout_to_stderr()
     if job.studio_home:
         os.environ["STUDIO_HOME"] = job.studio_home
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
@@ -80,6 +81,16 @@ def worker_main(job_dict: dict[str, Any]) -> None:
         _run(job, store, cancel)
     finally:
         store.close()
+
+
+def _stdout_to_stderr() -> None:
+    """DSPy's optimizers print progress to stdout; the CLI keeps its stdout for the JSON summary."""
+    sys.stdout.flush()
+    try:
+        os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # no real file descriptors (embedded interpreters)
+        pass
+    sys.stdout = sys.stderr
 
 
 def _run(job: WorkerJob, store: Any, cancel: threading.Event) -> None:

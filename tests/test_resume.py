@@ -1,0 +1,97 @@
+"""Resume: a run killed after round k and resumed gives the rounds and scores of an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from core.config import parse_config
+from core.defaults import scripted_config_dict
+from core.errors import StoreError
+from core.records import Round, RunStatus
+from core.run import RunManager
+from core.store import Store
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def manager(tmp_path: Path) -> RunManager:
+    return RunManager(Store(tmp_path / "runs.db"))
+
+
+def _comparable(round_: Round) -> dict:
+    """What must be equal between two runs (fine-tuned model names carry a random suffix)."""
+    models = {name: re.sub(r":ft-[0-9a-f]+$", ":ft-*", model) for name, model in round_.predictor_models.items()}
+    return {
+        "index": round_.index, "strategy": round_.strategy, "optimizer": round_.optimizer, "score": round_.score,
+        "eval_failed": round_.eval_failed, "is_best": round_.is_best, "models": models, "demos": round_.demos,
+        "instructions": round_.instructions,
+    }
+
+
+def _crashed_run(manager: RunManager, tmp_path: Path, crash_at_round: int) -> int:
+    marker = tmp_path / f"crashed-{crash_at_round}"
+    config = parse_config(scripted_config_dict("analyze_classify", tag=f"resume-{crash_at_round}",
+                                               crash_at_round=crash_at_round, crash_marker=str(marker)))
+    run_id = manager.start(config)
+    assert manager.wait(run_id, timeout=120)
+    run = manager.store.get_run(run_id)
+    assert run.status is RunStatus.FAILED and "SIGKILL" in run.error, run.error
+    assert marker.is_file()
+    assert len(manager.store.list_rounds(run_id)) == crash_at_round
+    return run_id
+
+
+@pytest.mark.parametrize("crash_at_round", [2, 3])
+def test_a_resumed_run_equals_the_uninterrupted_run(manager: RunManager, tmp_path: Path, crash_at_round: int) -> None:
+    store = manager.store
+    reference = manager.start(parse_config(scripted_config_dict("analyze_classify", tag="resume-reference")))
+    assert manager.wait(reference, timeout=120)
+    assert store.get_run(reference).status is RunStatus.FINISHED
+    run_id = _crashed_run(manager, tmp_path, crash_at_round)
+    finished_before = store.list_rounds(run_id)
+
+    assert manager.resume(run_id) == run_id
+    assert manager.wait(run_id, timeout=120)
+    run, ref = store.get_run(run_id), store.get_run(reference)
+    assert run.status is RunStatus.FINISHED, run.error
+    rounds = store.list_rounds(run_id)
+    assert [_comparable(r) for r in rounds] == [_comparable(r) for r in store.list_rounds(reference)]
+    assert (run.best_strategy, run.best_score, run.baseline_score) == (ref.best_strategy, ref.best_score,
+                                                                       ref.baseline_score)
+    assert (run.test_baseline_score, run.test_best_score) == (ref.test_baseline_score, ref.test_best_score)
+    # the earlier rounds were kept as they were (not run again), the new ones appended
+    assert [(r.started_at, r.score) for r in rounds[:crash_at_round]] == [(r.started_at, r.score)
+                                                                         for r in finished_before]
+    if crash_at_round == 3:  # resumed after the weight step: the same fine-tuned weights serve round 3
+        assert rounds[3].predictor_models["classify"] == rounds[2].predictor_models["classify"]
+        assert len(store.list_events(run_id, kinds=["finetuned"])) == 1
+    messages = [e.message for e in store.list_events(run_id, kinds=["status"])]
+    assert any(f"resuming after round {crash_at_round - 1}" in m for m in messages)
+
+
+def test_resume_from_the_command_line(manager: RunManager, tmp_path: Path) -> None:
+    run_id = _crashed_run(manager, tmp_path, 2)
+    out = subprocess.run([sys.executable, "-m", "core", "--db", str(manager.store.path), "resume", str(run_id)],
+                         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+                         timeout=180)
+    assert out.returncode == 0, out.stderr[-2000:]
+    summary = json.loads(out.stdout)
+    assert summary["status"] == "finished" and summary["run_id"] == run_id
+    assert [r["strategy"] for r in summary["rounds"]] == ["", "p", "p -> w", "p -> w -> p"]
+
+
+def test_only_failed_cancelled_or_interrupted_runs_can_be_resumed(manager: RunManager) -> None:
+    run_id = manager.start(parse_config(scripted_config_dict("classifier", tag="resume-finished")))
+    assert manager.wait(run_id, timeout=120)
+    with pytest.raises(StoreError, match=f"run {run_id} is finished; only failed, cancelled, interrupted runs"):
+        manager.resume(run_id)
+    with pytest.raises(StoreError, match="no run with id 999"):
+        manager.resume(999)

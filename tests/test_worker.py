@@ -1,0 +1,120 @@
+"""A run's worker process may die or hang: only that run fails, the manager keeps working.
+
+The scripted LM's ``crash_at_round`` option makes the worker kill itself with a real signal when a
+round starts, as a native crash (SIGSEGV in llama.cpp) or the OOM killer (SIGKILL) would.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from core.config import parse_config
+from core.defaults import scripted_config_dict
+from core.export import export_run, load_bundle
+from core.records import RunStatus
+from core.run import RunManager
+from core.run.supervisor import describe_exit
+from core.store import Store
+
+
+def _local_config(tag: str, **options):
+    doc = scripted_config_dict("classifier", tag=tag, **options)
+    for spec in doc["lms"].values():
+        spec["options"]["local_cpu"] = True  # behave like the embedded CPU models (queued one at a time)
+    return parse_config(doc)
+
+
+@pytest.fixture
+def manager(tmp_path: Path) -> RunManager:
+    return RunManager(Store(tmp_path / "runs.db"), cancel_grace_s=1.0)
+
+
+@pytest.mark.parametrize("name", ["SIGKILL", "SIGSEGV"])
+def test_a_worker_killed_by_a_signal_fails_only_its_run_and_the_queue_goes_on(
+        manager: RunManager, tmp_path: Path, name: str) -> None:
+    crashing = manager.start(_local_config(f"crash-{name}", crash_at_round=2, crash_signal=name))
+    queued = manager.start(_local_config(f"after-{name}"))
+    assert manager.store.get_run(queued).status is RunStatus.QUEUED
+    assert manager.wait(crashing, timeout=90)
+    run = manager.store.get_run(crashing)
+    assert run.status is RunStatus.FAILED
+    assert f"died with {name}" in run.error and f"resume {crashing}" in run.error
+    if name == "SIGKILL":
+        assert "out-of-memory" in run.error
+    else:
+        assert "python -m core doctor" in run.error
+    rounds = manager.store.list_rounds(crashing)
+    assert [r.strategy for r in rounds] == ["", "p"]  # round 2 ('p -> w') was starting
+    assert run.best_score == max(r.score for r in rounds) and run.baseline_score == rounds[0].score
+    # the supervising process (this one) is fine, and the next queued run takes the CPU and finishes
+    assert manager.wait(queued, timeout=90)
+    after = manager.store.get_run(queued)
+    assert after.status is RunStatus.FINISHED, after.error
+    assert after.started_at >= run.finished_at
+    assert manager.store.cpu_holder() is None
+
+
+def test_export_of_a_run_whose_worker_died_holds_the_best_round_so_far(manager: RunManager, tmp_path: Path) -> None:
+    run_id = manager.start(_local_config("crash-export", crash_at_round=3))
+    assert manager.wait(run_id, timeout=90)
+    store = manager.store
+    run = store.get_run(run_id)
+    assert run.status is RunStatus.FAILED
+    rounds = store.list_rounds(run_id)
+    assert [r.strategy for r in rounds] == ["", "p", "p -> w"]
+    best = max(range(len(rounds)), key=lambda i: (rounds[i].score, -i))
+    bundle = export_run(store, run_id, tmp_path / "crashed.zip")
+    manifest = json.loads(zipfile.ZipFile(bundle).read("manifest.json"))
+    assert manifest["round"] == best and manifest["status"] == "failed"
+    assert manifest["best_strategy"] == rounds[best].strategy
+    program = load_bundle(bundle)
+    models = {p.lm.model for _, p in program.named_predictors()}
+    assert models == {rounds[best].predictor_models["classify"]}
+
+
+def test_cancel_escalates_to_a_kill_when_the_worker_does_not_stop(manager: RunManager) -> None:
+    run_id = manager.start(_local_config("hang", crash_at_round=1, crash_signal="hang"))
+    store = manager.store
+    deadline = time.monotonic() + 60
+    while not any(e.data.get("index") == 1 for e in store.list_events(run_id, kinds=["step_start"])):
+        assert time.monotonic() < deadline, "round 1 never started"
+        time.sleep(0.05)
+    asked = time.monotonic()
+    assert manager.cancel(run_id)
+    assert manager.wait(run_id, timeout=30)
+    took = time.monotonic() - asked
+    assert 1.0 <= took < 10.0, took  # the grace period (1 s here), then the kill
+    run = store.get_run(run_id)
+    assert run.status is RunStatus.CANCELLED
+    assert "did not stop within 1 s" in run.error and "killed" in run.error
+    assert run.best_strategy == "" and run.best_score == store.list_rounds(run_id)[0].score
+    assert {a.kind for a in store.list_artifacts(run_id)} >= {"best_program", "baseline_program"}
+
+
+def test_cancel_is_cooperative_first(manager: RunManager) -> None:
+    run_id = manager.start(_local_config("coop", delay=0.01))
+    store = manager.store
+    deadline = time.monotonic() + 60
+    while not store.list_events(run_id, kinds=["step_start"]):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    asked = time.monotonic()
+    assert manager.cancel(run_id)
+    assert manager.wait(run_id, timeout=30)
+    assert time.monotonic() - asked < 2.0
+    run = store.get_run(run_id)
+    assert run.status is RunStatus.CANCELLED and "killed" not in run.error
+
+
+def test_messages_name_the_signal_and_the_fix() -> None:
+    assert "SIGILL (illegal instruction)" in describe_exit(-signal.SIGILL, 7)
+    assert "rebuild llama-cpp-python portable (`make install`)" in describe_exit(-signal.SIGILL, 7)
+    assert "out-of-memory killer" in describe_exit(-signal.SIGKILL, 7)
+    assert "resume 7" in describe_exit(-signal.SIGSEGV, 7)
+    assert "exited with code 3" in describe_exit(3, 7)
