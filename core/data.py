@@ -36,6 +36,7 @@ __all__ = [
     "Table",
     "auto_mapping",
     "build_examples",
+    "categorical_labels",
     "load_table",
     "load_table_from_path",
     "normalize_name",
@@ -516,13 +517,50 @@ def _min_needed_for_ratios(train: float, val: float, test: float, cap: int = 1_0
     return None
 
 
+MAX_STRATA_VALUES = 20
+
+
+def categorical_labels(examples: Sequence[dspy.Example]) -> list[str]:
+    """Label fields that look like classes: 2-20 distinct values, at most half as many as examples
+    (the rule ``core.prepare.label_choices`` uses for label choices)."""
+    try:
+        keys = list(examples[0].labels().keys()) if examples else []
+    except ValueError:  # examples without declared inputs have no labels
+        return []
+    out = []
+    for key in keys:
+        values = {str(ex.get(key, "")) for ex in examples}
+        if 2 <= len(values) <= MAX_STRATA_VALUES and len(values) * 2 <= len(examples):
+            out.append(key)
+    return out
+
+
+def _stratified_order(examples: Sequence[dspy.Example], order: list[int], fields: list[str]) -> list[int]:
+    """``order`` interleaved so that every contiguous slice holds each label value in proportion.
+
+    Each stratum (tuple of the ``fields`` values) keeps its shuffled order; its i-th of m members is
+    placed at (i + 0.5) / m, ties broken by the stratum's first appearance in ``order``.
+    """
+    strata: dict[tuple, list[int]] = {}
+    for i in order:
+        strata.setdefault(tuple(str(examples[i].get(f, "")) for f in fields), []).append(i)
+    placed = [((k + 0.5) / len(members), rank, i)
+              for rank, members in enumerate(strata.values()) for k, i in enumerate(members)]
+    return [i for _, _, i in sorted(placed)]
+
+
 def split_examples(
-    examples: Sequence[dspy.Example], train: float, val: float, test: float, seed: int
+    examples: Sequence[dspy.Example], train: float, val: float, test: float, seed: int, *, stratify: bool = True
 ) -> Split:
     """Shuffle ``examples`` with ``random.Random(seed)`` and cut train/val/test.
 
     Sizes are all ints (counts) or all floats (ratios, summing to at most 1.0). At least
     ``MIN_TRAIN`` train, ``MIN_VAL`` validation and ``MIN_TEST`` test examples are required.
+
+    With ``stratify`` (default) and categorical labels (``categorical_labels``), the shuffled order is
+    interleaved by label values first, so train, validation and test each keep the label proportions
+    of the data (within one example per value). Contract: the same examples, sizes and seed always
+    give the same split; a different seed gives a different one.
     """
     sizes = {"train": train, "val": val, "test": test}
     if isinstance(seed, bool) or not isinstance(seed, int):
@@ -573,6 +611,9 @@ def split_examples(
         )
     order = list(range(n))
     random.Random(seed).shuffle(order)
+    fields = categorical_labels(examples) if stratify else []
+    if fields:
+        order = _stratified_order(examples, order, fields)
     n_train, n_val, n_test = counts
     picked = [examples[i] for i in order]
     return Split(

@@ -46,6 +46,7 @@ from dspy.lm15 import Message, Request, Response, TextPart, Usage, response_to_e
 
 from core.errors import LMError, RunCancelled
 from core.lms import catalog, grammar
+from core.lms.call_cache import active_cache
 
 logger = logging.getLogger(__name__)
 
@@ -299,15 +300,22 @@ class LlamaEngine:
         system = messages[0]["content"] if messages and messages[0]["role"] == "system" else None
         grammar_text = grammar.grammar_for_system(system)
         config = request.config
-        result = self._generate(
-            loaded,
-            prompt,
-            grammar_text=grammar_text,
-            max_tokens=config.max_tokens or 512,
-            temperature=config.temperature or 0.0,
-            stop=list(config.stop) + catalog.stop_strings(loaded.key),
-            seed=config.seed,
-        )
+        stop = list(config.stop) + catalog.stop_strings(loaded.key)
+        cache = active_cache() if not config.temperature else None  # per-run cache of deterministic calls
+        key = (request.model, prompt, grammar_text, config.max_tokens or 512, tuple(stop))
+        result = cache.get(key) if cache is not None else None
+        if result is None:
+            result = self._generate(
+                loaded,
+                prompt,
+                grammar_text=grammar_text,
+                max_tokens=config.max_tokens or 512,
+                temperature=config.temperature or 0.0,
+                stop=stop,
+                seed=config.seed,
+            )
+            if cache is not None:
+                cache.put(key, result)
         return Response(
             id=None,
             model=request.model,

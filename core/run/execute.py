@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import dspy
 
 from core.errors import RunCancelled, StoreError
-from core.evidence.capture import EvidenceCollector, UsageTap, evidence_scope
+from core.evidence.capture import CallbackTee, EvidenceCollector, UsageTap, evidence_scope
+from core.lms.call_cache import CallCache
 from core.paths import run_dir
 from core.prepare import PreparedRun
 from core.records import RunStatus
@@ -80,9 +81,12 @@ def execute_run(prepared: PreparedRun, store: Store, run_id: int, cancel: thread
     recorder.evidence = EvidenceCollector(store, run_id)
     adapter = make_adapter()
     threads = effective_threads(prepared)
-    with dspy.context(lm=prepared.context_lm, adapter=adapter, callbacks=[observer, recorder.evidence],
-                      usage_tracker=UsageTap(observer, recorder.evidence),
-                      num_threads=threads, studio_cancel_event=cancel):
+    call_cache = CallCache()  # deterministic calls answered once per run
+    with recorder.evidence, dspy.context(lm=prepared.context_lm, adapter=adapter,
+                                         callbacks=[CallbackTee(observer, recorder.evidence)],
+                                         usage_tracker=UsageTap(observer, recorder.evidence),
+                                         num_threads=threads, studio_cancel_event=cancel,
+                                         studio_call_cache=call_cache):
         optimizers = build_optimizers(prepared, recorder.weight_hooks(), adapter)
         optimizer = StudioBetterTogether(prepared.metric, recorder, **optimizers)
         if resume:
@@ -126,6 +130,8 @@ def execute_run(prepared: PreparedRun, store: Store, run_id: int, cancel: thread
                              evaluate_score(best, test, prepared.metric, threads, recorder, "best"))
             except RunCancelled:
                 cancelled = True
+        recorder.event("cache", "repeated deterministic LM calls answered from the run's cache: "
+                                f"{call_cache.stats()['hits']}", call_cache.stats())
         if cancelled:
             status, error = RunStatus.CANCELLED, "cancelled by the user; the best program so far was kept"
         elif flagged or best_candidate["score"] is None:
