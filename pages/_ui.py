@@ -13,8 +13,9 @@ import streamlit as st
 
 from core.errors import StudioError
 from core.paths import db_path
+from core.records import RunStatus
 from core.run import RunManager, get_manager
-from core.store import Store
+from core.store import RESUMABLE, Store
 from core.ui_state import new_document
 
 logger = logging.getLogger("studio.pages")
@@ -87,6 +88,16 @@ def guarded(body: Callable[[], None]) -> None:
     except Exception as e:  # noqa: BLE001 - never show a raw traceback
         logger.exception("page error")
         st.error(f"Unexpected error: {type(e).__name__}: {e}; see the log for details.")
+
+
+def resume_button(run_id: int, status: RunStatus) -> None:
+    """A Resume button for a failed, cancelled or interrupted run: it continues after its last finished round."""
+    if status not in RESUMABLE:
+        return
+    if st.button("Resume run (continues after its last finished round)", icon=":material/replay:",
+                 key=f"resume_{run_id}"):
+        manager().resume(run_id)
+        st.rerun()
 
 
 def show_problem(message: str | None) -> None:

@@ -9,7 +9,7 @@ from core import ui_state
 from core.charts import loss_figure, score_figure, timeline_figure, usage_figure, usage_rows
 from core.monitor import RunSnapshot, run_snapshot
 from core.records import RunStatus
-from pages._ui import api_keys, doc, guarded, manager, store
+from pages._ui import api_keys, doc, guarded, manager, resume_button, store
 
 STATUS_ICONS = {
     RunStatus.QUEUED: ":material/hourglass_top:", RunStatus.RUNNING: ":material/autorenew:",
@@ -90,9 +90,10 @@ def live_view(run_id: int) -> None:
     status_line(snap)
     if snap.is_active and st.button("Cancel run (keeps the best program so far)", icon=":material/stop:"):
         if manager().cancel(run_id):
-            st.toast("Cancel requested: the run stops after the current call.")
+            st.toast("Cancel requested: the run stops after the current call or training step.")
         else:
-            st.warning("This run is not running in this app process; it cannot be cancelled from here.")
+            st.warning("This run has already ended.")
+    resume_button(run_id, snap.run.status)
     left, right = st.columns(2)
     left.plotly_chart(score_figure(snap.rounds, snap.planned), width="stretch", key=f"score_{run_id}")
     right.plotly_chart(timeline_figure(snap.rounds, snap.step_kinds), width="stretch",

@@ -95,3 +95,25 @@ def test_only_failed_cancelled_or_interrupted_runs_can_be_resumed(manager: RunMa
         manager.resume(run_id)
     with pytest.raises(StoreError, match="no run with id 999"):
         manager.resume(999)
+
+
+def test_the_run_page_resumes_a_crashed_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from streamlit.testing.v1 import AppTest
+
+    from core.paths import db_path
+    from core.run import get_manager
+
+    monkeypatch.chdir(ROOT)
+    manager = get_manager(db_path())  # the page's manager: the process-wide one of $STUDIO_HOME
+    run_id = _crashed_run(manager, tmp_path, 2)
+    at = AppTest.from_file(str(ROOT / "pages" / "run.py"), default_timeout=60)
+    at.run()
+    assert not at.exception, at.exception
+    assert any("SIGKILL" in e.value for e in at.error)
+    at.button(key=f"resume_{run_id}").click().run()
+    assert not at.exception, at.exception
+    assert manager.wait(run_id, timeout=120)
+    assert manager.store.get_run(run_id).status is RunStatus.FINISHED
+    at.run()
+    assert not any(b.key == f"resume_{run_id}" for b in at.button)  # a finished run has nothing to resume
+    assert any("4 of 4 rounds" in c.value for c in at.caption)

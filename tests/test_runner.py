@@ -192,8 +192,14 @@ def test_a_killed_app_process_leaves_an_interrupted_run_with_its_rounds(tmp_path
     run = store.get_run(run.id)
     assert run.status is RunStatus.INTERRUPTED, run
     assert "supervised this run stopped" in run.error and f"resume {run.id}" in run.error
-    assert len(store.list_rounds(run.id)) >= 1
-    assert run.baseline_score == store.list_rounds(run.id)[0].score and run.best_score is not None
+    rounds = store.list_rounds(run.id)
+    assert len(rounds) >= 1
+    assert run.baseline_score == rounds[0].score and run.best_score == max(r.score for r in rounds)
+    # the best program so far is on disk: the interrupted run exports, and the manifest says which round
+    bundle = export_run(store, run.id, tmp_path / "interrupted.zip")
+    manifest = json.loads(__import__("zipfile").ZipFile(bundle).read("manifest.json"))
+    assert manifest["status"] == "interrupted" and manifest["round"] == next(r.index for r in rounds if r.is_best)
+    assert load_bundle(bundle).named_predictors()
 
 
 def test_a_run_whose_owner_stopped_sending_heartbeats_is_recovered(tmp_path: Path) -> None:
