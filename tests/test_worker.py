@@ -7,7 +7,10 @@ round starts, as a native crash (SIGSEGV in llama.cpp) or the OOM killer (SIGKIL
 from __future__ import annotations
 
 import json
+import os
 import signal
+import subprocess
+import sys
 import time
 import zipfile
 from pathlib import Path
@@ -118,3 +121,16 @@ def test_messages_name_the_signal_and_the_fix() -> None:
     assert "out-of-memory killer" in describe_exit(-signal.SIGKILL, 7)
     assert "resume 7" in describe_exit(-signal.SIGSEGV, 7)
     assert "exited with code 3" in describe_exit(3, 7)
+
+
+def test_the_memory_benchmark_harness_reports_a_flat_supervisor(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, "bench/run_memory.py", "--quick", "--lm", "scripted", "--runs", "2"],
+                         cwd=root, env={**os.environ, "STUDIO_HOME": str(tmp_path / "bench")}, capture_output=True,
+                         text=True, timeout=180)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["statuses"] == ["finished", "finished"] and result["within_bound"]
+    assert len(result["supervisor_rss_mb_after_each"]) == 2 and result["growth_mb"] is not None
+    assert all(p and p > 0 for p in result["worker_peak_rss_mb"])
+    assert all(s is not None and s < 30 for s in result["worker_startup_s"])

@@ -1,6 +1,9 @@
 """Runs: one BetterTogether optimization per run, recorded round by round in the store.
 
-- ``manager``: ``RunManager`` starts, queues, cancels and supervises runs (``get_manager``);
+- ``manager``: ``RunManager`` starts, resumes, cancels and watches runs (``get_manager``);
+- ``supervisor``: one run seen from the app: CPU lease, worker process, cancel escalation, deaths;
+- ``worker``: the spawned process that prepares, runs and records one run;
+- ``resume``: the finished rounds of a run, rebuilt for a resumed run to replay;
 - ``execute``: ``execute_run`` compiles one prepared run and returns its ``RunOutcome``;
 - ``bettertogether``: ``StudioBetterTogether``, DSPy's optimizer with exact round boundaries;
 - ``recorder``: ``RoundRecorder`` writes rounds, events and round programs;
@@ -13,15 +16,20 @@ from core.run.execute import RunOutcome, evaluate_score, execute_run
 from core.run.manager import RunManager, get_manager
 from core.run.observer import ModelUsage, RunObserver, usage_delta
 from core.run.recorder import RoundRecorder, best_index
+from core.run.supervisor import CANCEL_GRACE_S, describe_exit
+from core.run.worker import WorkerJob
 
 __all__ = [
+    "CANCEL_GRACE_S",
     "ModelUsage",
     "RoundRecorder",
     "RunManager",
     "RunObserver",
     "RunOutcome",
+    "WorkerJob",
     "best_index",
     "build_optimizers",
+    "describe_exit",
     "effective_threads",
     "evaluate_score",
     "execute_run",
