@@ -268,7 +268,7 @@ class LMRebuilder:
 
     def _embedded(self, predictor: str, model: str, temperature: float, max_tokens: int) -> Any:
         from core.lms import catalog
-        from core.lms.embedded import make_embedded_lm
+        from core.lms.registry import make_embedded_lm
 
         key = model.removeprefix(catalog.MODEL_PREFIX)
         if model.startswith(catalog.MODEL_PREFIX) and key in catalog.MODELS:

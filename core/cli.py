@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import StudioError
+from core.store.secrets import install_log_redaction, redact
 
 logger = logging.getLogger("core.cli")
 
@@ -128,7 +129,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise StudioError(f"--input is not valid JSON: {e.msg} (e.g. '{{\"document\": \"...\"}}')") from e
     if not isinstance(inputs, dict):
         raise StudioError("--input must be a JSON object of input fields, e.g. '{\"document\": \"...\"}'")
-    program = load_bundle(args.bundle, allow_user_code=args.allow_user_code)
+    program = load_bundle(args.bundle, allow_user_code=args.allow_user_code, trusted_endpoints=args.trust_endpoint)
     with contextlib.redirect_stdout(sys.stderr):
         outputs = predict(program, inputs)
     print(json.dumps(outputs, ensure_ascii=False, default=str))
@@ -184,6 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("bundle")
     pred.add_argument("--input", required=True, help="JSON object of input fields")
     pred.add_argument("--allow-user-code", action="store_true", help="allow a bundle of your own dspy.Module")
+    pred.add_argument("--trust-endpoint", action="append", default=[], metavar="URL",
+                      help="allow the bundle's LM to call this api_base (and send it your API key); repeatable")
     pred.set_defaults(func=cmd_predict)
     models = sub.add_parser("models", help="list the embedded models")
     models.add_argument("--json", action="store_true")
@@ -202,17 +205,18 @@ def main(argv: list[str] | None = None) -> int:
     load_dotenv()  # API keys may come from a .env file in the working directory
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")
+    install_log_redaction()  # log lines never carry a key
     if not args.verbose:
         _quiet_libraries()
     started = time.monotonic()
     try:
         return args.func(args)
     except StudioError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {redact(str(e))}", file=sys.stderr)
         return 2
     except Exception as e:  # noqa: BLE001 - one line, never a traceback
         logger.debug("unexpected error", exc_info=True)
-        print(f"error: unexpected {type(e).__name__}: {e}", file=sys.stderr)
+        print(f"error: unexpected {type(e).__name__}: {redact(str(e))}", file=sys.stderr)
         return 3
     finally:
         logger.info("done in %.1f s", time.monotonic() - started)

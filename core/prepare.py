@@ -1,11 +1,20 @@
 """Turn a validated ``RunConfig`` into the objects a run needs: program with LMs, data split, metric.
 
-Everything that can be checked before a run starts is checked here, so that a user sees
-"what is wrong and what is allowed" at once instead of a failed run minutes later.
+Two levels of checking, so that a user sees "what is wrong and what is allowed" early without the
+page doing anything costly or anything that leaves the machine:
+
+* ``check_run`` (every render of the Run page): local and cheap. It builds the program without LMs,
+  reads the dataset only when its file changed (cached by path, size and modification time) and
+  never builds an LM, calls a factory of user code or opens a connection.
+* ``prepare_run`` (on **Start**): everything, including the endpoint check that sends the API key
+  to the configured server and the LMs themselves.
 """
 
 from __future__ import annotations
 
+import json
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +22,7 @@ from typing import Any
 
 import dspy
 
-from core.config import FileSource, LiteLLMSpec, RunConfig, SampleSource
+from core.config import FactoryLMSpec, FileSource, LiteLLMSpec, RunConfig, SampleSource
 from core.data import Split, Table, build_examples, load_table_from_path, split_examples
 from core.errors import ConfigError, DataError, LMError, StudioError
 from core.lms.hosted import check_endpoint
@@ -107,31 +116,116 @@ def _check_fields(config: RunConfig, fields: ProgramFields) -> None:
 
 def _assign_lms(config: RunConfig, program: dspy.Module, lms: dict[str, Any]) -> None:
     named = dict(program.named_predictors())
-    missing = [n for n in named if n not in config.predictors]
-    unknown = [n for n in config.predictors if n not in named]
+    _check_predictor_names(config, list(named))
+    for name, predictor in named.items():
+        predictor.lm = lms[config.predictors[name].lm]
+
+
+def _check_roles(config: RunConfig, caps: dict[str, LMCapabilities]) -> None:
+    for pname, assignment in config.predictors.items():
+        cap = caps.get(assignment.lm)
+        if assignment.role == "small" and cap is not None and not cap.finetunable:
+            raise LMError(
+                f"predictor {pname!r} has the role 'small' but LM {assignment.lm!r} cannot be fine-tuned "
+                f"({cap.reason}); give it the role 'large' or pick a fine-tunable LM"
+            )
+
+
+def _check_predictor_names(config: RunConfig, names: list[str]) -> None:
+    missing = [n for n in names if n not in config.predictors]
+    unknown = [n for n in config.predictors if n not in names]
     if missing or unknown:
         parts = []
         if missing:
             parts.append(f"no LM/role assigned to {missing}")
         if unknown:
             parts.append(f"{unknown} are not predictors of the program")
-        raise ConfigError(f"predictors: {'; '.join(parts)}; the program's predictors are {list(named)}")
-    for name, predictor in named.items():
-        predictor.lm = lms[config.predictors[name].lm]
+        raise ConfigError(f"predictors: {'; '.join(parts)}; the program's predictors are {names}")
+
+
+# --- the cheap check -------------------------------------------------------------------------------
+
+_CACHE_SIZE = 16
+_cache_lock = threading.Lock()
+_program_cache: OrderedDict[str, tuple[ProgramFields, list[str]]] = OrderedDict()
+_table_cache: OrderedDict[tuple, Table] = OrderedDict()
+
+
+def _stamp(path: Path) -> tuple:
+    """What identifies a file's content cheaply: path, size and modification time."""
+    try:
+        st = path.stat()
+    except OSError:
+        return (str(path), None, None)
+    return (str(path.resolve()), st.st_size, st.st_mtime_ns)
+
+
+def _cached(cache: OrderedDict, key: Any, make: Callable[[], Any]) -> Any:
+    with _cache_lock:
+        if key in cache:
+            cache.move_to_end(key)
+            return cache[key]
+    value = make()
+    with _cache_lock:
+        cache[key] = value
+        while len(cache) > _CACHE_SIZE:
+            cache.popitem(last=False)
+    return value
+
+
+def _program_shape(config: RunConfig, base_dir: Path | None) -> tuple[ProgramFields, list[str]]:
+    """The program's fields and predictor names; rebuilt only when its spec or its file changed."""
+    spec = config.program
+    key = json.dumps(spec.model_dump(mode="json"), sort_keys=True) + f"|{base_dir}|{config.allow_user_code}"
+    if getattr(spec, "kind", None) == "user_file":
+        key += repr(_stamp(Path(spec.path) if base_dir is None else Path(base_dir) / spec.path))
+
+    def make() -> tuple[ProgramFields, list[str]]:
+        program = build_program(spec, allow_user_code=config.allow_user_code, base_dir=base_dir)
+        return module_fields(program), [name for name, _ in program.named_predictors()]
+
+    return _cached(_program_cache, key, make)
+
+
+def _table(path: Path) -> Table:
+    return _cached(_table_cache, _stamp(path), lambda: load_table_from_path(path))
+
+
+def check_run(config: RunConfig, *, base_dir: Path | None = None) -> list[str]:
+    """What stops ``config`` from running, found locally and cheaply (empty when it can start).
+
+    No LM is built, no factory runs, nothing goes over the network, and files are re-read only
+    when they changed. ``prepare_run`` at Start checks the rest (endpoints, LMs).
+    """
+    try:
+        fields, names = _program_shape(config, base_dir)
+        _check_fields(config, fields)
+        _check_predictor_names(config, names)
+        # Factory LMs are built to learn their capabilities: that waits for Start.
+        caps = {name: capabilities(spec) for name, spec in config.lms.items() if not isinstance(spec, FactoryLMSpec)}
+        _check_roles(config, caps)
+        table = _table(data_source_path(config, base_dir))
+        examples = build_examples(table, config.data.mapping, config.data.inputs, config.data.labels)
+        split_examples(examples, *config.data.split.sizes(), seed=config.data.split.seed)
+        make_metric(config.metric.name, config.metric_fields())
+    except StudioError as e:
+        return [str(e)]
+    return []
+
+
+# --- the full preparation (Start) ------------------------------------------------------------------
 
 
 def prepare_run(config: RunConfig, *, base_dir: Path | None = None) -> PreparedRun:
-    """Build and check everything a run needs; raises a ``StudioError`` naming the first problem."""
+    """Build and check everything a run needs; raises a ``StudioError`` naming the first problem.
+
+    Called when the user starts a run: this is where the configured endpoints are contacted.
+    """
     program = build_program(config.program, allow_user_code=config.allow_user_code, base_dir=base_dir)
     fields = module_fields(program)
     _check_fields(config, fields)
-    caps = {name: capabilities(spec) for name, spec in config.lms.items()}
-    for pname, assignment in config.predictors.items():
-        if assignment.role == "small" and not caps[assignment.lm].finetunable:
-            raise LMError(
-                f"predictor {pname!r} has the role 'small' but LM {assignment.lm!r} cannot be fine-tuned "
-                f"({caps[assignment.lm].reason}); give it the role 'large' or pick a fine-tunable LM"
-            )
+    caps = {name: capabilities(spec, allow_user_code=config.allow_user_code) for name, spec in config.lms.items()}
+    _check_roles(config, caps)
     for spec in config.lms.values():
         if isinstance(spec, LiteLLMSpec) and spec.api_base:
             check_endpoint(spec.model, spec.api_base, resolve_api_key(spec))
@@ -148,9 +242,5 @@ def prepare_run(config: RunConfig, *, base_dir: Path | None = None) -> PreparedR
 
 
 def preflight(config: RunConfig, *, base_dir: Path | None = None) -> list[str]:
-    """Problems that stop ``config`` from running, as messages (empty when it can start)."""
-    try:
-        prepare_run(config, base_dir=base_dir)
-    except StudioError as e:
-        return [str(e)]
-    return []
+    """Problems that stop ``config`` from running (the cheap, local ``check_run``)."""
+    return check_run(config, base_dir=base_dir)

@@ -14,7 +14,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args, get_origin
 
 from pydantic import TypeAdapter, ValidationError
 
@@ -86,14 +86,29 @@ def build_config(doc: dict[str, Any], api_keys: dict[str, str] | None = None) ->
 
 
 def document_from_json(text: str) -> dict[str, Any]:
-    """A configuration file uploaded by the user, validated, as a document."""
-    return config_to_dict(parse_config_text(text))
+    """A configuration file uploaded by the user, validated, as a document.
+
+    Its ``allow_user_code`` is not taken on trust: code it names waits for the opt-in on the Program page.
+    """
+    from core.trust import untrusted_document
+
+    return untrusted_document(config_to_dict(parse_config_text(text)))
 
 
-def run_problems(doc: dict[str, Any], api_keys: dict[str, str] | None = None) -> list[str]:
-    """What stops the document from running (empty when it can start)."""
+def run_problems(doc: dict[str, Any], api_keys: dict[str, str] | None = None,
+                 allowed_files: set[str] | None = None) -> list[str]:
+    """What stops the document from running (empty when it can start): the cheap, local check.
+
+    Code the user has not allowed and a data file not yet allowed (``allowed_files``) are reported
+    without running or reading them. No LM is built and nothing goes over the network.
+    """
     from core.prepare import preflight
+    from core.trust import file_to_review, user_code_notice
 
+    if notice := user_code_notice(doc):
+        return [notice]
+    if allowed_files is not None and (pending := file_to_review(doc, allowed_files)) is not None:
+        return [f"the data file {pending} has not been read yet; allow it on the Data page"]
     try:
         config = build_config(doc, api_keys)
     except StudioError as e:
@@ -131,7 +146,7 @@ def lm_capabilities(doc: dict[str, Any], name: str) -> tuple[bool, str]:
     if spec is None:
         return False, f"LM {name!r} is not defined; defined LMs: {sorted(doc.get('lms', {}))}"
     try:
-        caps = capabilities(_LM.validate_python(spec))
+        caps = capabilities(_LM.validate_python(spec), allow_user_code=bool(doc.get("allow_user_code")))
     except ValidationError as e:
         return False, f"LM {name!r} is invalid: {e.errors()[0]['msg']}"
     except StudioError as e:
@@ -539,11 +554,12 @@ class SettingField:
     """One setting of an optimizer, for a generated form."""
 
     name: str
-    kind: str  # "int", "float", "bool", "optional_int"
+    kind: str  # "int", "float", "bool", "optional_int", "choice"
     default: Any
     minimum: float | None
     maximum: float | None
     help: str | None
+    options: tuple[str, ...] = ()  # the allowed values of a "choice"
 
 
 def settings_fields(optimizer: str) -> list[SettingField]:
@@ -552,13 +568,14 @@ def settings_fields(optimizer: str) -> list[SettingField]:
     out = []
     for name, info in model.model_fields.items():
         annotation = info.annotation
-        kind = {int: "int", float: "float", bool: "bool"}.get(annotation, "optional_int")
+        options = tuple(get_args(annotation)) if get_origin(annotation) is Literal else ()
+        kind = "choice" if options else {int: "int", float: "float", bool: "bool"}.get(annotation, "optional_int")
         lo = hi = None
         for meta in info.metadata:
             lo = getattr(meta, "ge", None) if getattr(meta, "ge", None) is not None else lo
             lo = getattr(meta, "gt", None) if getattr(meta, "gt", None) is not None else lo
             hi = getattr(meta, "le", None) if getattr(meta, "le", None) is not None else hi
-        out.append(SettingField(name, kind, info.default, lo, hi, info.description))
+        out.append(SettingField(name, kind, info.default, lo, hi, info.description, options))
     return out
 
 

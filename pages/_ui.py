@@ -23,6 +23,7 @@ logger = logging.getLogger("studio.pages")
 DOC = "config_doc"
 KEYS = "api_keys"  # LM name -> API key typed in this browser session (never saved)
 REV = "doc_rev"
+FILES = "allowed_files"
 
 
 def doc() -> dict[str, Any]:
@@ -42,6 +43,13 @@ def set_doc(new: dict[str, Any], *, structural: bool = False) -> None:
 
 def rev() -> int:
     return st.session_state.get(REV, 0)
+
+
+def allowed_files() -> set[str]:
+    """Resolved paths of data files the user picked or allowed in this session (others are shown first)."""
+    if FILES not in st.session_state:
+        st.session_state[FILES] = set()
+    return st.session_state[FILES]
 
 
 def api_keys() -> dict[str, str]:

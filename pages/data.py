@@ -7,12 +7,12 @@ import hashlib
 import pandas as pd
 import streamlit as st
 
-from core import ui_state
+from core import trust, ui_state
 from core.charts import label_figure
 from core.data import ALLOWED_EXTENSIONS, MAX_FILE_BYTES, Table
 from core.errors import StudioError
 from core.programs import program_fields
-from pages._ui import doc, guarded, rerun_with
+from pages._ui import allowed_files, doc, guarded, rerun_with
 
 UPLOAD_DONE = "upload_digest"
 UPLOAD_ERROR = "upload_error"
@@ -30,6 +30,7 @@ def accept_upload(current: dict, data: bytes, filename: str) -> None:
         st.session_state[UPLOAD_ERROR] = str(e)
         return
     st.session_state.pop(UPLOAD_ERROR, None)
+    allowed_files().add(str(path.resolve()))  # the user picked this file
     rerun_with(ui_state.set_data_source(current, {"kind": "file", "path": str(path)}, table), structural=True)
 
 
@@ -57,10 +58,23 @@ def source_section(current: dict) -> bool:
     if message := st.session_state.get(UPLOAD_ERROR):
         st.error(message)
     if source["kind"] == "file":
-        st.caption(f"Using the uploaded file `{source['path']}`.")
-        return True
+        return review_file(current)
     if uploaded is None:
         st.info("Upload a file, or switch back to a bundled sample.")
+    return False
+
+
+def review_file(current: dict) -> bool:
+    """A data file the user did not pick here (e.g. named by an uploaded config) is shown before it is read."""
+    pending = trust.file_to_review(current, allowed_files())
+    if pending is None:
+        st.caption(f"Using the file `{trust.resolved_file(current)}`.")
+        return True
+    st.warning(f"This configuration reads the file `{pending}` on this machine. It has not been read yet.",
+               icon=":material/folder_open:")
+    if st.button("Allow reading this file", icon=":material/check:"):
+        allowed_files().add(str(pending))
+        st.rerun()
     return False
 
 
@@ -135,6 +149,9 @@ def body() -> None:
         st.error(str(e))
         return
     preview(table, current)
+    if notice := trust.user_code_notice(current):
+        st.warning(notice)
+        return
     mapping_section(current, table)
     split_section(current, table)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from core import ui_state
+from core import trust, ui_state
 from core.errors import ProgramError
 from core.programs import STAGE_MODULES, TEMPLATES, parse_stage_signature
 from pages._ui import api_keys, doc, guarded, rerun_with, rev, set_doc
@@ -86,10 +86,24 @@ def _raw_stages(current: dict, stages: list[dict]) -> dict:
     return out
 
 
-def user_file(current: dict) -> None:
+def code_consent(current: dict) -> bool:
+    """The opt-in for this configuration's code: lists what would run; True once the user allowed it."""
+    items = trust.user_code_items(current)
+    allowed = bool(current.get("allow_user_code"))
+    if items and not allowed:
+        st.warning("This configuration runs code on this machine; **nothing of it has run yet**:\n\n"
+                   + "\n".join(f"- {item}" for item in items), icon=":material/warning:")
+    ticked = st.checkbox("I trust this code: allow running my Python code", value=allowed,
+                         help="Needed for a Python program file or an LM factory of your own.")
+    if ticked != allowed:
+        rerun_with(trust.with_user_code(current, ticked))
+    return ticked
+
+
+def user_file(current: dict) -> bool:
     st.warning("Loading a Python file **runs its code** on this machine, now and in every run. "
                "Only load files you trust.", icon=":material/warning:")
-    allowed = st.checkbox("I trust this file: allow running my Python code", value=bool(current.get("allow_user_code")))
+    allowed = code_consent(current)
     uploaded = st.file_uploader("Program file (.py) defining one dspy.Module subclass", type=["py"],
                                 disabled=not allowed)
     class_name = st.text_input("Class name (only when the file defines several modules)", "")
@@ -99,6 +113,7 @@ def user_file(current: dict) -> None:
             rerun_with(ui_state.set_user_file(current, str(path), class_name or None), structural=True)
     if current["program"]["kind"] == "user_file":
         st.info(f"Using `{current['program']['path']}`.")
+    return allowed
 
 
 def predictors_table(current: dict) -> None:
@@ -153,10 +168,15 @@ def body() -> None:
         if not stage_editor(current):
             return
     else:
-        user_file(current)
+        allowed = user_file(current)
         if current["program"]["kind"] != "user_file":
             st.info("Load a file to see its predictors.")
             return
+        if not allowed:
+            st.info("The predictors appear once you allow this configuration's code.")
+            return
+    if mode != "user_file" and trust.user_code_items(current):
+        code_consent(current)
     predictors_table(doc())
 
 

@@ -9,7 +9,7 @@ from core import ui_state
 from core.charts import loss_figure, score_figure, timeline_figure, usage_figure, usage_rows
 from core.monitor import RunSnapshot, run_snapshot
 from core.records import RunStatus
-from pages._ui import api_keys, doc, guarded, manager, resume_button, store
+from pages._ui import allowed_files, api_keys, doc, guarded, manager, resume_button, store
 
 STATUS_ICONS = {
     RunStatus.QUEUED: ":material/hourglass_top:", RunStatus.RUNNING: ":material/autorenew:",
@@ -31,7 +31,7 @@ def summary(current: dict) -> None:
 def start_section() -> None:
     current = doc()
     summary(current)
-    problems = ui_state.run_problems(current, api_keys())
+    problems = ui_state.run_problems(current, api_keys(), allowed_files())  # cheap and local: no LM, no network
     clicked = st.button("Start run", type="primary", disabled=bool(problems), icon=":material/play_arrow:")
     if problems:
         st.error("The run cannot start yet:\n\n" + "\n".join(f"- {p}" for p in problems))

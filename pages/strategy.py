@@ -7,13 +7,13 @@ import hashlib
 import pandas as pd
 import streamlit as st
 
-from core import ui_state
+from core import trust, ui_state
 from core.config import config_to_json
 from core.errors import StudioError
 from core.estimate import estimate, format_duration
 from core.metrics import METRICS
 from core.strategy import MAX_STEPS, PRESETS
-from pages._ui import doc, guarded, rerun_with, rev
+from pages._ui import allowed_files, doc, guarded, rerun_with, rev
 
 CONFIG_DONE = "config_upload_digest"
 CONFIG_ERROR = "config_upload_error"
@@ -92,8 +92,16 @@ def settings_forms(current: dict) -> None:
             for i, field in enumerate(ui_state.settings_fields(spec["type"])):
                 value = spec.get("settings", {}).get(field.name, field.default)
                 col = cols[i % 3]
-                if field.kind == "bool":
+                if field.name == "teacher_lm":  # an LM of this configuration; none = the large-role LM
+                    options = ["(large role)", *current["lms"]]
+                    picked = col.selectbox(field.name, options, help=field.help,
+                                           index=options.index(value) if value in options else 0)
+                    values[field.name] = None if picked == options[0] else picked
+                elif field.kind == "bool":
                     values[field.name] = col.checkbox(field.name, bool(value), help=field.help)
+                elif field.kind == "choice":
+                    values[field.name] = col.selectbox(field.name, field.options, help=field.help,
+                                                       index=field.options.index(value) if value in field.options else 0)
                 elif field.kind == "float":
                     values[field.name] = col.number_input(field.name, value=float(value), format="%g",
                                                           help=field.help)
@@ -122,10 +130,15 @@ def estimate_section(current: dict) -> None:
     except StudioError as e:
         st.warning(f"No estimate while the configuration is incomplete: {e}")
         return
-    try:
-        n_rows = len(ui_state.load_document_table(current))
-    except StudioError:
-        n_rows = None
+    n_rows = None
+    if (pending := trust.file_to_review(current, allowed_files())) is not None:
+        st.caption(f"The estimate assumes the split sizes: the data file `{pending}` is read only after you "
+                   "allow it on the Data page.")
+    else:
+        try:
+            n_rows = len(ui_state.load_document_table(current))
+        except StudioError:
+            n_rows = None
     result = estimate(config, n_rows)
     c1, c2, c3 = st.columns(3)
     c1.metric("LM calls", f"~{result.calls:,}")
@@ -163,6 +176,11 @@ def config_files(current: dict) -> None:
                 rerun_with(new, structural=True)
     if message := st.session_state.get(CONFIG_ERROR):
         c2.error(message)
+    if notice := trust.user_code_notice(current):
+        st.warning(notice)
+    if (pending := trust.file_to_review(current, allowed_files())) is not None:
+        st.warning(f"This configuration reads the data file `{pending}`; it is read only after you allow it on "
+                   "the Data page.")
 
 
 def body() -> None:

@@ -22,12 +22,17 @@ from dspy.clients.provider import Provider, TrainingJob
 from dspy.utils import exceptions as dspy_errors
 
 from core.errors import LMError, StepCancelled
+from core.store.secrets import redact
 
 logger = logging.getLogger(__name__)
 
 
 def explain_lm_error(error: BaseException, model: str | None = None, api_base: str | None = None) -> str:
-    """One actionable line for an LM failure."""
+    """One actionable line for an LM failure, with key-like strings redacted (providers quote keys)."""
+    return redact(_explain(error, model, api_base))
+
+
+def _explain(error: BaseException, model: str | None, api_base: str | None) -> str:
     where = f"the server at {api_base}" if api_base else "the provider"
     name = model or getattr(error, "model", None) or "the LM"
     text = str(error)
@@ -185,20 +190,21 @@ def check_endpoint(model: str, api_base: str, api_key: str | None, timeout: floa
 
     url = api_base.rstrip("/") + "/models"
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    api_base = redact(api_base)  # for messages: credentials in the URL stay out of text
     try:
-        response = httpx.get(url, headers=headers, timeout=timeout)
+        response = httpx.get(url, headers=headers, timeout=timeout, follow_redirects=False)
     except httpx.HTTPError as e:
-        raise LMError(f"{model}: cannot reach the server at {api_base}; is it running and is the API base "
-                      f"right? ({type(e).__name__}: {e})") from e
+        raise LMError(redact(f"{model}: cannot reach the server at {api_base}; is it running and is the API base "
+                             f"right? ({type(e).__name__}: {e})")) from e
     if response.status_code in (401, 403):
         raise LMError(f"{model}: the API key was rejected by the server at {api_base} (HTTP {response.status_code}); "
                       "check the key variable or type a key on the Models page")
     if response.status_code >= 400:
-        raise LMError(f"{model}: the server at {api_base} answered HTTP {response.status_code} to {url}")
+        raise LMError(redact(f"{model}: the server at {api_base} answered HTTP {response.status_code} to {url}"))
     try:
         served = [str(m.get("id")) for m in response.json().get("data", [])]
     except (ValueError, AttributeError) as e:
-        raise LMError(f"{model}: {url} did not return an OpenAI-style model list") from e
+        raise LMError(redact(f"{model}: {url} did not return an OpenAI-style model list")) from e
     name = model.split("/", 1)[1] if "/" in model else model
     if served and name not in served:
         raise LMError(f"{model}: unknown model at {api_base}; the server serves {served}")
