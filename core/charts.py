@@ -183,3 +183,35 @@ def label_figure(distribution: dict[str, dict[str, int]], title: str = "Label di
         fig.add_trace(go.Bar(x=list(counts), y=list(counts.values()), name=field))
     fig.update_yaxes(title="rows")
     return _layout(fig, title, barmode="group")
+
+
+PHASE_COLORS = {"baseline evaluation": "#7f7f7f", "prompt search": "#1f77b4", "trace collection": "#ff7f0e",
+                "training": "#2ca02c", "GGUF export": "#17becf", "evaluation": "#9467bd", "other": "#c7c7c7"}
+
+
+def phases_figure(rounds: Sequence[Round], title: str = "Where the time went") -> go.Figure:
+    """One stacked horizontal bar per round: seconds per phase (``details["phases"]``)."""
+    fig = go.Figure()
+    names = list(dict.fromkeys(name for r in rounds for name in (r.details.get("phases") or {})))
+    labels = [round_label(r.strategy) for r in rounds]
+    for name in sorted(names, key=lambda n: list(PHASE_COLORS).index(n) if n in PHASE_COLORS else 99):
+        values = [float((r.details.get("phases") or {}).get(name, 0.0)) for r in rounds]
+        fig.add_trace(go.Bar(y=labels, x=values, orientation="h", name=name, marker_color=PHASE_COLORS.get(name),
+                             hovertemplate=f"%{{y}}: {name} %{{x:.1f}} s<extra></extra>"))
+    fig.update_xaxes(title="seconds")
+    fig.update_yaxes(autorange="reversed", type="category")
+    return _layout(fig, title, barmode="stack")
+
+
+def compare_test_scores(baseline: float | None, best: float | None, best_strategy: str | None) -> tuple[str, str] | None:
+    """("warning" | "success" | "info", message) comparing the test scores of baseline and best."""
+    if baseline is None or best is None:
+        return None
+    name = best_strategy or "baseline"
+    if best < baseline:
+        return ("warning", f"On the test split the best program ('{name}', chosen on validation) scores {best:.1f}, "
+                           f"below the baseline's {baseline:.1f}: the validation gain did not carry over.")
+    if best > baseline:
+        return ("success", f"On the test split the best program ('{name}') scores {best:.1f}, "
+                           f"{best - baseline:.1f} points above the baseline's {baseline:.1f}.")
+    return ("info", f"On the test split the best program ('{name}') ties the baseline at {baseline:.1f}.")

@@ -19,14 +19,20 @@ from core.programs import TEMPLATES, StagedPipeline
 # models: measured ~67 s per baseline evaluation of 15 examples and 2-3 min per prompt candidate.
 DEFAULT_TEMPLATE = "support_triage"
 
-# Budgets sized for the embedded models on 2 CPU cores (see bench/default_run.py).
+# Budgets sized for the embedded models on 2 CPU cores (see bench/quality.py and bench/default_run.py):
+# prompt steps try stratified labeled demo sets (every label value shown; cheap, since the run's call
+# cache answers the unchanged upstream predictor once), the weight step trains the label predictor on
+# the gold labels of every training example (trace source 'auto' -> 'gold'), balanced per label, without
+# demos in the rows (short rows train fast; the next prompt step may then drop the demos).
 EMBEDDED_SPLIT = {"train": 30, "val": 10, "test": 20, "seed": 0}
 EMBEDDED_OPTIMIZERS: dict[str, Any] = {
     "p": {
         "type": "random_search",
-        "settings": {"max_bootstrapped_demos": 2, "max_labeled_demos": 1, "num_candidate_programs": 1},
+        "settings": {"max_bootstrapped_demos": 2, "max_labeled_demos": 1, "num_candidate_programs": 2,
+                     "stratify": True},
     },
-    "w": {"type": "finetune", "settings": {"epochs": 3, "batch_size": 4, "learning_rate": 1e-3, "lora_rank": 16}},
+    "w": {"type": "finetune", "settings": {"epochs": 3, "batch_size": 8, "learning_rate": 1e-3, "lora_rank": 16,
+                                           "exclude_demos": True, "trace_source": "auto", "balance": "cap"}},
 }
 SCRIPTED_SPLIT = {"train": 40, "val": 20, "test": 40, "seed": 0}
 

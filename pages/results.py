@@ -9,7 +9,7 @@ from datetime import datetime
 import pandas as pd
 import streamlit as st
 
-from core.charts import comparison_figure, score_figure, usage_totals
+from core.charts import compare_test_scores, comparison_figure, score_figure, usage_totals
 from core.config import parse_config
 from core.errors import StudioError
 from core.export import export_run, predict
@@ -70,6 +70,11 @@ def round_table(run: Run) -> None:
         st.info("This run recorded no rounds (it stopped before its baseline was evaluated).")
         return
     planned = strategy_prefixes(run.config["strategy"]) if run.config.get("strategy") else []
+    cols = st.columns(2)
+    cols[0].metric("Test: baseline", _score(run.test_baseline_score))
+    cols[1].metric("Test: best", _score(run.test_best_score), help=f"strategy {run.best_strategy or 'baseline'}")
+    if compared := compare_test_scores(run.test_baseline_score, run.test_best_score, run.best_strategy):
+        getattr(st, compared[0])(compared[1])
     st.plotly_chart(score_figure(rounds, planned), width="stretch", key=f"detail_score_{run.id}")
     rows = []
     for r in rounds:
@@ -88,7 +93,10 @@ def round_table(run: Run) -> None:
 
 def _traces(details: dict) -> str:
     traces = details.get("traces")
-    return f"traces kept {traces['kept']} of {traces['collected']}" if traces else ""
+    if not traces:
+        return ""
+    sources = ", ".join(f"{p}: {s}" for p, s in (traces.get("sources") or {}).items())
+    return f"traces kept {traces['kept']} of {traces['collected']}" + (f" ({sources})" if sources else "")
 
 
 def _programs(run: Run):

@@ -6,7 +6,17 @@ import pandas as pd
 import streamlit as st
 
 from core import ui_state
-from core.charts import loss_figure, score_figure, timeline_figure, usage_figure, usage_rows
+from core.charts import (
+    compare_test_scores,
+    label_figure,
+    loss_figure,
+    phases_figure,
+    round_label,
+    score_figure,
+    timeline_figure,
+    usage_figure,
+    usage_rows,
+)
 from core.monitor import RunSnapshot, run_snapshot
 from core.records import RunStatus
 from pages._ui import allowed_files, api_keys, doc, guarded, manager, resume_button, store
@@ -79,6 +89,8 @@ def status_line(snap: RunSnapshot) -> None:
                    help=f"strategy {(run.best_strategy or (best.strategy if best else '')) or 'baseline'}")
     cols[2].metric("Test: baseline", _pct(run.test_baseline_score))
     cols[3].metric("Test: best", _pct(run.test_best_score))
+    if compared := compare_test_scores(run.test_baseline_score, run.test_best_score, run.best_strategy):
+        getattr(st, compared[0])(compared[1])
 
 
 def _pct(value: float | None) -> str:
@@ -106,11 +118,22 @@ def live_view(run_id: int) -> None:
     if snap.rounds:
         right.plotly_chart(usage_figure(snap.rounds), width="stretch", key=f"usage_{run_id}")
         right.dataframe(pd.DataFrame(usage_rows(snap.rounds)), hide_index=True, width="stretch")
+    if snap.rounds:
+        left, right = st.columns(2)
+        left.plotly_chart(phases_figure(snap.rounds), width="stretch", key=f"phases_{run_id}")
+        trained = [r for r in snap.rounds if (r.details.get("traces") or {}).get("labels")]
+        if trained:
+            traces = trained[-1].details["traces"]
+            right.plotly_chart(label_figure(traces["labels"], title=f"Training rows per label value "
+                                            f"('{round_label(trained[-1].strategy)}', balance {traces.get('balance')})"),
+                               width="stretch", key=f"labels_{run_id}")
     st.subheader("Rounds")
     if snap.rounds:
         st.dataframe(pd.DataFrame([
             {"round": r.index, "strategy": r.strategy or "baseline", "optimizer": r.optimizer or "-",
              "score": "evaluation failed" if r.score is None else f"{r.score:.1f}", "best": "★" if r.is_best else "",
+             "trace sources": ", ".join(f"{p}: {s}" for p, s in
+                                        ((r.details.get("traces") or {}).get("sources") or {}).items()),
              "error": r.eval_error or ""} for r in snap.rounds
         ]), hide_index=True, width="stretch")
     with st.expander("Event log", expanded=False):

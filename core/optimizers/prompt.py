@@ -9,8 +9,10 @@ With ``stratify`` (the default for the ``random_search`` step) it searches what 
 instead of DSPy's bootstrapped sets: each candidate gives every *label predictor* (all outputs are
 label fields) a labeled demo set that covers every label value (``core.optimizers.stratify``),
 its inputs taken from the program's own upstream trace, trimmed to a prompt length that fits the
-model's context. Candidates are the current program plus ``num_candidate_programs`` such sets; the
-best on the validation set wins (ties keep the earlier one, the current program first).
+model's context. Candidates are the current program, the same without demos on the label
+predictors (when it has some: a model fine-tuned without demos may do best without them) and
+``num_candidate_programs`` stratified sets; the best on the validation set wins (ties keep the
+earlier one, the current program first).
 """
 
 from __future__ import annotations
@@ -76,6 +78,13 @@ class KeepLMsRandomSearch(BootstrapFewShotWithRandomSearch):
     def _stratified_search(self, student: dspy.Module, targets: dict[str, list[str]], trainset: list,
                            valset: list) -> dspy.Module:
         candidates = [student.deepcopy()]
+        named = dict(student.named_predictors())
+        if any(named[name].demos for name in targets):  # e.g. after a weight step trained without demos
+            bare = student.deepcopy()
+            for name, predictor in bare.named_predictors():
+                if name in targets:
+                    predictor.demos = []
+            candidates.append(bare)
         for seed in range(self.num_candidate_sets):
             candidates.append(stratified_candidate(student, targets, trainset, seed=seed,
                                                    max_prompt_tokens=self.max_prompt_tokens, sample=valset[0]))
