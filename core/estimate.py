@@ -8,6 +8,13 @@ validation per trial plus its proposal and bootstrap calls; a weight step collec
 and trains. Each step ends with the evaluation of its program. Times use a per-call time by LM
 kind (embedded ~0.7 s, scripted ~0, hosted ~1 s divided by its parallel calls) and ~6 s per
 fine-tuning step on the CPU. Costs are known only for hosted LMs with prices.
+
+The tiny-model path is modelled too: a stratified prompt step evaluates the current program, the
+same without demos (after the first prompt step) and C stratified sets, but only the label
+predictors' calls cost time, since the run's call cache answers the unchanged upstream
+predictors once; a weight step whose label predictors learn from ``gold`` rows runs only the
+upstream predictors over the training set. ``bench/quality.py`` prints this estimate's error
+against the measured wall time.
 """
 
 from __future__ import annotations
@@ -27,6 +34,8 @@ from core.config import (
 
 SECONDS_PER_CALL = {"embedded": 0.7, "scripted": 0.002, "litellm": 1.0, "factory": 1.0}
 SECONDS_PER_TRAIN_STEP = {"embedded": 6.0, "scripted": 0.01, "litellm": 0.0, "factory": 1.0}
+SECONDS_PER_EXPORT = {"embedded": 20.0, "scripted": 0.0, "litellm": 0.0, "factory": 0.0}  # merge + GGUF + load
+DEMO_EXAMPLES = 4  # examples a stratified demo set needs (one per value of the main label)
 TOKENS_PER_CALL = (400, 80)  # assumed input/output tokens of one call, for costs
 SCRIPTED_FACTORY_PREFIX = "core.lms.scripted:"
 
@@ -40,6 +49,7 @@ class StepEstimate:
     calls: int
     seconds: float
     train_steps: int = 0
+    cached: int = 0  # calls answered by the run's call cache (counted in calls, not in seconds)
 
 
 @dataclass(frozen=True)
@@ -98,10 +108,28 @@ def finetune_steps(s, rows: int) -> int:
     return int(s.epochs * max(1, math.ceil(rows / s.batch_size)))
 
 
+def label_predictor_count(config: RunConfig) -> int:
+    """Predictors whose outputs are all label fields (stratified demos, gold rows); for a program that
+    cannot be inspected without running user code, the last predictor."""
+    from core.programs import build_program
+
+    labels = set(config.data.labels)
+    if config.program.kind == "user_file":
+        return 1
+    program = build_program(config.program)
+    count = 0
+    for _, predictor in program.named_predictors():
+        outputs = [n for n in predictor.signature.output_fields if n != "reasoning"]
+        count += bool(outputs) and all(n in labels for n in outputs)
+    return count
+
+
 def estimate(config: RunConfig, n_rows: int | None = None) -> Estimate:
     """Estimate calls, time and cost of running ``config`` (``n_rows``: dataset size, for ratio splits)."""
     n, v, t = split_sizes(config, n_rows)
     p = len(config.predictors)
+    labelled = min(label_predictor_count(config), p)
+    upstream = p - labelled
     share = {name: sum(1 for a in config.predictors.values() if a.lm == name) / p for name in config.lms}
     kinds = {name: lm_kind(spec) for name, spec in config.lms.items()}
 
@@ -117,30 +145,45 @@ def estimate(config: RunConfig, n_rows: int | None = None) -> Estimate:
         return total
 
     small_kind = next((kinds[a.lm] for a in config.predictors.values() if a.role == "small"), "embedded")
+    cache = any(k == "embedded" for k in kinds.values())  # the embedded engine answers repeated calls once
     steps = [StepEstimate("baseline", "evaluation", p * v, seconds_for(p * v))]
     done: list[str] = []
+    prompted = False
     for key in config.strategy.split(" -> "):
         done.append(key)
         spec = config.optimizers[key]
-        train_steps = 0
-        if isinstance(spec, RandomSearchStep):
-            calls = random_search_calls(spec.settings, p, n, v)
+        train_steps, cached, extra = 0, 0, 0.0
+        if isinstance(spec, RandomSearchStep) and spec.settings.stratify and labelled:
+            candidates = spec.settings.num_candidate_programs + (1 if prompted else 0)
+            calls = (candidates + 1) * p * v + spec.settings.num_candidate_programs * DEMO_EXAMPLES * upstream
+            cached = p * v + (candidates * upstream * v if cache else 0) + (p * v if cache else 0)
+            calls += p * v  # the evaluation of the step's program (the winning candidate again)
+            prompted = True
+        elif isinstance(spec, RandomSearchStep):
+            calls = random_search_calls(spec.settings, p, n, v) + p * v
+            prompted = True
         elif isinstance(spec, MiproStep):
-            calls = mipro_calls(spec.settings, p, n, v)
+            calls = mipro_calls(spec.settings, p, n, v) + p * v
+            prompted = True
         else:
             assert isinstance(spec, FinetuneStep)
-            calls = p * n
-            train_steps = finetune_steps(spec.settings, n)
-        calls += p * v  # the evaluation of the step's program
-        seconds = seconds_for(calls) + train_steps * SECONDS_PER_TRAIN_STEP[small_kind]
-        steps.append(StepEstimate(" -> ".join(done), spec.type, int(calls), seconds, train_steps))
+            gold = spec.settings.trace_source in ("auto", "gold") and labelled
+            calls = (upstream if gold else p) * n + p * v
+            cached = upstream * v if cache else 0
+            rows = n
+            train_steps = finetune_steps(spec.settings, rows)
+            extra = SECONDS_PER_EXPORT[small_kind]
+        seconds = seconds_for(calls - cached) + train_steps * SECONDS_PER_TRAIN_STEP[small_kind] + extra
+        steps.append(StepEstimate(" -> ".join(done), spec.type, int(calls), seconds, train_steps, int(cached)))
     test_calls = 2 * p * t
+    test_cached = upstream * t if cache else 0
     total_calls = sum(s.calls for s in steps) + test_calls
-    seconds = sum(s.seconds for s in steps) + seconds_for(test_calls)
+    seconds = sum(s.seconds for s in steps) + seconds_for(test_calls - test_cached)
     calls_per_lm = {name: int(round(total_calls * fraction)) for name, fraction in share.items() if fraction}
     cost, notes = _cost(config, calls_per_lm)
     if any(k == "embedded" for k in kinds.values()):
-        notes.append("embedded models: ~0.7 s per call and ~6 s per fine-tuning step on 2 CPU cores")
+        notes.append("embedded models: ~0.7 s per call and ~6 s per fine-tuning step on 2 CPU cores; repeated "
+                     "calls are answered from the run's cache")
     if any(k == "litellm" for k in kinds.values()):
         notes.append("hosted LMs: ~1 s per call, divided by their parallel calls")
     return Estimate(steps, test_calls, calls_per_lm, seconds, cost, (n, v, t), notes)
