@@ -134,3 +134,37 @@ def test_the_memory_benchmark_harness_reports_a_flat_supervisor(tmp_path: Path) 
     assert len(result["supervisor_rss_mb_after_each"]) == 2 and result["growth_mb"] is not None
     assert all(p and p > 0 for p in result["worker_peak_rss_mb"])
     assert all(s is not None and s < 30 for s in result["worker_startup_s"])
+
+
+def test_the_app_keeps_answering_when_the_worker_of_its_run_dies(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Start from the Run page a run whose worker dies with SIGSEGV: the page still renders, says why,
+    and the next run started from it finishes."""
+    from streamlit.testing.v1 import AppTest
+
+    from core.paths import db_path
+    from core.run import get_manager
+    from core.ui_state import new_document, use_scripted
+
+    root = Path(__file__).resolve().parent.parent
+    monkeypatch.chdir(root)
+    doc = use_scripted(new_document(), True)
+    for spec in doc["lms"].values():
+        spec.setdefault("options", {}).update(crash_at_round=1, crash_signal="SIGSEGV", local_cpu=True)
+    at = AppTest.from_file(str(root / "pages" / "run.py"), default_timeout=60)
+    at.session_state["config_doc"] = doc
+    at.session_state["doc_rev"] = 0
+    at.run()
+    next(b for b in at.button if b.label == "Start run").click().run()
+    assert not at.exception, at.exception
+    manager = get_manager(db_path())
+    crashed = manager.store.list_runs()[0].id
+    assert manager.wait(crashed, timeout=90)
+    at.run()  # the app answers
+    assert not at.exception, at.exception
+    assert any("died with SIGSEGV" in e.value for e in at.error)
+    at.session_state["config_doc"] = use_scripted(new_document(), True)
+    at.run()
+    next(b for b in at.button if b.label == "Start run").click().run()
+    after = manager.store.list_runs()[0].id
+    assert after != crashed and manager.wait(after, timeout=90)
+    assert manager.store.get_run(after).status is RunStatus.FINISHED
