@@ -104,10 +104,27 @@ def test_custom_lm_class_is_refused_and_never_imported(tmp_path: Path) -> None:
     assert not marker.exists()
 
 
-def test_async_engine_and_model_list_are_refused(tmp_path: Path) -> None:
+def test_async_engine_is_refused_and_never_imported(tmp_path: Path) -> None:
+    marker = tmp_path / "imported"
+    (tmp_path / "evil_engine.py").write_text(
+        f"open({str(marker)!r}, 'w').write('ran')\n"
+        "class Engine:\n    def dump_state(self): return {}\n    @classmethod\n    def load_state(cls, s): return cls()\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        bundle = bundle_folder(tmp_path)
+        edit_json(bundle / "program.json",
+                  lambda s: first_lm(s).update(async_engine={"class": "evil_engine:Engine", "state": {}}))
+        refused(bundle, "async_engine")
+    finally:
+        sys.path.remove(str(tmp_path))
+    assert not marker.exists()
+
+
+def test_model_list_is_refused(tmp_path: Path) -> None:
     bundle = bundle_folder(tmp_path)
-    edit_json(bundle / "program.json", lambda s: first_lm(s).update(async_engine={"class": "x:Y"}))
-    refused(bundle, "async_engine")
+    edit_json(bundle / "program.json", lambda s: first_lm(s).update(
+        model_list=[{"model_name": "x", "litellm_params": {"api_base": "http://127.0.0.1:9"}}]))
+    refused(bundle, "model_list")
 
 
 def hosted_doc(api_base: str) -> dict:
@@ -306,7 +323,12 @@ def test_export_replaces_a_studio_bundle_and_a_failed_export_keeps_the_old_one(
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(core.export, "_copy_weights", broken)
+    # the zip fails while being written (the old code had already unlinked the old one); the folder
+    # fails before placement
+    if name.endswith(".zip"):
+        monkeypatch.setattr(zipfile.ZipFile, "write", broken)
+    else:
+        monkeypatch.setattr(core.export, "_copy_weights", broken)
     snapshot = (out.read_bytes() if out.is_file() else
                 {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()})
     with pytest.raises(OSError, match="disk full"):
@@ -314,6 +336,7 @@ def test_export_replaces_a_studio_bundle_and_a_failed_export_keeps_the_old_one(
     after = (out.read_bytes() if out.is_file() else
              {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()})
     assert after == snapshot
+    monkeypatch.undo()
     assert load_bundle(out) is not None
     assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
     assert first

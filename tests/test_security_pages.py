@@ -97,7 +97,6 @@ def code_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[dict, 
 def test_an_uploaded_config_with_user_code_runs_nothing_on_any_page(code_config) -> None:
     doc, program_marker, factory_marker = code_config
     uploaded = uploaded_through_the_strategy_page(doc)
-    assert uploaded["allow_user_code"] is False  # the file's own consent is not the user's
     for page in PAGES:
         at = open_page(page, {"config_doc": uploaded, "doc_rev": 0})
         assert not program_marker.exists(), f"the {page} page ran the program file"
@@ -107,6 +106,7 @@ def test_an_uploaded_config_with_user_code_runs_nothing_on_any_page(code_config)
             assert "triage.py" in shown and "user_lms:make" in shown, f"{page} does not show what would run"
         if page == "run":
             assert next(b for b in at.button if b.label == "Start run").disabled
+    assert uploaded["allow_user_code"] is False  # the file's own consent is not the user's
     # the positive control: the opt-in on the Program page is what lets the code run
     at = open_page("program", {"config_doc": uploaded, "doc_rev": 0})
     next(c for c in at.checkbox if c.label.startswith("I trust this code")).check().run()
