@@ -135,7 +135,7 @@ def open_bundle(path: str | Path) -> OpenedBundle:
     if path.is_dir():
         return OpenedBundle(path)
     if not path.is_file():
-        raise ExportError(f"{path} does not exist; give a bundle folder or .zip file")
+        raise ExportError(f"{path} is not a bundle folder or .zip file (nothing exists there)")
     target = Path(tempfile.mkdtemp(prefix="bt-bundle-"))
     opened = OpenedBundle(target, target)
     try:
