@@ -7,7 +7,9 @@ threads, so the first module call of the evaluated program in a thread opens a r
 and every LM call the thread makes until the next one belongs to it; the innermost named predictor on
 the thread's module stack says which predictor made the call. After the evaluation, records are
 matched to examples by the prediction object ``Evaluate`` returned (or, for an example that raised, by
-its inputs), scored with the metric's score, and written in one transaction (``add_evaluation``).
+its inputs), scored with the metric's score, and written in one transaction (``add_evaluation``) by a
+writer thread of the collector, so that the next round does not wait for the write; leaving the
+collector's ``with`` block (the run's end) waits until everything is written.
 
 Tokens come from DSPy's usage tracker, called inside the LM call in the same thread: ``UsageTap``
 forwards to the run's own tracker and leaves the last usage on the thread for the call's record.
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
 import threading
 import time
 from collections import defaultdict, deque
@@ -94,7 +97,7 @@ def _completion(outputs: Any) -> str | None:
 def _messages(inputs: dict[str, Any]) -> list[dict[str, Any]]:
     messages = inputs.get("messages")
     if messages:
-        return [dict(m) if isinstance(m, dict) else {"role": "?", "content": str(m)} for m in messages]
+        return [m if isinstance(m, dict) else {"role": "?", "content": str(m)} for m in messages]
     prompt = inputs.get("prompt")
     return [{"role": "user", "content": str(prompt)}] if prompt else []
 
@@ -118,6 +121,40 @@ class EvidenceCollector(BaseCallback):
         self.written: list[int] = []  # evaluation ids written, in order
         self._scope: EvaluationScope | None = None
         self._local = _ThreadState()
+        self._queue: queue.Queue[EvaluationScope | None] = queue.Queue()
+        self._writer: threading.Thread | None = None
+
+    def __enter__(self) -> EvidenceCollector:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.flush()
+
+    def flush(self, timeout: float | None = 300) -> None:
+        """Wait until every finished evaluation is written (the writer thread then ends)."""
+        writer = self._writer
+        if writer is None:
+            return
+        self._queue.put(None)
+        writer.join(timeout)
+        if writer.is_alive():
+            logger.error("the evidence of run %s is still being written after %s s", self.run_id, timeout)
+        self._writer = None
+
+    def _enqueue(self, scope: EvaluationScope) -> None:
+        if self._writer is None or not self._writer.is_alive():
+            self._queue = queue.Queue()
+            self._writer = threading.Thread(target=self._drain, args=(self._queue,), daemon=True,
+                                            name=f"evidence-{self.run_id}")
+            self._writer.start()
+        self._queue.put(scope)
+
+    def _drain(self, scopes: queue.Queue[EvaluationScope | None]) -> None:
+        try:
+            while (scope := scopes.get()) is not None:
+                self._write(scope)
+        finally:
+            self.store.close()  # this thread's connection
 
     def __deepcopy__(self, memo: dict) -> EvidenceCollector:
         return self
@@ -138,7 +175,7 @@ class EvidenceCollector(BaseCallback):
             yield scope
         finally:
             self._scope = None
-            self._write(scope)
+            self._enqueue(scope)
 
     def _write(self, scope: EvaluationScope) -> None:
         try:
@@ -293,3 +330,33 @@ def build_results(scope: EvaluationScope) -> list[ExampleResult]:
             error=error, error_kind=kind, calls=tuple(record.calls) if record is not None else (),
         ))
     return out
+
+
+class CallbackTee(BaseCallback):
+    """Several callbacks registered as one.
+
+    Why: for every call DSPy picks each registered callback's handler with ``isinstance`` checks, one
+    of them against a ``typing`` Protocol (slow); a second callback object doubles that cost, which
+    measured at about 30 % of an evaluation on a fast LM. One object forwarding to both pays it once.
+    The callbacks run in the order given; an exception (a cancel) from one stops the others, as it would
+    stop DSPy's own loop.
+    """
+
+    def __init__(self, *callbacks: BaseCallback) -> None:
+        self.callbacks = callbacks
+
+    def __deepcopy__(self, memo: dict) -> CallbackTee:
+        return self
+
+
+def _forward(name: str):
+    def handler(self: CallbackTee, *args: Any, **kwargs: Any) -> None:
+        for callback in self.callbacks:
+            getattr(callback, name)(*args, **kwargs)
+
+    handler.__name__ = name
+    return handler
+
+
+for _name in [n for n in vars(BaseCallback) if n.startswith("on_")]:
+    setattr(CallbackTee, _name, _forward(_name))

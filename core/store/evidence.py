@@ -4,6 +4,10 @@ training rows of weight steps (tables of migration ``m003_evidence``).
 Why here and not in files: the matrix of examples x rounds must filter and page in SQL, so that a
 run of 1,000 examples x 8 rounds stays fast and the page's memory stays flat. An evaluation is
 written in one transaction with ``executemany`` (a few ms for 1,000 examples), never row by row.
+Within an evaluation every call of a predictor sends the same system message and demos: the first
+call keeps its messages, and a later call stores only its last turn and a reference to that prefix
+(``{"prefix_of": [example, seq], "prefix_len": n, "tail": [...]}``), which cuts the bytes written by
+about three quarters; ``example_trace`` puts the messages back together.
 Runs recorded before the migration have no evaluations: every reader returns empty results.
 """
 
@@ -169,11 +173,13 @@ def add_evaluation(store: Store, new: NewEvaluation, results: Sequence[ExampleRe
              len(results), new.score, new.error],
         )
         evaluation_id = int(cursor.lastrowid)
+        prefixes: dict[tuple[Any, ...], tuple[int, int]] = {}
         for r in results:
             example_rows.append((evaluation_id, new.run_id, new.split, r.index, _json(r.inputs), _json(r.gold),
                                  _json(r.outputs), r.score, None if r.passed is None else int(r.passed), r.error,
                                  r.error_kind))
-            call_rows.extend((evaluation_id, r.index, c.seq, c.predictor, c.model, _json(c.messages), c.completion,
+            call_rows.extend((evaluation_id, r.index, c.seq, c.predictor, c.model,
+                              _json(_shared_prefix(prefixes, c, r.index)), c.completion,
                               c.input_tokens, c.output_tokens, c.latency_ms, c.error) for c in r.calls)
         db.conn.executemany(
             "insert or replace into example_results (evaluation_id, run_id, split, example_index, inputs, gold, "
@@ -182,6 +188,29 @@ def add_evaluation(store: Store, new: NewEvaluation, results: Sequence[ExampleRe
             "insert into lm_calls (evaluation_id, example_index, seq, predictor, model, messages, completion, "
             "input_tokens, output_tokens, latency_ms, error) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", call_rows)
     return evaluation_id
+
+
+def _shared_prefix(prefixes: dict[tuple[Any, ...], tuple[int, int]], call: LMCall, example: int) -> Any:
+    """The call's messages, or its last turn and a reference to an earlier call with the same prefix."""
+    messages = call.messages
+    if len(messages) < 2:
+        return messages
+    key = (call.predictor, *((m.get("role"), str(m.get("content"))) for m in messages[:-1]))
+    first = prefixes.get(key)
+    if first is None:
+        prefixes[key] = (example, call.seq)
+        return messages
+    return {"prefix_of": list(first), "prefix_len": len(messages) - 1, "tail": messages[-1:]}
+
+
+def _messages(db: Any, evaluation_id: int, stored: Any) -> list[dict[str, Any]]:
+    if not isinstance(stored, dict):
+        return stored or []
+    example, seq = stored["prefix_of"]
+    row = db.execute("select messages from lm_calls where evaluation_id = ? and example_index = ? and seq = ?",
+                     [evaluation_id, example, seq]).fetchone()
+    prefix = _loads(row[0])[: stored["prefix_len"]] if row else [{"role": "?", "content": "(prefix not found)"}]
+    return [*prefix, *stored["tail"]]
 
 
 def add_training_rows(store: Store, run_id: int, round_index: int, model: str, rows: Sequence[TrainingRow]) -> None:
@@ -298,7 +327,8 @@ def example_trace(store: Store, evaluation_id: int, example_index: int) -> Examp
         raise StoreError(f"evaluation {evaluation_id} has no example {example_index}")
     row = rows[0]
     calls = tuple(
-        LMCall(seq=c["seq"], predictor=c["predictor"], model=c["model"], messages=_loads(c["messages"]) or [],
+        LMCall(seq=c["seq"], predictor=c["predictor"], model=c["model"],
+               messages=_messages(db, evaluation_id, _loads(c["messages"])),
                completion=c["completion"], input_tokens=c["input_tokens"], output_tokens=c["output_tokens"],
                latency_ms=c["latency_ms"], error=c["error"])
         for c in db.query("select * from lm_calls where evaluation_id = ? and example_index = ? order by seq",
