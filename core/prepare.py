@@ -30,6 +30,7 @@ from core.lms.registry import LMCapabilities, build_lm, capabilities, resolve_ap
 from core.metrics import make_metric
 from core.paths import sample_path
 from core.programs import ProgramFields, apply_label_choices, build_program, module_fields
+from core.store.secrets import register_config_secrets
 
 
 @dataclass(frozen=True)
@@ -221,6 +222,7 @@ def prepare_run(config: RunConfig, *, base_dir: Path | None = None) -> PreparedR
 
     Called when the user starts a run: this is where the configured endpoints are contacted.
     """
+    register_config_secrets(config)  # its keys' values are redacted from every message from now on
     program = build_program(config.program, allow_user_code=config.allow_user_code, base_dir=base_dir)
     fields = module_fields(program)
     _check_fields(config, fields)

@@ -72,11 +72,14 @@ def _copy(doc: dict[str, Any]) -> dict[str, Any]:
 
 def with_secrets(doc: dict[str, Any], api_keys: dict[str, str] | None) -> dict[str, Any]:
     """A copy of ``doc`` with the session's typed API keys added to their LiteLLM specs."""
+    from core.store.secrets import register_secret
+
     out = _copy(doc)
     for name, key in (api_keys or {}).items():
         spec = out.get("lms", {}).get(name)
         if key and isinstance(spec, dict) and spec.get("kind") == "litellm":
             spec["api_key"] = key
+            register_secret(key)  # a typed key is redacted from messages and logs like an env key
     return out
 
 
