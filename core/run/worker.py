@@ -68,6 +68,9 @@ def worker_main(job_dict: dict[str, Any]) -> None:
     if job.studio_home:
         os.environ["STUDIO_HOME"] = job.studio_home
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    from core.store.secrets import install_log_redaction
+
+    install_log_redaction()  # log lines never carry a key
     for name in ("dspy", "LiteLLM", "litellm", "httpx", "urllib3"):
         logging.getLogger(name).setLevel(logging.ERROR)
     from core.store import Store
