@@ -42,7 +42,7 @@ from core.store.rows import (
     run_from_row,
     to_json,
 )
-from core.store.secrets import find_secrets
+from core.store.secrets import find_secrets, redact, redact_value
 
 logger = logging.getLogger(__name__)
 
@@ -168,7 +168,7 @@ class Store(OwnershipMixin):
             "created_at": now,
             "started_at": now if status is not RunStatus.QUEUED else None,
             "finished_at": now if status in TERMINAL else None,
-            "config": to_json(config, "the run config"),
+            "config": to_json(redact_value(config), "the run config"),
             "flagged": 0,
             "owner_pid": pid,
             "owner_started": process_start_time(pid),
@@ -262,6 +262,8 @@ class Store(OwnershipMixin):
     def _update_active(self, run_id: int, status: RunStatus, values: dict[str, Any]) -> bool:
         """Set ``status`` and ``values`` on a run that is not terminal yet, in one statement."""
         assignments = {"status": status.value, **values}
+        if assignments.get("error"):
+            assignments["error"] = redact(assignments["error"])  # provider errors may quote keys
         sets = [f"[{column}] = ?" for column in assignments]
         params: list[Any] = list(assignments.values())
         if status is RunStatus.RUNNING:
@@ -304,6 +306,8 @@ class Store(OwnershipMixin):
     def add_round(self, round_: Round) -> None:
         """Insert or replace round ``(round_.run_id, round_.index)``."""
         row = round_to_row(round_)
+        if row.get("eval_error"):
+            row["eval_error"] = redact(row["eval_error"])
         with self._write() as db:
             self._require_run(db, round_.run_id)
             db["rounds"].upsert(row, pk=("run_id", "round_index"))
@@ -331,8 +335,8 @@ class Store(OwnershipMixin):
             "run_id": run_id,
             "time": now_iso(),
             "kind": kind,
-            "message": message,
-            "data": to_json(data, f"the data of the {kind!r} event"),
+            "message": redact(message),
+            "data": to_json(redact_value(data), f"the data of the {kind!r} event"),
         }
         with self._write() as db:
             self._require_run(db, run_id)
