@@ -16,6 +16,7 @@ from core.export import export_run, predict
 from core.inspect import describe_program, load_run_program
 from core.paths import studio_home
 from core.records import Run
+from core.store.secrets import redact_value
 from core.strategy import strategy_prefixes
 from pages._evidence import diffs, examples, report_button, training
 from pages._ui import guarded, store
@@ -158,7 +159,7 @@ def comparison(runs: list[Run]) -> None:
 
 def export(run: Run) -> None:
     report_button(run)
-    st.download_button("Download config JSON", json.dumps(run.config, indent=2, ensure_ascii=False),
+    st.download_button("Download config JSON", json.dumps(redact_value(run.config), indent=2, ensure_ascii=False),
                        file_name=f"run-{run.id}-config.json", mime="application/json", key=f"cfg_{run.id}")
     if not store().list_artifacts(run.id, "best_program"):
         st.info("This run has no best program to export (it stopped before its baseline was evaluated).")
