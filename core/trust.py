@@ -111,3 +111,12 @@ def token_matches(given: str | None, expected: str | None) -> bool:
     import hmac
 
     return bool(given and expected) and hmac.compare_digest(str(given).encode(), str(expected).encode())
+
+
+def endpoints(doc: dict[str, Any]) -> list[str]:
+    """The ``api_base`` URLs the document's LMs send requests (and keys) to, credentials redacted."""
+    from core.store.secrets import redact
+
+    found = {str(spec["api_base"]) for spec in (doc.get("lms") or {}).values()
+             if isinstance(spec, dict) and spec.get("kind") == "litellm" and spec.get("api_base")}
+    return sorted(redact(url) for url in found)

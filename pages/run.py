@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from core import ui_state
+from core import trust, ui_state
 from core.charts import (
     compare_test_scores,
     label_figure,
@@ -41,6 +41,8 @@ def summary(current: dict) -> None:
 def start_section() -> None:
     current = doc()
     summary(current)
+    if urls := trust.endpoints(current):
+        st.caption("On Start, requests (with the LM's API key) go to " + ", ".join(f"`{u}`" for u in urls) + ".")
     problems = ui_state.run_problems(current, api_keys(), allowed_files())  # cheap and local: no LM, no network
     clicked = st.button("Start run", type="primary", disabled=bool(problems), icon=":material/play_arrow:")
     if problems:

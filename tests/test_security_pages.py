@@ -165,6 +165,7 @@ def test_the_run_page_calls_no_server_on_render_and_renders_as_fast(monkeypatch:
         pages = {"hosted_lm": open_page("run", {"config_doc": hosted_document(listener.url), "doc_rev": 0}),
                  "no_hosted_lm": open_page("run", {"config_doc": hosted_document(None), "doc_rev": 0})}
         assert not next(b for b in pages["hosted_lm"].button if b.label == "Start run").disabled
+        assert listener.url in texts(pages["hosted_lm"])  # where the key would go is shown before Start
         seconds: dict[str, list[float]] = {name: [] for name in pages}
         for _ in range(10):  # interleaved, so both see the same machine load
             for name, at in pages.items():
