@@ -9,6 +9,9 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
+from core.config import parse_config
 from core.defaults import scripted_config_dict
 from core.records import RunStatus
 from core.run import RunManager
@@ -80,3 +83,19 @@ def test_a_run_of_another_process_can_be_cancelled_from_here(tmp_path: Path) -> 
     assert running.wait(timeout=30) == 1 and waiting.wait(timeout=30) == 1
     assert json.loads(running.stdout.read())["status"] == "cancelled"
     assert here.cancel(busy.id) is False  # already ended
+
+
+def test_a_worker_stops_when_another_process_ended_its_run(tmp_path: Path) -> None:
+    manager = RunManager(Store(tmp_path / "runs.db"))
+    doc = scripted_config_dict("classifier", tag="taken-over", delay=0.05)
+    run_id = manager.start(parse_config(doc))
+    store = manager.store
+    _wait_until("the worker runs", lambda: store.db.execute(
+        "select worker_pid from runs where id = ?", [run_id]).fetchone()[0] is not None)
+    worker = store.db.execute("select worker_pid from runs where id = ?", [run_id]).fetchone()[0]
+    # another process took this run's owner for dead (a stale heartbeat) and marked it interrupted
+    assert store.end_abruptly(run_id, RunStatus.INTERRUPTED, "its owner stopped sending heartbeats")
+    assert manager.wait(run_id, timeout=15)  # the worker noticed and exited; its supervisor ended
+    with pytest.raises(ProcessLookupError):
+        os.kill(worker, 0)
+    assert store.get_run(run_id).status is RunStatus.INTERRUPTED

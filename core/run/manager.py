@@ -12,7 +12,8 @@ Ownership lives in the database, so that several app processes, the CLI and the 
 containers on one volume, can share it: this manager refreshes the heartbeat of the runs it
 supervises (``HEARTBEAT_EVERY_S``); the CPU queue and lease are rows (``core.store.liveness``);
 ``cancel`` writes a request that the worker of any process polls. A run whose owner stopped
-sending heartbeats is marked interrupted (``recover_interrupted``, on first use of a database).
+sending heartbeats is marked interrupted (``recover_interrupted``: on first use of a database,
+then every ``RECOVER_EVERY_BEATS`` heartbeats, by any manager that watches).
 
 ``resume(run_id)`` continues a failed, cancelled or interrupted run from its last finished round
 (``core.run.resume``): same run id, config, seed and splits; the earlier rounds are kept.
@@ -37,6 +38,8 @@ from core.store import HEARTBEAT_EVERY_S, RESUMABLE, Store
 logger = logging.getLogger(__name__)
 
 WAIT_POLL_S = 0.2
+RECOVER_EVERY_BEATS = 5
+"""Look for runs of silent owners every this many heartbeats (10 s)."""
 
 
 class RunManager:
@@ -98,6 +101,7 @@ class RunManager:
         if thread is not None:
             thread.join(timeout)
             return not thread.is_alive()
+        self.watch()  # a run of a process that died is marked interrupted by the recovery of the watch
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self.store.get_run(run_id).status.is_terminal:
             if deadline is not None and time.monotonic() >= deadline:
@@ -115,25 +119,31 @@ class RunManager:
         thread = threading.Thread(target=supervision.run, name=f"run-{run_id}", daemon=True)
         with self._lock:
             self._threads[run_id] = thread
+        self.watch()
+        thread.start()
+
+    def watch(self) -> None:
+        """Keep this process's heartbeat and the recovery of runs whose owner went silent going (idempotent)."""
+        with self._lock:
             if self._heartbeat is None or not self._heartbeat.is_alive():
                 self._heartbeat = threading.Thread(target=self._beat, name="run-heartbeat", daemon=True)
                 self._heartbeat.start()
-        thread.start()
 
     def _beat(self) -> None:
-        """Refresh the heartbeat of the runs this process supervises, while there are any."""
+        """Refresh the heartbeat of the runs this process supervises; now and then, mark the runs of
+        silent owners (another process or container that stopped) as interrupted."""
+        beats = 0
         while True:
             with self._lock:
                 alive = [run_id for run_id, thread in self._threads.items() if thread.is_alive()]
-                if not alive and all(t.ident is not None for t in self._threads.values()):
-                    self._heartbeat = None
-                    break
             try:
                 self.store.heartbeat(alive)
+                if beats % RECOVER_EVERY_BEATS == 0:
+                    self.store.recover_interrupted()
             except StoreError:
                 logger.exception("cannot refresh the heartbeat of runs %s", alive)
+            beats += 1
             time.sleep(HEARTBEAT_EVERY_S)
-        self.store.close()
 
 
 _managers: dict[str, RunManager] = {}
@@ -148,4 +158,5 @@ def get_manager(db_file: str | Path) -> RunManager:
             store = Store(key)
             store.recover_interrupted()
             _managers[key] = RunManager(store)
+            _managers[key].watch()
         return _managers[key]

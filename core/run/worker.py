@@ -78,10 +78,12 @@ def worker_main(job_dict: dict[str, Any]) -> None:
     store = Store(job.db_path)
     store.set_worker_pid(job.run_id, os.getpid())
     cancel = threading.Event()
-    watch = threading.Thread(target=_watch, args=(store, job.run_id, cancel), name="cancel-watch", daemon=True)
+    finishing = threading.Event()  # set once this worker writes the run's final status itself
+    watch = threading.Thread(target=_watch, args=(store, job.run_id, cancel, finishing), name="cancel-watch",
+                             daemon=True)
     watch.start()
     try:
-        _run(job, store, cancel)
+        _run(job, store, cancel, finishing)
     finally:
         store.close()
 
@@ -96,7 +98,7 @@ def _stdout_to_stderr() -> None:
     sys.stdout = sys.stderr
 
 
-def _run(job: WorkerJob, store: Any, cancel: threading.Event) -> None:
+def _run(job: WorkerJob, store: Any, cancel: threading.Event, finishing: threading.Event) -> None:
     from core.config import parse_config
     from core.prepare import prepare_run
     from core.records import RunStatus
@@ -107,6 +109,7 @@ def _run(job: WorkerJob, store: Any, cancel: threading.Event) -> None:
         config = parse_config(job.config)
         prepared = prepare_run(config, base_dir=Path(job.base_dir) if job.base_dir else None)
         outcome = execute_run(prepared, store, run_id, cancel, resume=job.resume)
+        finishing.set()
         store.finish_run(run_id, outcome.status, best_strategy=outcome.best_strategy,
                          best_score=outcome.best_score, baseline_score=outcome.baseline_score,
                          test_baseline_score=outcome.test_baseline_score,
@@ -120,6 +123,7 @@ def _run(job: WorkerJob, store: Any, cancel: threading.Event) -> None:
             message = f"unexpected error: {type(e).__name__}: {e}"
             logger.error("run %s failed\n%s", run_id, traceback.format_exc())
         status = RunStatus.CANCELLED if isinstance(e, RunCancelled | StepCancelled) else RunStatus.FAILED
+        finishing.set()
         try:
             store.add_event(run_id, "error", message)
             store.end_abruptly(run_id, status, message)
@@ -127,8 +131,9 @@ def _run(job: WorkerJob, store: Any, cancel: threading.Event) -> None:
             logger.exception("cannot record the failure of run %s", run_id)
 
 
-def _watch(store: Any, run_id: int, cancel: threading.Event) -> None:
-    """Poll for a cancel request and for the supervisor's death until the process ends."""
+def _watch(store: Any, run_id: int, cancel: threading.Event, finishing: threading.Event) -> None:
+    """Poll for a cancel request, for the run being ended by another process (its owner was taken for
+    dead) and for the supervisor's death, until the process ends."""
     from core.records import RunStatus
 
     parent = multiprocessing.parent_process()
@@ -137,6 +142,9 @@ def _watch(store: Any, run_id: int, cancel: threading.Event) -> None:
             if not cancel.is_set() and store.cancel_requested(run_id):
                 logger.info("run %s: cancel requested", run_id)
                 cancel.set()
+            if not finishing.is_set() and store.run_status(run_id).is_terminal:
+                logger.warning("run %s was ended by another process; its worker stops", run_id)
+                os._exit(4)
             if parent is not None and not parent.is_alive():
                 store.add_event(run_id, "error", "the app process that supervised this run stopped; "
                                                  "the worker stops too")

@@ -97,6 +97,13 @@ class OwnershipMixin:
         row = self.db.execute("select cancel_requested_at from runs where id = ?", [run_id]).fetchone()
         return row is not None and row[0] is not None
 
+    def run_status(self, run_id: int) -> RunStatus:
+        """The stored status of run ``run_id`` (a cheap read for pollers)."""
+        row = self.db.execute("select status from runs where id = ?", [run_id]).fetchone()
+        if row is None:
+            raise StoreError(f"no run with id {run_id}")
+        return RunStatus(row[0])
+
     def is_stale(self, run_id: int, *, now: float | None = None, stale_after: float = HEARTBEAT_TIMEOUT_S) -> bool:
         """True when run ``run_id`` is active but its owner stopped refreshing the heartbeat."""
         now = time.time() if now is None else now
