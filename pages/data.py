@@ -11,6 +11,7 @@ from core import trust, ui_state
 from core.charts import label_figure
 from core.data import ALLOWED_EXTENSIONS, MAX_FILE_BYTES, Table
 from core.errors import StudioError
+from core.paths import studio_home
 from core.programs import program_fields
 from pages._ui import allowed_files, doc, guarded, rerun_with
 
@@ -68,7 +69,9 @@ def review_file(current: dict) -> bool:
     """A data file the user did not pick here (e.g. named by an uploaded config) is shown before it is read."""
     pending = trust.file_to_review(current, allowed_files())
     if pending is None:
-        st.caption(f"Using the file `{trust.resolved_file(current)}`.")
+        path = trust.resolved_file(current)
+        uploaded = (studio_home() / "uploads").resolve() in path.parents
+        st.caption(f"Using the {'uploaded ' if uploaded else ''}file `{path}`.")
         return True
     st.warning(f"This configuration reads the file `{pending}` on this machine. It has not been read yet.",
                icon=":material/folder_open:")
