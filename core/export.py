@@ -176,6 +176,9 @@ def export_run(store: Store, run_id: int, out: str | Path, *, as_zip: bool | Non
             folder=out.name, example=", ".join(f"{k}='...'" for k in example),
             example_json=json.dumps(example),
         ), encoding="utf-8")
+        from core.evidence.report import build_report  # the shareable report travels with the bundle
+
+        (bundle / "report.html").write_text(build_report(store, run_id), encoding="utf-8")
         _place(bundle, out, as_zip, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -105,3 +105,15 @@ def test_report_renders_offline_in_chromium(run_id: int, tmp_path: Path):
             browser.close()
     assert requests and all(url.startswith("file://") for url in requests), requests
     assert "scripted/small:ft-" in build_report(store, run_id)
+
+
+def test_the_export_bundle_carries_the_report(run_id: int, tmp_path: Path):
+    import zipfile
+
+    from core.export import export_run
+    from core.store import Store
+
+    out = export_run(Store(db_path()), run_id, tmp_path / "bundle.zip")
+    with zipfile.ZipFile(out) as zf:
+        report = zf.read("report.html").decode("utf-8")
+    assert f"Run #{run_id}" in report and 'id="matrix-data"' in report

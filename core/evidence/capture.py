@@ -34,6 +34,7 @@ from dspy.utils.exceptions import AdapterParseError
 
 from core.store import Store, now_iso
 from core.store.evidence import ExampleResult, LMCall, NewEvaluation, TrainingRow, add_evaluation, add_training_rows
+from core.store.secrets import redact
 
 logger = logging.getLogger(__name__)
 
@@ -239,7 +240,7 @@ class EvidenceCollector(BaseCallback):
             completion=_completion(outputs), input_tokens=_tokens(usage, "prompt_tokens", "input_tokens"),
             output_tokens=_tokens(usage, "completion_tokens", "output_tokens"),
             latency_ms=round((time.perf_counter() - started) * 1000, 3),
-            error=None if exception is None else f"{type(exception).__name__}: {exception}"[:2000],
+            error=None if exception is None else redact(f"{type(exception).__name__}: {exception}"[:2000]),
         ))
 
     def note_usage(self, usage: dict[str, Any]) -> None:
@@ -322,7 +323,7 @@ def build_results(scope: EvaluationScope) -> list[ExampleResult]:
         prediction = scored[1] if scored is not None and kind is None else getattr(record, "prediction", None)
         error = None
         if record is not None and record.exception is not None:
-            error = f"{type(record.exception).__name__}: {record.exception}"[:2000]
+            error = redact(f"{type(record.exception).__name__}: {record.exception}"[:2000])
         out.append(ExampleResult(
             index=index, inputs=dict(example.inputs()), gold=dict(example.labels()),
             outputs=_outputs(prediction), score=score,

@@ -32,6 +32,7 @@ from core.store.evidence import (
     matrix_page,
     training_sets,
 )
+from core.store.secrets import redact, redact_value
 from core.strategy import strategy_prefixes
 
 logger = logging.getLogger(__name__)
@@ -81,7 +82,7 @@ def _header(run: Run) -> str:
     return (f"<h1>Run #{run.id}: {_e(run.name)}</h1>"
             f'<p class="muted">status <b>{_e(run.status.value)}</b> · strategy <code>{_e(run.config.get("strategy"))}'
             f"</code> · created {_e(run.created_at[:19].replace('T', ' '))} · report written {_e(now_iso()[:19])}"
-            + (f" · error: {_e(run.error)}" if run.error else "") + "</p>")
+            + (f" · error: {_e(redact(run.error))}" if run.error else "") + "</p>")
 
 
 def _scores(run: Run, rounds: list[Round]) -> str:
@@ -201,7 +202,7 @@ def matrix_data(store: Store, run_id: int) -> dict[str, Any]:
 
 
 def _matrix(store: Store, run_id: int) -> str:
-    data = matrix_data(store, run_id)
+    data = redact_value(matrix_data(store, run_id))
     if not data["splits"]:
         return ('<h2 id="examples">Examples</h2><p class="muted">This run has no per-example evidence '
                 "(it was recorded before evidence existed, or stopped before its first evaluation).</p>")
@@ -229,7 +230,7 @@ def build_report(store: Store, run_id: int) -> str:
     run = store.get_run(run_id)
     rounds = store.list_rounds(run_id)
     charts = _Charts()
-    config = json.dumps(without_secrets(run.config), indent=2, ensure_ascii=False)
+    config = json.dumps(redact_value(without_secrets(run.config)), indent=2, ensure_ascii=False)
     body = "".join([
         _header(run),
         '<p class="small"><a href="#scores">scores</a> · <a href="#charts">charts</a> · <a href="#diffs">diffs</a> · '
