@@ -15,7 +15,8 @@ PORT    ?= 8501
 # pip's own wheel cache ignores CMAKE_ARGS, so we build the wheel ourselves, without that cache,
 # into a folder named after the exact flags (and, for a native build, this CPU's flags), and
 # install from there with --force-reinstall.
-LLAMA_VERSION := 0.3.36
+# The version pinned in requirements.txt (one source of truth; the second pip install must find it here).
+LLAMA_VERSION := $(shell sed -n 's/^llama-cpp-python==\([0-9.]*\).*/\1/p' requirements.txt)
 ARCH    := $(shell uname -m)
 NATIVE  ?= $(if $(filter native,$(shell cat $(VENV)/.llama-build 2>/dev/null)),1,0)
 ifeq ($(NATIVE),1)
@@ -36,7 +37,7 @@ LLAMA_KEY    := $(shell echo "$(LLAMA_VERSION) $(ARCH) $(LLAMA_CMAKE)$(if $(CPU_
 LLAMA_WHEELS := $(HOME)/.cache/bettertogether-studio/llama-cpp-python-$(LLAMA_VERSION)-$(LLAMA_BUILD)-$(LLAMA_KEY)
 STAMP   := $(VENV)/.installed-$(shell sha1sum requirements.txt | cut -c1-12)-$(LLAMA_BUILD)-$(LLAMA_KEY)
 
-.PHONY: install llama-wheel doctor run test test-fast lint bench chromium clean
+.PHONY: install llama-wheel llama-wheel-dir doctor run test test-fast lint bench bench-build chromium clean
 
 # The wheel folder is reused by every later install on this machine with the same flags.
 llama-wheel:
@@ -50,13 +51,18 @@ llama-wheel:
 		rm -rf $(LLAMA_WHEELS) && mv $(LLAMA_WHEELS).tmp $(LLAMA_WHEELS); \
 	fi
 
+# The folder of this build's wheel (bench/build_compare.py asks for the native one).
+llama-wheel-dir:
+	@echo $(LLAMA_WHEELS)
+
 $(STAMP): requirements.txt
 	@test -x $(PY) || python3 -m venv $(VENV)
 	@$(MAKE) --no-print-directory llama-wheel NATIVE=$(NATIVE)
 	@echo ">>> Installing pinned packages into $(VENV) (llama-cpp-python: $(LLAMA_BUILD) build)."
 	$(VENV)/bin/pip install --disable-pip-version-check --force-reinstall --no-deps --no-index \
 		--find-links $(LLAMA_WHEELS) llama-cpp-python==$(LLAMA_VERSION)
-	$(VENV)/bin/pip install --disable-pip-version-check $(PIP_FLAGS) --find-links $(LLAMA_WHEELS) -r requirements.txt
+	$(VENV)/bin/pip install --disable-pip-version-check $(PIP_FLAGS) --find-links $(LLAMA_WHEELS) \
+		--only-binary llama-cpp-python -r requirements.txt
 	@rm -f $(VENV)/.installed-*
 	@echo $(LLAMA_BUILD) > $(VENV)/.llama-build
 	@touch $(STAMP)
@@ -77,9 +83,11 @@ chromium:
 run: install
 	$(VENV)/bin/streamlit run app.py --server.address localhost --server.port $(PORT)
 
+# pytest's exit status 5 means it collected no tests: a failure, said in words.
 test: install chromium
 	$(VENV)/bin/ruff check core tests bench pages app.py
-	$(PY) -m pytest
+	@echo "$(PY) -m pytest"; $(PY) -m pytest; status=$$?; \
+	if [ $$status -eq 5 ]; then echo ">>> pytest collected no tests (exit 5): failing" >&2; fi; exit $$status
 
 test-fast: install
 	$(PY) -m pytest -m "not e2e and not slow"
@@ -91,6 +99,10 @@ bench: install
 	$(PY) bench/inference.py --quick
 	$(PY) bench/finetune.py --quick
 	$(PY) bench/default_run.py --quick
+
+# Portable vs native llama-cpp-python on this machine, same run (compiles the native wheel once, ~8 min).
+bench-build: install
+	$(PY) bench/build_compare.py
 
 clean:
 	rm -rf $(VENV) .studio

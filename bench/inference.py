@@ -11,11 +11,16 @@ support-ticket task, with the same output grammar):
   cache of the shared system message is reused) vs the same calls with ``llama.reset()`` before
   each (the whole prompt is evaluated every time);
 - the zero-shot parse rate (answers the ChatAdapter parses into every output field) and the
-  accuracy on ``intent``.
+  accuracy on ``intent``;
+- plain generation and prompt tokens/s (llama.cpp's own counters, ``core.doctor.measure_generation``)
+  and which llama-cpp-python it ran (path, compiled CPU extensions).
+
+``--compare-build`` measures the portable and the native llama-cpp-python builds on this machine
+in the same run instead (``bench/build_compare.py``).
 
 Usage::
 
-    python bench/inference.py [--quick] [--model smollm2-135m|gemma3-270m] [--n N]
+    python bench/inference.py [--quick] [--model smollm2-135m|gemma3-270m] [--n N] [--compare-build]
 
 Progress goes to stderr; the last line of stdout is one JSON object.
 """
@@ -35,6 +40,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 import dspy  # noqa: E402
 
+from core import doctor  # noqa: E402
 from core.lms import catalog, embedded, grammar  # noqa: E402
 from core.lms.registry import make_embedded_lm  # noqa: E402
 
@@ -130,7 +136,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true", help="a few calls (under a minute)")
     parser.add_argument("--model", default="smollm2-135m", choices=sorted(catalog.MODELS))
     parser.add_argument("--n", type=int, default=None, help="tickets per round and path")
+    parser.add_argument("--compare-build", action="store_true",
+                        help="portable vs native llama-cpp-python, same machine and run (bench/build_compare.py)")
     args = parser.parse_args(argv)
+    if args.compare_build:
+        import build_compare
+
+        return build_compare.main(["--model", args.model, *(["--quick"] if args.quick else [])])
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
 
     n = args.n or (4 if args.quick else 12)
@@ -163,6 +175,9 @@ def main(argv: list[str] | None = None) -> dict:
         logger.info("round %d/%d: raw create_completion, KV cache reset before each call", r + 1, rounds)
         reset_s.append(run_raw(loaded.llama, args.model, prompts, max_tokens, True, adapter)[0])
 
+    logger.info("plain generation, llama.cpp's counters")
+    generation = max((doctor.measure_generation(args.model, tokens=64) for _ in range(rounds)),
+                     key=lambda g: g["generation_tok_per_s"] or 0)
     total = n * rounds
     engine_cpm, raw_cpm = per_minute(n, min(engine_s)), per_minute(n, min(raw_s))
     result = {
@@ -184,6 +199,10 @@ def main(argv: list[str] | None = None) -> dict:
         "prompt_tokens": len(loaded.llama.tokenize(raw_prompts(args.model, adapter, tickets[:1])[0][0].encode(),
                                                    special=True)),
         "threads": embedded.n_threads(),
+        "generation_tok_per_s": generation["generation_tok_per_s"],
+        "prompt_tok_per_s": generation["prompt_tok_per_s"],
+        "llama_cpp": generation["llama_cpp"],
+        "cpu_features": generation["cpu_features"],
     }
     print(json.dumps(result))
     return result
