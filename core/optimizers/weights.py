@@ -115,6 +115,8 @@ class RoleAwareFinetune(Teleprompter):
             new_lm = self._finetune(lm, rows)
             for predictor in predictors:
                 predictor.lm = new_lm
+                if self.settings.exclude_demos:  # served as trained, without demos (as DSPy's BootstrapFinetune)
+                    predictor.demos = []
             self.finetuned[model] = new_lm.model
             self.hooks.on_finetuned(model, new_lm)
         return student

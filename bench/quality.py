@@ -1,0 +1,270 @@
+"""Benchmark: does BetterTogether pay off on small models? Test scores of every strategy on every task.
+
+Tasks: every bundled sample task (the templates' default runs, embedded SmolLM2 in both roles), plus
+any ``--task DATA_FILE:CONFIG_JSON`` (a run configuration whose data source becomes DATA_FILE).
+Strategies: baseline, p, w, p -> w, p -> w -> p. A ``p -> w -> p`` run holds the rounds of baseline,
+p and p -> w: their saved round programs are evaluated on the test split instead of re-running
+them; ``w`` is its own run. Each run goes through the product's RunManager, as the Run page starts
+it. Scores are on the test split, mean +- sd over the seeds (split seed and run seed). Also: wall
+time per strategy (the rounds it needs plus its test evaluation), where the time went (the phases
+recorded per round), the Strategy page's estimate against the measured wall time, and the targets
+of issue 11. Progress goes to stderr; the last line of stdout is one JSON object.
+
+    python bench/quality.py                       # 3 tasks x 3 seeds (about 1.5 h on 2 cores)
+    python bench/quality.py --quick               # CI-sized smoke run: tiny splits, 1 seed, 2 LoRA steps
+    python bench/quality.py --tasks support_triage --seeds 0
+    python bench/quality.py --task my.csv:my_config.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import statistics
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+STRATEGIES = ("baseline", "p", "w", "p -> w", "p -> w -> p")
+SAMPLE_TASKS = ("support_triage", "classifier", "analyze_classify")
+QUICK_SPLIT = {"train": 8, "val": 4, "test": 6}
+
+
+def _seconds(started: str | None, finished: str | None) -> float:
+    if not started or not finished:
+        return 0.0
+    return (datetime.fromisoformat(finished) - datetime.fromisoformat(started)).total_seconds()
+
+
+def _log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def task_documents(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """Task name -> its run configuration document."""
+    from core.defaults import default_config_dict
+
+    docs = {name: default_config_dict(name) for name in args.tasks}
+    for item in args.task:
+        data, _, config = item.partition(":")
+        if not config:
+            raise SystemExit(f"--task {item!r}: expected DATA_FILE:CONFIG_JSON")
+        doc = json.loads(Path(config).read_text(encoding="utf-8"))
+        doc.setdefault("data", {})["source"] = {"kind": "file", "path": str(Path(data).resolve())}
+        docs[Path(data).stem] = doc
+    return docs
+
+
+def sized(doc: dict[str, Any], seed: int, strategy: str, quick: bool) -> dict[str, Any]:
+    """``doc`` for one seed and strategy (``--quick``: tiny split, 1 candidate, 2 LoRA steps)."""
+    doc = json.loads(json.dumps(doc))
+    doc["data"].setdefault("split", {})["seed"] = seed
+    doc["seed"] = seed
+    doc["strategy"] = strategy
+    if quick:
+        doc["data"]["split"] = {**QUICK_SPLIT, "seed": seed}
+        for spec in doc.get("optimizers", {}).values():
+            settings = spec.setdefault("settings", {})
+            if spec["type"] == "random_search":
+                settings["num_candidate_programs"] = 1
+            if spec["type"] == "finetune":
+                settings.update({"epochs": 1, "max_steps": 2})
+    return doc
+
+
+def run_config(manager: Any, doc: dict[str, Any]) -> int:
+    from core.config import parse_config
+
+    run_id = manager.start(parse_config(doc))
+    seen = 0
+    with contextlib.redirect_stdout(sys.stderr):
+        while not manager.wait(run_id, timeout=2.0):
+            for event in manager.store.list_events(run_id, since_id=seen):
+                seen = event.id
+                if event.kind in ("round", "traces", "train_start", "finetuned", "error", "cache"):
+                    _log(f"  run {run_id} {event.kind}: {event.message}")
+    return run_id
+
+
+def test_scores(store: Any, run_id: int, indices: list[int]) -> tuple[dict[int, float | None], dict[int, float]]:
+    """Test score and evaluation seconds of the saved round programs ``indices`` of a run (one call cache
+    for them all, as within a run: an unchanged upstream predictor is asked once per example)."""
+    import dspy
+
+    from core.config import parse_config
+    from core.export import run_label_choices
+    from core.inspect import load_saved_program
+    from core.lms.call_cache import CallCache
+    from core.prepare import prepare_run
+    from core.run.build import make_adapter
+
+    run = store.get_run(run_id)
+    config = parse_config(run.config)
+    prepared = prepare_run(config)
+    weights = {a.meta.get("model"): Path(a.path) for a in store.list_artifacts(run_id, "weights")}
+    paths = {a.meta.get("index"): a.path for a in store.list_artifacts(run_id, "round_program")}
+    scores: dict[int, float | None] = {}
+    seconds: dict[int, float] = {}
+    with dspy.context(adapter=make_adapter(), studio_call_cache=CallCache()):
+        for index in indices:
+            started = time.monotonic()
+            if index not in paths:
+                scores[index] = None
+                continue
+            program = load_saved_program(config, paths[index], weights, run_label_choices(store, run_id))
+            evaluate = dspy.Evaluate(devset=prepared.split.test, metric=prepared.metric, num_threads=1,
+                                     display_progress=False, max_errors=len(prepared.split.test) + 1)
+            with contextlib.redirect_stdout(sys.stderr):
+                scores[index] = float(evaluate(program).score)
+            seconds[index] = time.monotonic() - started
+    return scores, seconds
+
+
+def round_phases(rounds: list[Any]) -> dict[str, float]:
+    total: dict[str, float] = {}
+    for r in rounds:
+        for name, seconds in (r.details.get("phases") or {}).items():
+            total[name] = total.get(name, 0.0) + float(seconds)
+    return total
+
+
+def measure_task(manager: Any, name: str, doc: dict[str, Any], seed: int, quick: bool) -> dict[str, Any]:
+    """One seed of one task: a p -> w -> p run (4 strategies) and a w run."""
+    from core.config import parse_config
+    from core.estimate import estimate
+
+    store = manager.store
+    result: dict[str, Any] = {"task": name, "seed": seed, "scores": {}, "seconds": {}, "phases": {}}
+    main_doc = sized(doc, seed, "p -> w -> p", quick)
+    started = time.monotonic()
+    run_id = run_config(manager, main_doc)
+    wall = time.monotonic() - started
+    run = store.get_run(run_id)
+    rounds = store.list_rounds(run_id)
+    _log(f"{name} seed {seed}: p -> w -> p run {run_id} {run.status.value} in {wall:.0f} s ({run.error or 'ok'})")
+    scores, test_seconds = test_scores(store, run_id, [1, 2, 3])
+    result["scores"]["baseline"] = run.test_baseline_score
+    result["phases"]["baseline"] = {"baseline evaluation": 0.0, "test": 0.0}
+    cumulative: dict[str, float] = {}
+    for r in rounds:
+        for phase, seconds in (r.details.get("phases") or {}).items():
+            cumulative[phase] = cumulative.get(phase, 0.0) + float(seconds)
+        label = r.strategy or "baseline"
+        if label != "baseline":
+            result["scores"][label] = scores.get(r.index)
+        phases = {**{k: round(v, 1) for k, v in cumulative.items()}, "test": round(test_seconds.get(r.index, 0.0), 1)}
+        result["phases"][label] = phases
+        result["seconds"][label] = round(sum(phases.values()), 1)
+    result["default_run"] = {
+        "run_id": run_id, "status": run.status.value, "wall_seconds": round(wall, 1),
+        "run_seconds": round(_seconds(run.started_at, run.finished_at), 1),
+        "val": {r.strategy or "baseline": r.score for r in rounds}, "test_best": run.test_best_score,
+        "best_strategy": run.best_strategy,
+        "traces": [r.details.get("traces") for r in rounds if r.details.get("traces")],
+        "cache": next((e.data for e in store.list_events(run_id, kinds=["cache"])), None),
+    }
+    predicted = estimate(parse_config(main_doc))
+    run_seconds = result["default_run"]["run_seconds"]
+    result["estimate"] = {"predicted_seconds": round(predicted.seconds, 1), "measured_seconds": run_seconds,
+                          "error_pct": round(100 * (predicted.seconds - run_seconds) / run_seconds, 1)
+                          if run_seconds else None}
+    w_doc = sized(doc, seed, "w", quick)
+    w_id = run_config(manager, w_doc)
+    w_run = store.get_run(w_id)
+    w_rounds = store.list_rounds(w_id)
+    w_scores, w_seconds = test_scores(store, w_id, [1])
+    result["scores"]["w"] = w_scores.get(1)
+    w_phases = {**{k: round(v, 1) for k, v in round_phases(w_rounds).items()}, "test": round(w_seconds.get(1, 0.0), 1)}
+    result["phases"]["w"] = w_phases
+    result["seconds"]["w"] = round(sum(w_phases.values()), 1)
+    _log(f"{name} seed {seed}: w run {w_id} {w_run.status.value}; test scores {result['scores']}")
+    return result
+
+
+def summarize(results: list[dict[str, Any]], tasks: list[str]) -> dict[str, Any]:
+    table: dict[str, dict[str, Any]] = {}
+    for task in tasks:
+        mine = [r for r in results if r["task"] == task]
+        if not mine:
+            continue
+        row: dict[str, Any] = {}
+        for strategy in STRATEGIES:
+            values = [r["scores"].get(strategy) for r in mine if r["scores"].get(strategy) is not None]
+            seconds = [r["seconds"].get(strategy) for r in mine if r["seconds"].get(strategy) is not None]
+            row[strategy] = {
+                "mean": round(statistics.mean(values), 1) if values else None,
+                "sd": round(statistics.stdev(values), 1) if len(values) > 1 else 0.0 if values else None,
+                "seeds": values,
+                "seconds": round(statistics.mean(seconds), 1) if seconds else None,
+            }
+        row["estimate_error_pct"] = [r["estimate"]["error_pct"] for r in mine]
+        table[task] = row
+    return table
+
+
+def targets(table: dict[str, Any], results: list[dict[str, Any]]) -> dict[str, Any]:
+    def mean(task: str, strategy: str) -> float | None:
+        return table[task][strategy]["mean"]
+
+    tasks = [t for t in table if all(mean(t, s) is not None for s in STRATEGIES)]
+    gain = {t: round(mean(t, "p -> w -> p") - mean(t, "baseline"), 1) for t in tasks}
+    beats_parts = {t: mean(t, "p -> w -> p") > mean(t, "p") and mean(t, "p -> w -> p") > mean(t, "w") for t in tasks}
+    default = [r["default_run"] for r in results if r["task"] == "support_triage"]
+    default_seconds = [d["run_seconds"] for d in default]
+    return {
+        "tasks_scored": tasks,
+        "pwp_minus_baseline": gain,
+        "pwp_beats_baseline_by_30_on_2_tasks": sum(g >= 30 for g in gain.values()) >= 2,
+        "pwp_never_below_baseline": all(g >= 0 for g in gain.values()) if gain else None,
+        "pwp_beats_p_and_w": beats_parts,
+        "pwp_beats_p_and_w_on_2_tasks": sum(beats_parts.values()) >= 2,
+        "default_run_seconds": default_seconds,
+        "default_run_within_300s": bool(default_seconds) and max(default_seconds) <= 300,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="CI-sized smoke run (tiny splits, 1 seed)")
+    parser.add_argument("--tasks", nargs="*", default=list(SAMPLE_TASKS), help="sample tasks (template keys)")
+    parser.add_argument("--task", action="append", default=[], help="DATA_FILE:CONFIG_JSON, repeatable")
+    parser.add_argument("--seeds", nargs="*", type=int, default=None, help="default: 0 1 2 (--quick: 0)")
+    parser.add_argument("--out", default=None, help="also write the JSON (and partial results) to this file")
+    args = parser.parse_args()
+    seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1, 2])
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    for name in ("dspy", "LiteLLM", "litellm", "httpx"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    os.environ.setdefault("STUDIO_HOME", tempfile.mkdtemp(prefix="bench-quality-"))
+
+    from core.paths import db_path
+    from core.run import RunManager
+    from core.store import Store
+
+    manager = RunManager(Store(db_path()))
+    docs = task_documents(args)
+    results: list[dict[str, Any]] = []
+    started = time.monotonic()
+    for seed in seeds:  # seed-major: every task gets a first seed before any gets a second
+        for name, doc in docs.items():
+            results.append(measure_task(manager, name, doc, seed, args.quick))
+            table = summarize(results, list(docs))
+            partial = {"bench": "quality", "quick": args.quick, "seeds": seeds, "table": table,
+                       "targets": targets(table, results), "runs": results,
+                       "wall_seconds": round(time.monotonic() - started, 1)}
+            if args.out:
+                Path(args.out).write_text(json.dumps(partial, indent=1), encoding="utf-8")
+    print(json.dumps(partial))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
