@@ -74,7 +74,7 @@ def _one_run(manager, config) -> dict:
     with contextlib.redirect_stdout(sys.stderr):
         run_id = manager.start(config)
     peak = None
-    while not manager.wait(run_id, timeout=0.5):
+    while not manager.wait(run_id, timeout=0.1):
         row = manager.store.db.execute("select worker_pid from runs where id = ?", [run_id]).fetchone()
         if row and row[0]:
             hwm = rss_mb(row[0], "VmHWM")

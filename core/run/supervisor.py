@@ -86,7 +86,10 @@ class Supervision:
             process = spawn_worker(self.job)
             store.add_event(self.run_id, "status", f"worker process {process.pid} started",
                             {"worker_pid": process.pid})
-            self._watch(process)
+            try:
+                self._watch(process)
+            finally:
+                process.close()
         except Exception as e:  # noqa: BLE001 - a supervisor must never leave a run active
             logger.exception("supervising run %s failed", self.run_id)
             store.end_abruptly(self.run_id, RunStatus.FAILED, f"the run could not be supervised: {e}")

@@ -3,23 +3,30 @@
 Why a process per run: the optimization loads native code (llama.cpp, torch) that can die on an
 illegal instruction, a segfault or the kernel's OOM killer; in a child process such a death fails
 only its own run, and the models, fine-tuned weights and DSPy's call history are freed when the
-child exits. The child is started with multiprocessing's ``spawn`` context (a fresh interpreter:
-forking a process that holds threads, sqlite connections and llama.cpp state is unsafe).
+child exits. The child is a fresh interpreter (spawned, never forked: forking a process that
+holds threads, sqlite connections and llama.cpp state is unsafe).
+
+Why ``subprocess`` and not ``multiprocessing``'s spawn context: a spawn child re-runs the parent's
+``__main__`` script, and inside Streamlit ``__main__`` is the page being rendered (Streamlit
+installs a fake ``__main__`` module whose file is the script), so every worker would execute
+``app.py`` or a page first. ``python -c 'from core.run.worker import main; main()'`` starts clean.
+The job travels as one JSON line on the child's stdin; the pipe then stays open and its end of
+file tells the child that its supervisor died.
 
 The child receives only plain data (``WorkerJob``), prepares the run again from its config (the
 parent already checked it), opens its own ``Store`` on the same database file and does all the
 writing of rounds, events and the final status. A watch thread polls the database for a cancel
 request (any process may write one) and sets the run's Event, so that the cooperative cancel of
-``execute_run`` applies; it also notices when the supervising process is gone (then the run is
-marked interrupted and the worker exits: nobody is left to watch it).
+``execute_run`` applies; it also stops the worker when the run was ended by another process, and
+when the supervising process is gone (then the run is marked interrupted: nobody watches it).
 """
-
 from __future__ import annotations
 
+import json
 import logging
-import multiprocessing
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -51,12 +58,59 @@ class WorkerJob:
         return asdict(self)
 
 
-def spawn_worker(job: WorkerJob) -> multiprocessing.process.BaseProcess:
-    """Start the worker of ``job`` in a spawned (never forked) child process."""
-    context = multiprocessing.get_context("spawn")
-    process = context.Process(target=worker_main, args=(job.as_dict(),), name=f"studio-run-{job.run_id}")
-    process.start()
-    return process
+class WorkerProcess:
+    """The supervisor's handle on a worker (the few ``multiprocessing.Process`` verbs it needs)."""
+
+    def __init__(self, popen: subprocess.Popen) -> None:
+        self._popen = popen
+        self.pid = popen.pid
+
+    @property
+    def exitcode(self) -> int | None:
+        """None while it runs; negative: the signal that killed it."""
+        return self._popen.poll()
+
+    def join(self, timeout: float | None = None) -> None:
+        try:
+            self._popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def kill(self) -> None:
+        if self._popen.poll() is None:
+            self._popen.kill()
+
+    def close(self) -> None:
+        """Close our end of the job pipe (the worker reads that as its supervisor's death)."""
+        if self._popen.stdin is not None and not self._popen.stdin.closed:
+            self._popen.stdin.close()
+
+
+def spawn_worker(job: WorkerJob) -> WorkerProcess:
+    """Start the worker of ``job`` in a fresh interpreter and hand it the job on its stdin."""
+    from core.paths import REPO_ROOT
+
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
+    popen = subprocess.Popen([sys.executable, "-c", "from core.run.worker import main; main()"],
+                             stdin=subprocess.PIPE, env=env, cwd=str(REPO_ROOT))
+    assert popen.stdin is not None
+    popen.stdin.write((json.dumps(job.as_dict()) + "\n").encode("utf-8"))
+    popen.stdin.flush()  # the pipe stays open: its end of file means the supervisor died
+    return WorkerProcess(popen)
+
+
+def main() -> None:
+    """Entry point of the worker interpreter: the job is the first line of stdin."""
+    line = b""
+    while not line.endswith(b"\n"):  # unbuffered, so that nothing after the line is left in a buffer
+        chunk = os.read(0, 1)
+        if not chunk:
+            break
+        line += chunk
+    if not line.strip():
+        raise SystemExit("no job on stdin: the worker is started by core.run.supervisor")
+    worker_main(json.loads(line))
 
 
 def worker_main(job_dict: dict[str, Any]) -> None:
@@ -136,7 +190,8 @@ def _watch(store: Any, run_id: int, cancel: threading.Event, finishing: threadin
     dead) and for the supervisor's death, until the process ends."""
     from core.records import RunStatus
 
-    parent = multiprocessing.parent_process()
+    parent_gone = threading.Event()
+    threading.Thread(target=_wait_for_eof, args=(parent_gone,), name="parent-watch", daemon=True).start()
     while True:
         try:
             if not cancel.is_set() and store.cancel_requested(run_id):
@@ -145,7 +200,7 @@ def _watch(store: Any, run_id: int, cancel: threading.Event, finishing: threadin
             if not finishing.is_set() and store.run_status(run_id).is_terminal:
                 logger.warning("run %s was ended by another process; its worker stops", run_id)
                 os._exit(4)
-            if parent is not None and not parent.is_alive():
+            if parent_gone.is_set() and not finishing.is_set():
                 store.add_event(run_id, "error", "the app process that supervised this run stopped; "
                                                  "the worker stops too")
                 store.end_abruptly(run_id, RunStatus.INTERRUPTED,
@@ -155,3 +210,13 @@ def _watch(store: Any, run_id: int, cancel: threading.Event, finishing: threadin
         except StudioError:
             logger.exception("run %s: cannot read the run store", run_id)
         time.sleep(CANCEL_POLL_S)
+
+
+def _wait_for_eof(parent_gone: threading.Event) -> None:
+    """Block on stdin until the supervisor's end of the pipe closes (it exited or died)."""
+    try:  # os.read, not sys.stdin: a daemon thread blocked in a buffered read breaks interpreter shutdown
+        while os.read(0, 4096):
+            pass
+    except OSError:
+        pass
+    parent_gone.set()
