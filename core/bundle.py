@@ -191,6 +191,9 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     manifest_path = path / "manifest.json"
     if not path.is_dir() or not manifest_path.is_file():
         raise ExportError(f"{path} has no manifest.json; it is not a BetterTogether Studio bundle")
+    manifest_path = inside(path, "manifest.json", "bundle")  # a link to a file elsewhere is refused
+    if not manifest_path.is_file():
+        raise ExportError(f"{path} has no manifest.json; it is not a BetterTogether Studio bundle")
     return check_manifest(_read_json(manifest_path, f"{path}/manifest.json"), path)
 
 

@@ -197,6 +197,15 @@ def test_user_program_file_name_outside_the_bundle_is_refused(tmp_path: Path) ->
     refused(bundle, "leaves the bundle", allow_user_code=True)
 
 
+@pytest.mark.parametrize("name", ["program.json", "manifest.json"])
+def test_a_link_from_a_bundle_folder_to_a_file_elsewhere_is_refused(tmp_path: Path, name: str) -> None:
+    bundle = bundle_folder(tmp_path)
+    elsewhere = tmp_path / f"elsewhere-{name}"
+    (bundle / name).replace(elsewhere)
+    (bundle / name).symlink_to(elsewhere)
+    refused(bundle, "leaves the bundle")
+
+
 def test_zip_with_traversing_member_is_refused(tmp_path: Path) -> None:
     evil = tmp_path / "evil.zip"
     with zipfile.ZipFile(evil, "w") as zf:
