@@ -31,7 +31,7 @@ CANCEL_GRACE_S = 20.0
 """How long a worker may take to honour a cancel request before it is killed."""
 
 QUEUE_POLL_S = 0.2
-WATCH_POLL_S = 0.1
+WATCH_POLL_S = 0.25
 
 _SIGNAL_ADVICE = {
     signal.SIGILL: ("illegal instruction",
