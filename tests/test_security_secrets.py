@@ -50,7 +50,8 @@ def test_redact_removes_each_kind_of_secret(text: str) -> None:
 
 
 def test_redact_keeps_ordinary_text() -> None:
-    text = "predictor 'classify' scored 42.0 on 20 examples; max_tokens=512; see http://127.0.0.1:8080/v1"
+    text = ("predictor 'classify' scored 42.0 on 20 examples; max_tokens=512; see http://127.0.0.1:8080/v1; "
+            "a basic example from the bearer of bad news; Basic configuration")
     assert redact(text) == text
     assert redact_value({"a": [text, 1, None]}) == {"a": [text, 1, None]}
 

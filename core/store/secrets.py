@@ -50,7 +50,8 @@ _KEY_PATTERNS = [
     r"\beyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}",
 ]
 _KEY_RE = re.compile("|".join(_KEY_PATTERNS))
-_BEARER_RE = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=\-]{6,}")
+# An Authorization value: "Bearer <token>" / "Basic <base64>" where the token has a digit (prose does not).
+_BEARER_RE = re.compile(r"\b([Bb]earer|Basic)\s+(?=[A-Za-z._~+/=\-]*[0-9])[A-Za-z0-9._~+/=\-]{8,}")
 _URL_CREDENTIALS_RE = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)[^\s/@:]+(?::[^\s/@]*)?@")
 _KEY_PARAM_RE = re.compile(r"(?i)([?&](?:api[_-]?key|key|token|access_token|password)=)[^&\s#]+")
 
