@@ -104,7 +104,7 @@ def resume_button(run_id: int, status: RunStatus) -> None:
         return
     if st.button("Resume run (continues after its last finished round)", icon=":material/replay:",
                  key=f"resume_{run_id}"):
-        manager().resume(run_id)
+        manager().resume(run_id, api_keys=api_keys())
         st.rerun()
 
 

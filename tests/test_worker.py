@@ -168,3 +168,73 @@ def test_the_app_keeps_answering_when_the_worker_of_its_run_dies(monkeypatch: py
     after = manager.store.list_runs()[0].id
     assert after != crashed and manager.wait(after, timeout=90)
     assert manager.store.get_run(after).status is RunStatus.FINISHED
+
+
+class _ChatServer:
+    """An OpenAI-compatible chat endpoint on loopback that answers every label with 'positive' and
+    records the Authorization headers it receives."""
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.auth: list[str] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def _send(self, body: dict) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:  # noqa: N802
+                server.auth.append(self.headers.get("Authorization", ""))
+                self._send({"object": "list", "data": [{"id": "tiny", "object": "model"}]})
+
+            def do_POST(self) -> None:  # noqa: N802
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                server.auth.append(self.headers.get("Authorization", ""))
+                text = "[[ ## label ## ]]\npositive\n\n[[ ## completed ## ]]"
+                self._send({"id": "x", "object": "chat.completion", "created": 0, "model": "tiny",
+                            "choices": [{"index": 0, "finish_reason": "stop",
+                                         "message": {"role": "assistant", "content": text}}],
+                            "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}})
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def test_an_api_key_typed_in_the_app_reaches_the_worker_and_nothing_else(manager: RunManager, tmp_path: Path) -> None:
+    key = "sk-typed-CANARY-4242"
+    server = _ChatServer()
+    try:
+        doc = scripted_config_dict("classifier", tag="typed-key")
+        doc["lms"]["large"] = {"kind": "litellm", "model": "openai/tiny", "api_base": server.url, "api_key": key}
+        doc["predictors"] = {name: {"lm": "large", "role": "large"} for name in doc["predictors"]}
+        doc["strategy"] = "p"
+        doc["data"]["split"] = {"train": 4, "val": 2, "test": 2, "seed": 0}
+        doc["optimizers"] = {"p": {"type": "random_search", "settings": {
+            "max_bootstrapped_demos": 1, "max_labeled_demos": 1, "num_candidate_programs": 1}}}
+        run_id = manager.start(parse_config(doc))
+        assert manager.wait(run_id, timeout=120)
+    finally:
+        server.close()
+    run = manager.store.get_run(run_id)
+    assert run.status is RunStatus.FINISHED, run.error
+    assert len(server.auth) > 5 and set(server.auth) == {f"Bearer {key}"}  # the worker's calls carried it
+    assert "api_key" not in run.config["lms"]["large"]
+    stored = b"".join(p.read_bytes() for p in tmp_path.glob("runs.db*"))
+    assert key.encode() not in stored
+    assert not [p for p in Path(os.environ["STUDIO_HOME"]).rglob("*") if p.is_file() and key.encode() in p.read_bytes()]

@@ -32,7 +32,7 @@ from core.paths import studio_home
 from core.prepare import prepare_run
 from core.records import RunStatus
 from core.run.supervisor import CANCEL_GRACE_S, Supervision
-from core.run.worker import WorkerJob
+from core.run.worker import WorkerJob, typed_api_keys, with_api_keys
 from core.store import HEARTBEAT_EVERY_S, RESUMABLE, Store
 
 logger = logging.getLogger(__name__)
@@ -59,23 +59,27 @@ class RunManager:
         document = config_to_dict(config)
         run_id = self.store.create_run(config.name, document, RunStatus.QUEUED, local_cpu=local,
                                        base_dir=None if base_dir is None else Path(base_dir).resolve())
-        self._supervise(run_id, document, base_dir, local, resume=False)
+        self._supervise(run_id, document, base_dir, local, resume=False, api_keys=typed_api_keys(config))
         return run_id
 
-    def resume(self, run_id: int) -> int:
-        """Continue a failed, cancelled or interrupted run from its last finished round; returns its id."""
+    def resume(self, run_id: int, *, api_keys: dict[str, str] | None = None) -> int:
+        """Continue a failed, cancelled or interrupted run from its last finished round; returns its id.
+
+        ``api_keys`` (LM name -> key) are keys typed in the app: they were never stored with the run.
+        """
         run = self.store.get_run(run_id)
         if run.status not in RESUMABLE:
             allowed = ", ".join(s.value for s in RESUMABLE)
             raise StoreError(f"run {run_id} is {run.status.value}; only {allowed} runs can be resumed")
         row = self.store.db.execute("select base_dir from runs where id = ?", [run_id]).fetchone()
         base_dir = Path(row[0]) if row and row[0] else None
-        prepared = prepare_run(parse_config(run.config), base_dir=base_dir)
+        keys = {name: key for name, key in (api_keys or {}).items() if key and name in run.config.get("lms", {})}
+        prepared = prepare_run(parse_config(with_api_keys(run.config, keys)), base_dir=base_dir)
         rounds = self.store.list_rounds(run_id)
         self.store.reopen_run(run_id, local_cpu=prepared.uses_local_cpu)
         self.store.add_event(run_id, "status", f"resume requested after {len(rounds)} recorded round(s)",
                              {"rounds": len(rounds)})
-        self._supervise(run_id, run.config, base_dir, prepared.uses_local_cpu, resume=True)
+        self._supervise(run_id, run.config, base_dir, prepared.uses_local_cpu, resume=True, api_keys=keys)
         return run_id
 
     def cancel(self, run_id: int) -> bool:
@@ -111,10 +115,11 @@ class RunManager:
 
     # -- internals ------------------------------------------------------------------------------
 
-    def _supervise(self, run_id: int, config: dict, base_dir: Path | None, local: bool, *, resume: bool) -> None:
+    def _supervise(self, run_id: int, config: dict, base_dir: Path | None, local: bool, *, resume: bool,
+                   api_keys: dict[str, str]) -> None:
         job = WorkerJob(run_id=run_id, db_path=str(self.store.path.resolve()), config=config,
                         base_dir=None if base_dir is None else str(Path(base_dir).resolve()),
-                        studio_home=str(studio_home().resolve()), resume=resume)
+                        studio_home=str(studio_home().resolve()), resume=resume, api_keys=api_keys)
         supervision = Supervision(self.store, job, local, self.cancel_grace_s)
         thread = threading.Thread(target=supervision.run, name=f"run-{run_id}", daemon=True)
         with self._lock:

@@ -10,8 +10,9 @@ Why ``subprocess`` and not ``multiprocessing``'s spawn context: a spawn child re
 ``__main__`` script, and inside Streamlit ``__main__`` is the page being rendered (Streamlit
 installs a fake ``__main__`` module whose file is the script), so every worker would execute
 ``app.py`` or a page first. ``python -c 'from core.run.worker import main; main()'`` starts clean.
-The job travels as one JSON line on the child's stdin; the pipe then stays open and its end of
-file tells the child that its supervisor died.
+The job travels as one JSON line on the child's stdin (API keys typed in the app, which are never
+stored, travel only there); the pipe then stays open and its end of file tells the child that its
+supervisor died.
 
 The child receives only plain data (``WorkerJob``), prepares the run again from its config (the
 parent already checked it), opens its own ``Store`` on the same database file and does all the
@@ -31,7 +32,7 @@ import sys
 import threading
 import time
 import traceback
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,9 +54,33 @@ class WorkerJob:
     base_dir: str | None
     studio_home: str | None
     resume: bool = False
+    api_keys: dict[str, str] = field(default_factory=dict, repr=False)  # typed keys: only through the pipe
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def config_with_keys(self) -> dict[str, Any]:
+        """The run's config with the API keys typed in the app put back (they are never stored)."""
+        return with_api_keys(self.config, self.api_keys)
+
+
+def with_api_keys(config: dict[str, Any], api_keys: dict[str, str]) -> dict[str, Any]:
+    """A copy of a config document with typed API keys (LM name -> key) on its LMs."""
+    doc = json.loads(json.dumps(config))
+    for name, key in api_keys.items():
+        if key and name in doc.get("lms", {}):
+            doc["lms"][name]["api_key"] = key
+    return doc
+
+
+def typed_api_keys(config: Any) -> dict[str, str]:
+    """LM name -> API key typed in the app (in memory only) of a ``RunConfig``."""
+    keys = {}
+    for name, spec in config.lms.items():
+        secret = getattr(spec, "api_key", None)
+        if secret is not None and secret.get_secret_value():
+            keys[name] = secret.get_secret_value()
+    return keys
 
 
 class WorkerProcess:
@@ -160,7 +185,7 @@ def _run(job: WorkerJob, store: Any, cancel: threading.Event, finishing: threadi
 
     run_id = job.run_id
     try:
-        config = parse_config(job.config)
+        config = parse_config(job.config_with_keys())
         prepared = prepare_run(config, base_dir=Path(job.base_dir) if job.base_dir else None)
         outcome = execute_run(prepared, store, run_id, cancel, resume=job.resume)
         finishing.set()
