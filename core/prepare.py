@@ -146,7 +146,7 @@ def _check_predictor_names(config: RunConfig, names: list[str]) -> None:
 
 # --- the cheap check -------------------------------------------------------------------------------
 
-_CACHE_SIZE = 16
+_CACHE_SIZES = {"programs": 16, "tables": 4}  # a table may be 20 MiB: keep few
 _cache_lock = threading.Lock()
 _program_cache: OrderedDict[str, tuple[ProgramFields, list[str]]] = OrderedDict()
 _table_cache: OrderedDict[tuple, Table] = OrderedDict()
@@ -161,7 +161,7 @@ def _stamp(path: Path) -> tuple:
     return (str(path.resolve()), st.st_size, st.st_mtime_ns)
 
 
-def _cached(cache: OrderedDict, key: Any, make: Callable[[], Any]) -> Any:
+def _cached(cache: OrderedDict, key: Any, make: Callable[[], Any], size: int) -> Any:
     with _cache_lock:
         if key in cache:
             cache.move_to_end(key)
@@ -169,7 +169,7 @@ def _cached(cache: OrderedDict, key: Any, make: Callable[[], Any]) -> Any:
     value = make()
     with _cache_lock:
         cache[key] = value
-        while len(cache) > _CACHE_SIZE:
+        while len(cache) > size:
             cache.popitem(last=False)
     return value
 
@@ -185,11 +185,11 @@ def _program_shape(config: RunConfig, base_dir: Path | None) -> tuple[ProgramFie
         program = build_program(spec, allow_user_code=config.allow_user_code, base_dir=base_dir)
         return module_fields(program), [name for name, _ in program.named_predictors()]
 
-    return _cached(_program_cache, key, make)
+    return _cached(_program_cache, key, make, _CACHE_SIZES["programs"])
 
 
 def _table(path: Path) -> Table:
-    return _cached(_table_cache, _stamp(path), lambda: load_table_from_path(path))
+    return _cached(_table_cache, _stamp(path), lambda: load_table_from_path(path), _CACHE_SIZES["tables"])
 
 
 def check_run(config: RunConfig, *, base_dir: Path | None = None) -> list[str]:
