@@ -43,6 +43,18 @@ def wait_strategy(page, server, strategy: str) -> None:
     wait_visible(server, code, f"the strategy {strategy!r}")
 
 
+def only(server, locator, what: str, timeout_s: float = 30):
+    """``locator`` once it matches exactly one element: while Streamlit reruns, the stale copy of a
+    widget (a form keyed by revision) sits next to the new one for a moment."""
+    deadline = time.monotonic() + timeout_s
+    while (count := locator.count()) != 1:
+        server.check_alive(what)
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: {count} matching elements after {timeout_s:g} s, expected 1")
+        time.sleep(0.25)
+    return locator.first
+
+
 def shot(page, screenshots: Path, name: str) -> None:
     """Screenshot the whole page (Streamlit scrolls inside its main block: use a tall viewport)."""
     page.set_viewport_size({"width": 1280, "height": 2200})
@@ -183,7 +195,7 @@ def test_tiny_run_on_the_embedded_model(page, server, screenshots):
     wait_visible(server, page.locator("h1", has_text="Program"), "the Program page")
     nav(page, server, "Data")
     for label, value in (("Train", "2"), ("Validation", "1"), ("Test", "1")):
-        box = page.get_by_label(label, exact=True)
+        box = only(server, page.get_by_label(label, exact=True), f"the {label} box")
         box.fill(value)
         box.press("Enter")
         page.wait_for_timeout(1000)
@@ -192,11 +204,12 @@ def test_tiny_run_on_the_embedded_model(page, server, screenshots):
     page.locator(".st-key-preset_p button").first.click()
     wait_strategy(page, server, "p")
     page.get_by_text("p: prompt · random_search").first.click()
-    form = page.locator('[data-testid="stForm"]').filter(has_text="num_candidate_programs").first
+    wait_visible(server, page.get_by_label("num_candidate_programs", exact=True), "the p settings form")
+    form = only(server, page.locator('[data-testid="stForm"]').filter(has_text="num_candidate_programs"),
+                "the p settings form")
     for label, value in (("num_candidate_programs", "1"), ("max_bootstrapped_demos", "1"),
                          ("max_labeled_demos", "0")):
-        box = form.get_by_label(label, exact=True)
-        box.fill(value)
+        only(server, form.get_by_label(label, exact=True), f"the {label} box").fill(value)
     form.get_by_role("button", name="Save settings").click()
     wait_text(page, server, re.compile(r"^~\d+$"))
     shot(page, screenshots, "strategy_embedded")
