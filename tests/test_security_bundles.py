@@ -179,6 +179,25 @@ def test_weights_folder_outside_the_bundle_is_refused(tmp_path: Path, folder: st
     refused(bundle, "leaves the bundle")
 
 
+def test_an_embedded_fine_tuned_model_is_served_by_our_engine_from_inside_the_bundle(tmp_path: Path) -> None:
+    """The shape export_run writes for a LoRA fine-tune of an embedded model (no model is loaded here)."""
+    from core.lms.embedded import LlamaEngine
+
+    tuned = "embedded/smollm2-135m:ft-security"
+    bundle = bundle_folder(tmp_path)
+    weights = bundle / "weights" / "tuned"
+    weights.mkdir(parents=True)
+    (weights / "adapter.gguf").write_bytes(b"GGUF")
+    (weights / "meta.json").write_text(json.dumps({"base": "smollm2-135m", "kind": "lora", "file": "adapter.gguf"}))
+    edit_json(bundle / "manifest.json", lambda m: m.__setitem__(
+        "finetuned", {tuned: {"folder": "weights/tuned", "engine": "core.lms.embedded:LlamaEngine"}}))
+    edit_json(bundle / "program.json", lambda s: s["classify"]["lm"].update(
+        model=tuned, engine={"class": "core.lms.embedded:LlamaEngine", "state": {}}, temperature=0.0, max_tokens=64))
+    lm = dict(load_bundle(bundle).named_predictors())["classify"].lm
+    assert lm.model == tuned and lm.kwargs["max_tokens"] == 64
+    assert LlamaEngine.shared().artifact_dir(tuned) == weights.resolve()
+
+
 @pytest.mark.parametrize("file", ["../../secret.gguf", "/tmp/secret.gguf"])
 def test_meta_json_file_outside_the_bundle_is_refused(tmp_path: Path, file: str) -> None:
     bundle = bundle_folder(tmp_path)
