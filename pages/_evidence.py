@@ -14,6 +14,7 @@ from core.evidence.diff import diff_html, round_diff
 from core.evidence.report import build_report
 from core.evidence.views import (
     FILTER_LABELS,
+    cell_style,
     column_label,
     gold_vs_prediction,
     loss_events,
@@ -70,12 +71,13 @@ def examples(run: Run) -> None:
     total = matrix_page(store(), run.id, query, limit=1).total
     offset = _pager(f"mx_page_{run.id}_{split}_{chosen}_{a}_{b}_{search}", total, PAGE_ROWS)
     page = matrix_page(store(), run.id, query, limit=PAGE_ROWS, offset=offset)
-    st.caption(f"{page.total} of {columns[0].examples} examples shown by this filter · ✅ pass · ❌ fail · "
-               "⚠️ parse or LM error · select a row (column B) or a cell to open its trace")
+    st.caption(f"{page.total} of {columns[0].examples} examples shown by this filter · ✓ pass · ✗ fail · "
+               "⚠ parse or LM error · select a row (column B) or a cell to open its trace")
     if not page.rows:
         st.info("No example matches this filter.")
         return
-    event = st.dataframe(pd.DataFrame(matrix_records(page)), hide_index=True, width="stretch",
+    table = pd.DataFrame(matrix_records(page))
+    event = st.dataframe(table.style.map(cell_style, subset=labels), hide_index=True, width="stretch",
                          on_select="rerun", selection_mode=["single-row", "single-cell"],
                          key=f"mx_table_{run.id}_{split}_{chosen}_{a}_{b}_{search}_{offset}")
     row, column = _selected(event, labels, b)
@@ -103,7 +105,7 @@ def _selected(event, labels: list[str], default_column: int) -> tuple[int | None
 def trace(evaluation: Evaluation, example_index: int) -> None:
     """The example's modules in pipeline order: each prompt as sent and its answer; gold next to prediction."""
     result = example_trace(store(), evaluation.id, example_index)
-    verdict = "⚠️ " + (result.error or "error") if result.error else ("✅ pass" if result.passed else "❌ fail")
+    verdict = "⚠ " + (result.error or "error") if result.error else ("✓ pass" if result.passed else "✗ fail")
     score = "-" if result.score is None else f"{result.score:.2f}"
     st.markdown(f"#### Trace: example {example_index} in {column_label(evaluation)}")
     st.caption(f"score {score} · {verdict} · {len(result.calls)} LM calls")

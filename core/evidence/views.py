@@ -11,8 +11,10 @@ from typing import Any
 from core.records import Event
 from core.store.evidence import Cell, Evaluation, ExampleResult, MatrixPage, TrainingRow
 
-PASS, FAIL, MISSING = "✅", "❌", "·"
-ERROR_MARKS = {"parse": "⚠️ parse", "lm": "⚠️ LM", "program": "⚠️ error"}
+# Text symbols, not emoji: they render with any font (a headless browser, an old terminal).
+PASS, FAIL, MISSING, WARN = "✓", "✗", "·", "⚠"
+ERROR_MARKS = {"parse": f"{WARN} parse", "lm": f"{WARN} LM", "program": f"{WARN} error"}
+CELL_COLORS = {PASS: "background-color: #e3f6e3", FAIL: "background-color: #fde2e2", WARN: "background-color: #fff1cc"}
 FILTER_LABELS = {
     "all": "all examples",
     "changed": "changed between A and B",
@@ -32,7 +34,7 @@ def cell_mark(cell: Cell | None) -> str:
     if cell is None:
         return MISSING
     if cell.error_kind:
-        return ERROR_MARKS.get(cell.error_kind, "⚠️")
+        return ERROR_MARKS.get(cell.error_kind, WARN)
     if cell.passed is None:
         return MISSING
     mark = PASS if cell.passed else FAIL
@@ -48,6 +50,12 @@ def _preview(text: str, limit: int) -> str:
     except ValueError:  # a preview cut mid-JSON: drop the first key, keep the text
         text = re.sub(r'^\{"[^"]+":\s*"?', "", text)
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def cell_style(mark: object) -> str:
+    """CSS for a matrix cell by its mark (green pass, red fail, yellow error)."""
+    text = str(mark)
+    return next((css for symbol, css in CELL_COLORS.items() if text.startswith(symbol)), "")
 
 
 def matrix_records(page: MatrixPage, preview_chars: int = 90) -> list[dict[str, Any]]:
@@ -91,7 +99,7 @@ def trace_steps(result: ExampleResult) -> list[TraceStep]:
 def gold_vs_prediction(result: ExampleResult) -> list[dict[str, Any]]:
     """Each gold field next to the predicted value (then the other predicted fields)."""
     rows = [{"field": k, "gold": _text(v), "prediction": _text(result.outputs.get(k)),
-             "match": "✅" if _text(v).strip().lower() == _text(result.outputs.get(k)).strip().lower() else "❌"}
+             "match": PASS if _text(v).strip().lower() == _text(result.outputs.get(k)).strip().lower() else FAIL}
             for k, v in result.gold.items()]
     rows += [{"field": k, "gold": "", "prediction": _text(v), "match": ""}
              for k, v in result.outputs.items() if k not in result.gold]
