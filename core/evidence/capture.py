@@ -296,24 +296,38 @@ def _outputs(prediction: Any) -> dict[str, Any]:
     return {k: v for k, v in prediction.items() if not str(k).startswith("dspy_")}
 
 
+def _split(example: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(inputs, gold labels) of a ``dspy.Example`` in one pass (``inputs()``/``labels()`` copy it twice)."""
+    keys = getattr(example, "_input_keys", None)
+    if keys is None:
+        return dict(example.inputs()), dict(example.labels())
+    inputs, gold = {}, {}
+    for key, value in example.items():
+        (inputs if key in keys else gold)[key] = value
+    return inputs, gold
+
+
 def build_results(scope: EvaluationScope) -> list[ExampleResult]:
     """One ``ExampleResult`` per example of the devset that was answered (all of them, unless cancelled)."""
     results = list(getattr(scope.result, "results", None) or [])
     records = [r for r in scope.records if r.done]
     by_prediction = {id(r.prediction): r for r in records if r.prediction is not None}
-    by_inputs: dict[str, deque[_Record]] = defaultdict(deque)
-    for r in records:
-        by_inputs[_inputs_key(r.inputs)].append(r)
+    by_inputs: dict[str, deque[_Record]] | None = None  # built only if an example is not matched by prediction
     used: set[int] = set()
     out = []
     for index, example in enumerate(scope.devset):
         scored = results[index] if index < len(results) else None
         record = by_prediction.get(id(scored[1])) if scored is not None else None
+        inputs, gold = _split(example)
         if record is None:
-            queue = by_inputs.get(_inputs_key(example.inputs()), deque())
-            while queue and id(queue[0]) in used:
-                queue.popleft()
-            record = queue.popleft() if queue else None
+            if by_inputs is None:
+                by_inputs = defaultdict(deque)
+                for r in records:
+                    by_inputs[_inputs_key(r.inputs)].append(r)
+            waiting = by_inputs.get(_inputs_key(inputs), deque())
+            while waiting and id(waiting[0]) in used:
+                waiting.popleft()
+            record = waiting.popleft() if waiting else None
         if record is None and scored is None:
             continue  # never answered (the evaluation stopped first)
         if record is not None:
@@ -325,7 +339,7 @@ def build_results(scope: EvaluationScope) -> list[ExampleResult]:
         if record is not None and record.exception is not None:
             error = redact(f"{type(record.exception).__name__}: {record.exception}"[:2000])
         out.append(ExampleResult(
-            index=index, inputs=dict(example.inputs()), gold=dict(example.labels()),
+            index=index, inputs=inputs, gold=gold,
             outputs=_outputs(prediction), score=score,
             passed=None if score is None else (kind is None and score >= PASS_SCORE),
             error=error, error_kind=kind, calls=tuple(record.calls) if record is not None else (),

@@ -148,8 +148,11 @@ class TrainingSet:
     sources: dict[str, int] = field(default_factory=dict)
 
 
+_ENCODER = json.JSONEncoder(ensure_ascii=False, default=str)  # one instance: json.dumps with options builds one per call
+
+
 def _json(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, default=str)
+    return _ENCODER.encode(value)
 
 
 def _loads(text: str | None) -> Any:
