@@ -53,7 +53,7 @@ class Server:
 
 
 def document(api_base: str | None) -> dict[str, Any]:
-    from core.ui_state import new_document, use_scripted
+    from core.document import new_document, use_scripted
 
     doc = use_scripted(new_document(), True)
     if api_base:

@@ -11,12 +11,12 @@ from typing import Any
 
 import streamlit as st
 
+from core.document import new_document
 from core.errors import StudioError
 from core.paths import db_path
 from core.records import RunStatus
 from core.run import RunManager, get_manager
 from core.store import RESUMABLE, Store
-from core.ui_state import new_document
 
 logger = logging.getLogger("studio.pages")
 

@@ -7,7 +7,7 @@ import hashlib
 import pandas as pd
 import streamlit as st
 
-from core import trust, ui_state
+from core import document, trust
 from core.charts import label_figure
 from core.data import ALLOWED_EXTENSIONS, MAX_FILE_BYTES, Table
 from core.errors import StudioError
@@ -26,13 +26,13 @@ def accept_upload(current: dict, data: bytes, filename: str) -> None:
         return
     st.session_state[UPLOAD_DONE] = digest
     try:
-        path, table = ui_state.save_upload(data, filename)
+        path, table = document.save_upload(data, filename)
     except StudioError as e:
         st.session_state[UPLOAD_ERROR] = str(e)
         return
     st.session_state.pop(UPLOAD_ERROR, None)
     allowed_files().add(str(path.resolve()))  # the user picked this file
-    rerun_with(ui_state.set_data_source(current, {"kind": "file", "path": str(path)}, table), structural=True)
+    rerun_with(document.set_data_source(current, {"kind": "file", "path": str(path)}, table), structural=True)
 
 
 def source_section(current: dict) -> bool:
@@ -42,13 +42,13 @@ def source_section(current: dict) -> bool:
     kind = st.radio("Dataset", kinds, index=kinds.index(source["kind"]), horizontal=True,
                     format_func={"sample": "Bundled sample", "file": "Upload a file"}.get)
     if kind == "sample":
-        samples = ui_state.list_samples()
+        samples = document.list_samples()
         name = source.get("name") if source["kind"] == "sample" else samples[0]
         choice = st.selectbox("Sample", samples, index=samples.index(name) if name in samples else 0)
         if source != {"kind": "sample", "name": choice}:
             new_source = {"kind": "sample", "name": choice}
-            table = ui_state.load_document_table({**current, "data": {**current["data"], "source": new_source}})
-            rerun_with(ui_state.set_data_source(current, new_source, table), structural=True)
+            table = document.load_document_table({**current, "data": {**current["data"], "source": new_source}})
+            rerun_with(document.set_data_source(current, new_source, table), structural=True)
         return True
     uploaded = st.file_uploader(
         f"CSV, JSONL or JSON file (up to {MAX_FILE_BYTES // (1024 * 1024)} MB; "
@@ -88,18 +88,18 @@ def preview(table: Table, current: dict) -> None:
     c2.metric("Columns", len(table.columns))
     st.dataframe(pd.DataFrame(list(table.rows[:8]), columns=list(table.columns)), hide_index=True,
                  width="stretch", height=240)
-    distribution = ui_state.label_distribution(table, current["data"]["mapping"], current["data"]["labels"])
+    distribution = document.label_distribution(table, current["data"]["mapping"], current["data"]["labels"])
     if distribution:
         st.plotly_chart(label_figure(distribution), width="stretch")
 
 
 def mapping_section(current: dict, table: Table) -> None:
     st.subheader("Columns for the program's fields")
-    fields = program_fields(ui_state.program_spec(current), allow_user_code=bool(current.get("allow_user_code")))
+    fields = program_fields(document.program_spec(current), allow_user_code=bool(current.get("allow_user_code")))
     labels = st.multiselect("Label fields (outputs the metric compares)", list(fields.outputs),
                             default=[f for f in current["data"]["labels"] if f in fields.outputs])
     if labels and labels != current["data"]["labels"]:
-        rerun_with(ui_state.set_labels(current, labels), structural=True)
+        rerun_with(document.set_labels(current, labels), structural=True)
     options = ["", *table.columns]
     mapping = {}
     cols = st.columns(3)
@@ -109,8 +109,8 @@ def mapping_section(current: dict, table: Table) -> None:
         mapping[field] = cols[i % 3].selectbox(f"{field} ({kind})", options,
                                                index=options.index(value) if value in options else 0)
     if mapping != {f: current["data"]["mapping"].get(f, "") for f in mapping}:
-        rerun_with(ui_state.set_mapping(current, mapping))
-    if message := ui_state.check_data(current, table).mapping:
+        rerun_with(document.set_mapping(current, mapping))
+    if message := document.check_data(current, table).mapping:
         st.error(message)
 
 
@@ -126,11 +126,11 @@ def split_section(current: dict, table: Table) -> None:
     if (train, val, test, seed) != (float(split["train"]), float(split["val"]), float(split["test"]),
                                     int(split.get("seed", 0))):
         try:
-            rerun_with(ui_state.set_split(current, train, val, test, int(seed)))
+            rerun_with(document.set_split(current, train, val, test, int(seed)))
         except StudioError as e:
             st.error(str(e))
             return
-    check = ui_state.check_data(current, table)
+    check = document.check_data(current, table)
     if check.mapping:
         st.warning("Fix the column mapping above to see the split.")
     elif check.split:
@@ -147,7 +147,7 @@ def body() -> None:
     if not source_section(current):
         return
     try:
-        table = ui_state.load_document_table(current)
+        table = document.load_document_table(current)
     except StudioError as e:
         st.error(str(e))
         return

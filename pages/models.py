@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from core import ui_state
+from core import document
 from core.lms.catalog import list_models
 from core.probe import check_connection
 from pages._ui import api_keys, doc, guarded, rerun_with
@@ -52,15 +52,15 @@ def scripted_section(current: dict) -> None:
     st.subheader("Fast scripted test LM")
     on = st.toggle(
         "Use the fast scripted test LM (for trying the UI and for tests; not a real model)",
-        value=ui_state.is_scripted(current),
+        value=document.is_scripted(current),
         help="A deterministic stand-in that answers in milliseconds, so a whole run takes seconds.",
     )
-    delay = ui_state.scripted_delay(current)
+    delay = document.scripted_delay(current)
     if on:
         delay = st.slider("Simulated time per call (s)", 0.0, 0.1, delay, 0.005,
                           help="slows the scripted LM down to watch the live view")
-    if on != ui_state.is_scripted(current) or (on and delay != ui_state.scripted_delay(current)):
-        rerun_with(ui_state.use_scripted(current, on, delay), structural=True)
+    if on != document.is_scripted(current) or (on and delay != document.scripted_delay(current)):
+        rerun_with(document.use_scripted(current, on, delay), structural=True)
     st.caption("Now used as `large` and `small`: " + ("the scripted test LM." if on else "the embedded models."))
 
 
@@ -68,7 +68,7 @@ def lm_table(current: dict) -> None:
     st.subheader("LMs of this configuration")
     rows = []
     for name, spec in current["lms"].items():
-        finetunable, reason = ui_state.lm_capabilities(current, name)
+        finetunable, reason = document.lm_capabilities(current, name)
         model = spec.get("model") or spec.get("factory")
         users = [p for p, a in current["predictors"].items() if a["lm"] == name]
         rows.append({"name": name, "kind": spec["kind"], "model": model, "fine-tunable": finetunable,
@@ -85,7 +85,7 @@ def lm_table(current: dict) -> None:
             except Exception as e:  # noqa: BLE001 - shown to the user
                 st.error(str(e))
     if current["lms"][name]["kind"] == "litellm" and c3.button("Remove LM"):
-        rerun_with(ui_state.remove_lm(current, name), structural=True)
+        rerun_with(document.remove_lm(current, name), structural=True)
 
 
 def litellm_form(current: dict) -> None:
@@ -104,7 +104,7 @@ def litellm_form(current: dict) -> None:
         if st.form_submit_button("Add LM"):
             spec = {"model": model.strip(), "api_base": api_base.strip(), "api_key_env": key_env.strip(),
                     "finetune": finetune, "price_per_1m_input": price_in, "price_per_1m_output": price_out}
-            updated = ui_state.add_litellm(current, name.strip(), spec)
+            updated = document.add_litellm(current, name.strip(), spec)
             if key:
                 api_keys()[name.strip()] = key
             rerun_with(updated, structural=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from core import trust, ui_state
+from core import document, trust
 from core.errors import ProgramError
 from core.programs import STAGE_MODULES, TEMPLATES, parse_stage_signature
 from pages._ui import api_keys, doc, guarded, rerun_with, rev, set_doc
@@ -22,14 +22,14 @@ def template_picker(current: dict) -> None:
     )
     st.caption(TEMPLATES[choice].description + f" Sample data: `{TEMPLATES[choice].sample}`.")
     if current["program"] != {"kind": "template", "name": choice}:
-        rerun_with(ui_state.set_template(current, choice), structural=True)
+        rerun_with(document.set_template(current, choice), structural=True)
 
 
 def stage_editor(current: dict) -> bool:
     """The stage composer; False while the stages do not form a valid pipeline."""
     if current["program"]["kind"] != "stages":
-        rerun_with(ui_state.set_stages(current, ui_state.stages_of(current)), structural=True)
-    stages = ui_state.stages_of(current)
+        rerun_with(document.set_stages(current, document.stages_of(current)), structural=True)
+    stages = document.stages_of(current)
     edited, r = [], rev()
     for i, stage in enumerate(stages):
         with st.container(border=True):
@@ -43,9 +43,9 @@ def stage_editor(current: dict) -> bool:
                 st.write("")
                 b1, b2, b3 = st.columns(3)
                 if b1.button("↑", key=f"up_{r}_{i}", disabled=i == 0, help="move up"):
-                    _restage(current, ui_state.move_step(stages, i, -1))
+                    _restage(current, document.move_step(stages, i, -1))
                 if b2.button("↓", key=f"down_{r}_{i}", disabled=i == len(stages) - 1, help="move down"):
-                    _restage(current, ui_state.move_step(stages, i, 1))
+                    _restage(current, document.move_step(stages, i, 1))
                 if b3.button("✕", key=f"del_{r}_{i}", disabled=len(stages) == 1, help="remove this stage"):
                     _restage(current, stages[:i] + stages[i + 1:])
             instructions = st.text_input("Instructions (optional)", stage.get("instructions") or "",
@@ -59,7 +59,7 @@ def stage_editor(current: dict) -> bool:
         _restage(current, [*stages, {"name": f"stage{len(stages) + 1}", "module": "Predict",
                                      "signature": "input -> output"}])
     try:
-        updated = ui_state.set_stages(current, edited)
+        updated = document.set_stages(current, edited)
     except ProgramError as e:
         st.error(str(e))
         return False
@@ -73,7 +73,7 @@ def stage_editor(current: dict) -> bool:
 
 def _restage(current: dict, stages: list[dict]) -> None:
     try:
-        rerun_with(ui_state.set_stages(current, stages), structural=True)
+        rerun_with(document.set_stages(current, stages), structural=True)
     except ProgramError as e:
         st.session_state["stage_problem"] = str(e)
         rerun_with(_raw_stages(current, stages), structural=True)
@@ -108,9 +108,9 @@ def user_file(current: dict) -> bool:
                                 disabled=not allowed)
     class_name = st.text_input("Class name (only when the file defines several modules)", "")
     if uploaded is not None and allowed and st.button("Load program"):
-        path = ui_state.save_user_program(uploaded.getvalue(), uploaded.name)
+        path = document.save_user_program(uploaded.getvalue(), uploaded.name)
         with st.spinner("Loading the program..."):
-            rerun_with(ui_state.set_user_file(current, str(path), class_name or None), structural=True)
+            rerun_with(document.set_user_file(current, str(path), class_name or None), structural=True)
     if current["program"]["kind"] == "user_file":
         st.info(f"Using `{current['program']['path']}`.")
     return allowed
@@ -120,12 +120,12 @@ def predictors_table(current: dict) -> None:
     st.subheader("Predictors")
     st.caption("Each predictor runs on an LM with a role: **large** predictors are improved by prompt steps; "
                "**small** ones are also fine-tuned by weight steps (their LM must be fine-tunable).")
-    rows = ui_state.predictor_rows(current)
+    rows = document.predictor_rows(current)
     c1, c2, _ = st.columns([3, 3, 4])
     if c1.button("Last predictor small, others large", help="the BetterTogether default"):
-        rerun_with(ui_state.role_preset(current, "last_small"), structural=True)
+        rerun_with(document.role_preset(current, "last_small"), structural=True)
     if c2.button("All large (prompts only)"):
-        rerun_with(ui_state.role_preset(current, "all_large"), structural=True)
+        rerun_with(document.role_preset(current, "all_large"), structural=True)
     frame = pd.DataFrame([
         {"predictor": r.predictor, "module": r.module, "signature": r.signature, "lm": r.lm, "role": r.role,
          "fine-tunable": r.finetunable, "capability": r.note} for r in rows
@@ -145,7 +145,7 @@ def predictors_table(current: dict) -> None:
         if (row["lm"], row["role"]) != (old.lm, old.role)
     ]
     if changes:
-        updated, problems = ui_state.assign_predictors(current, changes)
+        updated, problems = document.assign_predictors(current, changes)
         st.session_state["role_problems"] = problems
         rerun_with(updated, structural=True)
     for problem in st.session_state.pop("role_problems", []):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from core import trust, ui_state
+from core import document, trust
 from core.charts import (
     compare_test_scores,
     label_figure,
@@ -43,13 +43,13 @@ def start_section() -> None:
     summary(current)
     if urls := trust.endpoints(current):
         st.caption("On Start, requests (with the LM's API key) go to " + ", ".join(f"`{u}`" for u in urls) + ".")
-    problems = ui_state.run_problems(current, api_keys(), allowed_files())  # cheap and local: no LM, no network
+    problems = document.run_problems(current, api_keys(), allowed_files())  # cheap and local: no LM, no network
     clicked = st.button("Start run", type="primary", disabled=bool(problems), icon=":material/play_arrow:")
     if problems:
         st.error("The run cannot start yet:\n\n" + "\n".join(f"- {p}" for p in problems))
     if clicked:
         with st.spinner("Checking the configuration and loading the models..."):
-            run_id = manager().start(ui_state.build_config(current, api_keys()))
+            run_id = manager().start(document.build_config(current, api_keys()))
         st.query_params["run"] = str(run_id)
         st.rerun()
 

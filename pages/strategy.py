@@ -7,7 +7,7 @@ import hashlib
 import pandas as pd
 import streamlit as st
 
-from core import trust, ui_state
+from core import document, trust
 from core.config import config_to_json
 from core.errors import StudioError
 from core.estimate import estimate, format_duration
@@ -21,7 +21,7 @@ CONFIG_ERROR = "config_upload_error"
 
 def _apply_steps(current: dict, steps: list[str]) -> None:
     try:
-        rerun_with(ui_state.set_steps(current, steps), structural=True)
+        rerun_with(document.set_steps(current, steps), structural=True)
     except StudioError as e:
         st.session_state["strategy_problem"] = str(e)
         st.rerun()
@@ -36,25 +36,25 @@ def presets(current: dict) -> None:
 
 
 def step_blocks(current: dict) -> None:
-    steps = ui_state.strategy_steps(current)
+    steps = document.strategy_steps(current)
     cols = st.columns(max(len(steps), 4))
     for i, key in enumerate(steps):
         with cols[i], st.container(border=True):
-            kind = ui_state.step_kind(current, key)
+            kind = document.step_kind(current, key)
             st.markdown(f"**{i + 1}. {key}** {':green[weight]' if kind == 'weight' else ':blue[prompt]'}")
-            st.caption(ui_state.step_label(current, key))
+            st.caption(document.step_label(current, key))
             b1, b2, b3 = st.columns(3)
             if b1.button("←", key=f"left_{rev()}_{i}", disabled=i == 0, help="move left"):
-                _apply_steps(current, ui_state.move_step(steps, i, -1))
+                _apply_steps(current, document.move_step(steps, i, -1))
             if b2.button("→", key=f"right_{rev()}_{i}", disabled=i == len(steps) - 1, help="move right"):
-                _apply_steps(current, ui_state.move_step(steps, i, 1))
+                _apply_steps(current, document.move_step(steps, i, 1))
             if b3.button("✕", key=f"remove_{rev()}_{i}", disabled=len(steps) == 1, help="remove this step"):
                 _apply_steps(current, steps[:i] + steps[i + 1:])
     st.caption("Add a step")
     keys = list(current["optimizers"])
     add_cols = st.columns(max(len(keys), 4))
     for col, key in zip(add_cols, keys, strict=False):
-        if col.button(f"+ {key} ({ui_state.step_label(current, key)})", key=f"add_{key}",
+        if col.button(f"+ {key} ({document.step_label(current, key)})", key=f"add_{key}",
                       disabled=len(steps) >= MAX_STEPS, width="stretch"):
             _apply_steps(current, [*steps, key])
 
@@ -65,7 +65,7 @@ def strategy_text(current: dict) -> None:
     typed = c2.text_input("...or type a strategy", current["strategy"], key=f"strategy_text_{rev()}")
     if typed != current["strategy"]:
         try:
-            rerun_with(ui_state.set_strategy_text(current, typed), structural=True)
+            rerun_with(document.set_strategy_text(current, typed), structural=True)
         except StudioError as e:
             st.error(str(e))
 
@@ -75,21 +75,21 @@ def new_key(current: dict) -> None:
         with st.form("new_key"):
             c1, c2 = st.columns(2)
             key = c1.text_input("Key", "p2", help="lowercase letters, digits, _")
-            optimizer = c2.selectbox("Optimizer", list(ui_state.SETTINGS_MODELS),
-                                     format_func=lambda t: ui_state.OPTIMIZER_LABELS[t])
+            optimizer = c2.selectbox("Optimizer", list(document.SETTINGS_MODELS),
+                                     format_func=lambda t: document.OPTIMIZER_LABELS[t])
             if st.form_submit_button("Define"):
-                rerun_with(ui_state.add_optimizer(current, key.strip(), optimizer), structural=True)
+                rerun_with(document.add_optimizer(current, key.strip(), optimizer), structural=True)
 
 
 def settings_forms(current: dict) -> None:
     st.subheader("Step settings")
-    used = set(ui_state.strategy_steps(current))
+    used = set(document.strategy_steps(current))
     for key, spec in current["optimizers"].items():
-        label = f"{key}: {ui_state.step_label(current, key)}" + ("" if key in used else " (not in the strategy)")
+        label = f"{key}: {document.step_label(current, key)}" + ("" if key in used else " (not in the strategy)")
         with st.expander(label), st.form(f"settings_{key}_{rev()}"):
             values = {}
             cols = st.columns(3)
-            for i, field in enumerate(ui_state.settings_fields(spec["type"])):
+            for i, field in enumerate(document.settings_fields(spec["type"])):
                 value = spec.get("settings", {}).get(field.name, field.default)
                 col = cols[i % 3]
                 if field.name == "teacher_lm":  # an LM of this configuration; none = the large-role LM
@@ -112,7 +112,7 @@ def settings_forms(current: dict) -> None:
                         max_value=int(field.maximum) if field.maximum is not None else None, help=field.help,
                         placeholder="not set" if field.kind == "optional_int" else None)
             if st.form_submit_button("Save settings"):
-                rerun_with(ui_state.set_settings(current, key, values), structural=True)
+                rerun_with(document.set_settings(current, key, values), structural=True)
 
 
 def metric(current: dict) -> None:
@@ -120,13 +120,13 @@ def metric(current: dict) -> None:
     name = st.selectbox("Metric", names, index=names.index(current["metric"]["name"]),
                         format_func=lambda n: f"{n}: {METRICS[n].description}")
     if name != current["metric"]["name"]:
-        rerun_with(ui_state.set_metric(current, name))
+        rerun_with(document.set_metric(current, name))
 
 
 def estimate_section(current: dict) -> None:
     st.subheader("Estimate before running")
     try:
-        config = ui_state.build_config(current)
+        config = document.build_config(current)
     except StudioError as e:
         st.warning(f"No estimate while the configuration is incomplete: {e}")
         return
@@ -136,7 +136,7 @@ def estimate_section(current: dict) -> None:
                    "allow it on the Data page.")
     else:
         try:
-            n_rows = len(ui_state.load_document_table(current))
+            n_rows = len(document.load_document_table(current))
         except StudioError:
             n_rows = None
     result = estimate(config, n_rows)
@@ -157,7 +157,7 @@ def config_files(current: dict) -> None:
     st.subheader("Configuration file")
     c1, c2 = st.columns(2)
     try:
-        text = config_to_json(ui_state.build_config(current))
+        text = config_to_json(document.build_config(current))
         c1.download_button("Download config JSON", text, file_name="bettertogether-config.json",
                            mime="application/json", icon=":material/download:")
     except StudioError as e:
@@ -168,7 +168,7 @@ def config_files(current: dict) -> None:
         if st.session_state.get(CONFIG_DONE) != digest:
             st.session_state[CONFIG_DONE] = digest
             try:
-                new = ui_state.document_from_json(uploaded.getvalue().decode("utf-8", errors="replace"))
+                new = document.document_from_json(uploaded.getvalue().decode("utf-8", errors="replace"))
             except StudioError as e:
                 st.session_state[CONFIG_ERROR] = str(e)
             else:

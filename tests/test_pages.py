@@ -8,9 +8,9 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from core.defaults import scripted_config
+from core.document import new_document, use_scripted
 from core.paths import db_path
 from core.run import get_manager
-from core.ui_state import new_document, use_scripted
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 60
@@ -71,7 +71,7 @@ def test_program_page_refuses_small_on_a_hosted_lm():
     at = open_page("program", doc)
     editor = at.dataframe[0]
     assert list(editor.value["fine-tunable"]) == [True, False]
-    from core.ui_state import assign_predictors
+    from core.document import assign_predictors
 
     _, problems = assign_predictors(doc, [{"predictor": "classify", "lm": "hosted", "role": "small"}])
     assert problems and "cannot be fine-tuned" in problems[0]
@@ -123,8 +123,8 @@ def test_data_page_bad_upload_shows_core_message():
 
 
 def test_data_page_upload_handler_reports_core_errors(studio_home: Path):
+    from core.document import save_upload
     from core.errors import DataError
-    from core.ui_state import save_upload
 
     with pytest.raises(DataError, match="no data rows"):
         save_upload(b"document,category\n", "empty.csv")

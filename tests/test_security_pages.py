@@ -18,7 +18,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from core.defaults import scripted_config_dict
-from core.ui_state import new_document, use_scripted
+from core.document import new_document, use_scripted
 from tests.security_helpers import Listener
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -117,11 +117,11 @@ def test_an_uploaded_config_with_user_code_runs_nothing_on_any_page(code_config)
 
 def test_a_file_source_from_an_uploaded_config_is_shown_and_not_read(tmp_path: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import core.document.data
     import core.prepare
-    import core.ui_state
 
     reads: list[str] = []
-    for module in (core.ui_state, core.prepare):
+    for module in (core.document.data, core.prepare):
         original = module.load_table_from_path
         monkeypatch.setattr(module, "load_table_from_path",
                             lambda path, _o=original: (reads.append(str(path)), _o(path))[1])

@@ -141,9 +141,9 @@ def test_the_app_keeps_answering_when_the_worker_of_its_run_dies(monkeypatch: py
     and the next run started from it finishes."""
     from streamlit.testing.v1 import AppTest
 
+    from core.document import new_document, use_scripted
     from core.paths import db_path
     from core.run import get_manager
-    from core.ui_state import new_document, use_scripted
 
     root = Path(__file__).resolve().parent.parent
     monkeypatch.chdir(root)
