@@ -224,9 +224,14 @@ PROMPT_OPTIMIZERS = ("random_search", "mipro")
 WEIGHT_OPTIMIZERS = ("finetune",)
 
 
+def optimizer_kind(optimizer_type: str) -> str:
+    """'prompt' or 'weight': the one rule that says what kind of step an optimizer type makes."""
+    return "weight" if optimizer_type in WEIGHT_OPTIMIZERS else "prompt"
+
+
 def step_kind(spec: RandomSearchStep | MiproStep | FinetuneStep) -> str:
     """'prompt' or 'weight'."""
-    return "weight" if spec.type in WEIGHT_OPTIMIZERS else "prompt"
+    return optimizer_kind(spec.type)
 
 
 def default_optimizers() -> dict[str, Any]:

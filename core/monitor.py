@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from core.config import optimizer_kind
 from core.records import Event, Round, Run, RunStatus
 from core.store import Store
 from core.strategy import strategy_prefixes
@@ -46,10 +47,7 @@ class RunSnapshot:
 
 
 def _kinds(config: dict) -> dict[str, str]:
-    return {
-        key: "weight" if spec.get("type") == "finetune" else "prompt"
-        for key, spec in (config.get("optimizers") or {}).items()
-    }
+    return {key: optimizer_kind(spec.get("type", "")) for key, spec in (config.get("optimizers") or {}).items()}
 
 
 def _progress(store: Store, run: Run, rounds: list[Round], planned: list[str]) -> StepProgress | None:

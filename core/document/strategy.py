@@ -14,6 +14,7 @@ from core.config import (
     FinetuneSettings,
     MiproSettings,
     RandomSearchSettings,
+    optimizer_kind,
 )
 from core.document.base import copy_document
 from core.errors import ConfigError, StrategyError
@@ -63,7 +64,7 @@ def add_optimizer(doc: dict[str, Any], key: str, optimizer: str) -> dict[str, An
 
 
 def step_kind(doc: dict[str, Any], key: str) -> str:
-    return "weight" if doc["optimizers"][key]["type"] in WEIGHT_OPTIMIZERS else "prompt"
+    return optimizer_kind(doc["optimizers"][key]["type"])
 
 
 def step_label(doc: dict[str, Any], key: str) -> str:
