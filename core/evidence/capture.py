@@ -120,6 +120,7 @@ class EvidenceCollector(BaseCallback):
         self.run_id = run_id
         self.round_index = 0  # the round whose validation runs next (set at each step start)
         self.written: list[int] = []  # evaluation ids written, in order
+        self.write_seconds: list[float] = []  # time the writer spent on each (matching and writing)
         self._scope: EvaluationScope | None = None
         self._local = _ThreadState()
         self._queue: queue.Queue[EvaluationScope | None] = queue.Queue()
@@ -179,12 +180,14 @@ class EvidenceCollector(BaseCallback):
             self._enqueue(scope)
 
     def _write(self, scope: EvaluationScope) -> None:
+        started = time.perf_counter()
         try:
             results = build_results(scope)
             new = NewEvaluation(run_id=self.run_id, split=scope.split, round_index=scope.round_index,
                                 label=scope.label, program=scope.program_label, started_at=scope.started_at,
                                 score=scope.score, error=scope.error)
             self.written.append(add_evaluation(self.store, new, results))
+            self.write_seconds.append(time.perf_counter() - started)
         except Exception:  # noqa: BLE001 - evidence must never break the run
             logger.exception("cannot record the evidence of evaluation %r", scope.label)
 
