@@ -4,11 +4,12 @@ Evaluate's threads, one batched write per evaluation on the writer thread, and t
 everything is written, as at the end of a run).
 
 The scripted LM answers in well under a millisecond, so this is the worst case: with a real LM the same
-absolute overhead is a far smaller fraction. Runs alternate (without, with); the least disturbed (minimum) of each is compared.
+absolute overhead is a far smaller fraction. Runs alternate (without, with); the least disturbed
+(minimum) of each is compared, and the writer's own seconds per evaluation are reported too.
 
-    .venv/bin/python bench/evidence_overhead.py [--examples 1000] [--rounds 3] [--repeats 3] [--threads 2]
+    .venv/bin/python bench/evidence_overhead.py [--examples 1000] [--rounds 3] [--repeats 7] [--threads 2]
 
-Prints JSON as its last line: seconds without / with, overhead %, rows written.
+Prints JSON as its last line: seconds without / with, overhead %, writer seconds, rows written.
 """
 
 from __future__ import annotations
