@@ -4,6 +4,11 @@ No browser test can hang: a Playwright action gives up after ``ACTION_TIMEOUT_MS
 longer wait goes through ``wait_visible``, which polls in short slices and checks the server
 process between them. When the server exits (a crash, the OOM killer), the wait raises
 ``ServerExited`` within a few seconds, naming the exit status and the end of the server's log.
+
+For any other wait (a plain ``wait_for``, ``expect_download``) the ``page`` fixture runs a
+``ServerWatchdog``: once the server has been gone for ``WATCHDOG_GRACE_S``, it kills this test
+process's Chromium, so the pending Playwright call fails at once ("Target ... closed"), and the
+test's report gets a "streamlit server" section naming the exit.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -31,6 +37,7 @@ ACTION_TIMEOUT_MS = 20_000  # clicks, fills, navigation: a live server answers i
 POLL_MS = 1_000  # slice of a long wait between two checks of the server process
 HEALTHY_TIMEOUT_S = 120
 MAX_WAIT_S = 15 * 60  # no single wait may be longer (CI's budget for everything is 90 minutes)
+WATCHDOG_GRACE_S = 5.0  # wait_visible names the exit first; then the watchdog ends any other wait
 
 
 class ServerExited(AssertionError):
@@ -167,7 +174,8 @@ def browser() -> Iterator[object]:
     with sync_playwright() as p:
         instance = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=60_000)
         yield instance
-        instance.close()
+        if instance.is_connected():  # a watchdog may have ended it
+            instance.close()
 
 
 def new_page(browser):
@@ -178,11 +186,68 @@ def new_page(browser):
     return context, context.new_page()
 
 
+def chromium_processes() -> list:
+    """The Chromium processes this test process started (through Playwright's driver)."""
+    import psutil
+
+    found = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if "chrom" in child.name() or any("chromium" in part for part in child.cmdline()[:1]):
+                found.append(child)
+        except psutil.Error:
+            continue
+    return found
+
+
+class ServerWatchdog(threading.Thread):
+    """Ends the browser when the server exits, so that no Playwright wait outlives the server."""
+
+    def __init__(self, server: Server) -> None:
+        super().__init__(name="server-watchdog", daemon=True)
+        self.server = server
+        self.stopped = threading.Event()
+        self.fired: str | None = None
+
+    def run(self) -> None:
+        while not self.stopped.wait(1.0):
+            status = self.server.exit_status()
+            if status is None:
+                continue
+            if self.stopped.wait(WATCHDOG_GRACE_S):
+                return
+            self.fired = status
+            for process in chromium_processes():
+                try:
+                    process.kill()
+                except Exception:  # noqa: BLE001 - already gone
+                    pass
+            return
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.join(5)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    server = item.funcargs.get("server") if hasattr(item, "funcargs") else None
+    if report.failed and isinstance(server, Server) and server.exit_status() is not None:
+        report.sections.append(("streamlit server", f"the streamlit server exited ({server.exit_status()}) "
+                                                    f"during this test; its log: {server.log}"))
+
+
 @pytest.fixture
 def page(browser, server):
     context, page = new_page(browser)
+    watchdog = ServerWatchdog(server)
+    watchdog.start()
     yield page
-    context.close()
+    watchdog.stop()
+    if watchdog.fired is None:
+        context.close()
 
 
 @pytest.fixture(scope="session")
