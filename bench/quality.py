@@ -101,10 +101,10 @@ def test_scores(store: Any, run_id: int, indices: list[int]) -> tuple[dict[int, 
 
     from core.config import parse_config
     from core.export import run_label_choices
-    from core.saved_programs import load_saved_program
     from core.lms.call_cache import CallCache
     from core.prepare import prepare_run
     from core.run.build import make_adapter
+    from core.saved_programs import load_saved_program
 
     run = store.get_run(run_id)
     config = parse_config(run.config)

@@ -13,9 +13,9 @@ from core.charts import compare_test_scores, comparison_figure, score_figure, us
 from core.config import parse_config
 from core.errors import StudioError
 from core.export import export_run, predict
-from core.saved_programs import describe_program, load_run_program
 from core.paths import studio_home
 from core.records import Run
+from core.saved_programs import describe_program, load_run_program
 from core.store.secrets import redact_value
 from core.strategy import strategy_prefixes
 from pages._evidence import diffs, examples, report_button, training

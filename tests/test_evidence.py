@@ -17,12 +17,12 @@ from core.defaults import scripted_config_dict
 from core.evidence.diff import round_diff, word_diff
 from core.evidence.report import build_report
 from core.export import run_label_choices
-from core.saved_programs import load_saved_program
 from core.lms.scripted import row_from_messages
 from core.paths import db_path, run_dir
 from core.prepare import prepare_run
 from core.records import RunStatus
 from core.run import execute_run, get_manager
+from core.saved_programs import load_saved_program
 from core.store import Store
 from core.store.evidence import (
     MatrixQuery,
