@@ -84,19 +84,20 @@ def status_line(snap: RunSnapshot) -> None:
         else:
             st.progress(fraction, text=f"Current step {snap.progress.text}")
     cols = st.columns(4)
-    cols[0].metric("Baseline (val)", _pct(run.baseline_score if run.baseline_score is not None
+    cols[0].metric("Baseline (val)", _score(run.baseline_score if run.baseline_score is not None
                                             else (snap.rounds[0].score if snap.rounds else None)))
-    best = max((r for r in snap.rounds if r.score is not None), key=lambda r: r.score, default=None)
-    cols[1].metric("Best (val)", _pct(run.best_score if run.best_score is not None else (best.score if best else None)),
+    best = next((r for r in snap.rounds if r.is_best), None)  # the stored best, as everywhere else
+    cols[1].metric("Best (val)", _score(run.best_score if run.best_score is not None else (best.score if best else None)),
                    help=f"strategy {(run.best_strategy or (best.strategy if best else '')) or 'baseline'}")
-    cols[2].metric("Test: baseline", _pct(run.test_baseline_score))
-    cols[3].metric("Test: best", _pct(run.test_best_score))
+    cols[2].metric("Test: baseline", _score(run.test_baseline_score))
+    cols[3].metric("Test: best", _score(run.test_best_score))
     if compared := compare_test_scores(run.test_baseline_score, run.test_best_score, run.best_strategy):
         getattr(st, compared[0])(compared[1])
 
 
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f}"
+def _score(value: float | None) -> str:
+    """A score of 0-100 (the metric's mean, in percent) with one decimal, or "-" when there is none."""
+    return "-" if value is None else f"{value:.1f} %"
 
 
 def live_view(run_id: int) -> None:
