@@ -58,14 +58,14 @@ def _strategies(rounds: int) -> list[str]:
 
 
 def make_history(store, runs: int) -> None:
-    from core.records import RunStatus
+    from core.records import RunOutcome, RunStatus
     from core.store.rows import round_to_row
 
     rows = []
     for i in range(runs):
         run_id = store.create_run(f"history {i}", {"strategy": "p -> w -> p"}, RunStatus.RUNNING)
-        store.finish_run(run_id, RunStatus.FINISHED, best_strategy="p", best_score=50.0 + i % 40,
-                         baseline_score=40.0, test_baseline_score=38.0, test_best_score=45.0, flagged=False)
+        store.finish_run(run_id, RunOutcome(RunStatus.FINISHED, best_strategy="p", best_score=50.0 + i % 40,
+                         baseline_score=40.0, test_baseline_score=38.0, test_best_score=45.0, flagged=False))
         rows += [round_to_row(_round(run_id, k, s, 40.0 + k)) for k, s in enumerate(_strategies(3))]
     with store._write() as db:
         db["rounds"].insert_all(rows)
@@ -80,7 +80,7 @@ def _program_state(index: int, model: str) -> dict:
 
 def make_big_run(store, folder: Path, examples: int, rounds: int) -> int:
     """A run with ``rounds`` validation evaluations and a test one, each of ``examples`` examples."""
-    from core.records import RunStatus
+    from core.records import RunOutcome, RunStatus
     from core.store.evidence import ExampleResult, LMCall, NewEvaluation, TrainingRow, add_evaluation, add_training_rows
 
     strategies = _strategies(rounds)
@@ -121,8 +121,8 @@ def make_big_run(store, folder: Path, examples: int, rounds: int) -> int:
                                     {"category": LABELS[i % 4]}, "self", i) for i in range(examples)]
                 add_training_rows(store, run_id, k, "scripted/small", rows)
     store.mark_best(run_id, rounds - 1)
-    store.finish_run(run_id, RunStatus.FINISHED, best_strategy=strategies[-1], best_score=60.0, baseline_score=40.0,
-                     test_baseline_score=None, test_best_score=55.0, flagged=False)
+    store.finish_run(run_id, RunOutcome(RunStatus.FINISHED, best_strategy=strategies[-1], best_score=60.0, baseline_score=40.0,
+                     test_baseline_score=None, test_best_score=55.0, flagged=False))
     return run_id
 
 

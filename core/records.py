@@ -101,6 +101,25 @@ class Round:
 
 
 @dataclass(frozen=True)
+class RunOutcome:
+    """How a run ended: its terminal status and results, written in one go by ``Store.finish_run``.
+
+    ``best_strategy`` is ``""`` for the baseline and None when no round finished; scores are on the
+    0-100 scale, None where there is none (never a silent 0); ``flagged`` says a step failed and
+    the best program so far was kept.
+    """
+
+    status: RunStatus
+    best_strategy: str | None = None
+    best_score: float | None = None
+    baseline_score: float | None = None
+    test_baseline_score: float | None = None
+    test_best_score: float | None = None
+    flagged: bool = False
+    error: str | None = None
+
+
+@dataclass(frozen=True)
 class Event:
     """A timestamped event of a run.
 

@@ -11,7 +11,7 @@ from core.config import config_to_dict, parse_config
 from core.defaults import scripted_config_dict
 from core.lms.registry import build_lm
 from core.programs import build_program
-from core.records import RunStatus
+from core.records import RunOutcome, RunStatus
 from core.store import Store
 
 
@@ -27,8 +27,8 @@ def finished_run(tmp_path: Path, doc: dict[str, Any] | None = None) -> tuple[Sto
     best = tmp_path / f"best-{run_id}.json"
     program.save(str(best))
     store.add_artifact(run_id, "best_program", best)
-    store.finish_run(run_id, RunStatus.FINISHED, best_strategy="p", best_score=50.0, baseline_score=40.0,
-                     test_baseline_score=None, test_best_score=None, flagged=False)
+    store.finish_run(run_id, RunOutcome(RunStatus.FINISHED, best_strategy="p", best_score=50.0, baseline_score=40.0,
+                     test_baseline_score=None, test_best_score=None, flagged=False))
     return store, run_id
 
 

@@ -11,7 +11,7 @@ from streamlit.testing.v1 import AppTest
 from core.config import parse_config
 from core.defaults import scripted_config_dict
 from core.paths import db_path
-from core.records import RunStatus
+from core.records import RunOutcome, RunStatus
 from core.run import get_manager
 from core.store.evidence import MatrixQuery, list_evaluations, matrix_page
 
@@ -85,8 +85,8 @@ def test_a_run_without_evidence_still_renders():
     manager = get_manager(db_path())
     store = manager.store
     run_id = store.create_run("old run", {"strategy": "p"}, RunStatus.RUNNING)
-    store.finish_run(run_id, RunStatus.FINISHED, best_strategy="", best_score=None, baseline_score=None,
-                     test_baseline_score=None, test_best_score=None, flagged=False)
+    store.finish_run(run_id, RunOutcome(RunStatus.FINISHED, best_strategy="", best_score=None, baseline_score=None,
+                     test_baseline_score=None, test_best_score=None, flagged=False))
     at = _open(run_id)
     assert any("no per-example results" in i.value for i in at.info)
     assert any("Diffs need two recorded rounds" in i.value for i in at.info)

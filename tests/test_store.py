@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from core.errors import StoreError
-from core.records import TERMINAL, Round, RunStatus
+from core.records import TERMINAL, Round, RunOutcome, RunStatus
 from core.store import (
     BUSY_TIMEOUT_MS,
     HEARTBEAT_TIMEOUT_S,
@@ -108,15 +108,13 @@ def test_worker_writes_while_other_threads_read(store: Store) -> None:
                 store.add_event(run_id, "progress", f"round {index}", {"index": index})
                 time.sleep(0.002)
             store.finish_run(
-                run_id,
-                RunStatus.FINISHED,
+                run_id, RunOutcome(RunStatus.FINISHED,
                 best_strategy="p",
                 best_score=0.9,
                 baseline_score=0.0,
                 test_baseline_score=None,
                 test_best_score=None,
-                flagged=False,
-            )
+                flagged=False))
         except BaseException as e:  # noqa: BLE001 - reported to the main thread
             errors.append(e)
         finally:
@@ -259,16 +257,14 @@ def test_claim_and_finish_run(store: Store) -> None:
     assert (claimed.owner_pid, claimed.owner_started, claimed.status) == (4321, 1234.5, RunStatus.RUNNING)
 
     assert store.finish_run(
-        run_id,
-        RunStatus.FINISHED,
+        run_id, RunOutcome(RunStatus.FINISHED,
         best_strategy="p -> w",
         best_score=0.75,
         baseline_score=0.5,
         test_baseline_score=0.45,
         test_best_score=0.7,
         flagged=True,
-        error="step 3 (p) failed: timeout",
-    )
+        error="step 3 (p) failed: timeout"))
     run = store.get_run(run_id)
     assert run.status is RunStatus.FINISHED
     assert (run.best_strategy, run.best_score, run.baseline_score) == ("p -> w", 0.75, 0.5)
@@ -278,15 +274,13 @@ def test_claim_and_finish_run(store: Store) -> None:
     assert run.finished_at is not None
 
     again = store.finish_run(
-        run_id,
-        RunStatus.FAILED,
+        run_id, RunOutcome(RunStatus.FAILED,
         best_strategy=None,
         best_score=None,
         baseline_score=None,
         test_baseline_score=None,
         test_best_score=None,
-        flagged=False,
-    )
+        flagged=False))
     assert again is False
     assert store.get_run(run_id).best_score == 0.75
 
@@ -295,15 +289,13 @@ def test_finish_run_needs_a_terminal_status(store: Store) -> None:
     run_id = store.create_run("r", CONFIG)
     with pytest.raises(StoreError, match="terminal status, got 'running'"):
         store.finish_run(
-            run_id,
-            RunStatus.RUNNING,
+            run_id, RunOutcome(RunStatus.RUNNING,
             best_strategy=None,
             best_score=None,
             baseline_score=None,
             test_baseline_score=None,
             test_best_score=None,
-            flagged=False,
-        )
+            flagged=False))
     assert {s.value for s in TERMINAL} == {"finished", "failed", "cancelled", "interrupted"}
     assert RunStatus.CANCELLED.is_terminal and not RunStatus.QUEUED.is_terminal
 
@@ -506,8 +498,8 @@ def test_cpu_lease_follows_the_queue_and_frees_when_its_holder_ends_or_goes_sile
     assert store.get_run(first).status is RunStatus.RUNNING and store.cpu_holder() == first
     assert store.get_run(second).queue_position == 1
     assert store.try_acquire_cpu(second) is False  # held
-    store.finish_run(first, RunStatus.FINISHED, best_strategy="", best_score=1.0, baseline_score=1.0,
-                     test_baseline_score=None, test_best_score=None, flagged=False)
+    store.finish_run(first, RunOutcome(RunStatus.FINISHED, best_strategy="", best_score=1.0, baseline_score=1.0,
+                     test_baseline_score=None, test_best_score=None, flagged=False))
     assert store.try_acquire_cpu(second) is True  # the holder ended (even before releasing)
     store.release_cpu(second)
     assert store.cpu_holder() is None

@@ -11,8 +11,9 @@
 - ``build``: optimizers, adapter and prices of a prepared run.
 """
 
+from core.records import RunOutcome
 from core.run.build import build_optimizers, effective_threads, make_adapter, model_prices, with_costs
-from core.run.execute import RunOutcome, evaluate_score, execute_run
+from core.run.execute import evaluate_score, execute_run
 from core.run.manager import RunManager, get_manager
 from core.run.observer import ModelUsage, RunObserver, usage_delta
 from core.run.recorder import RoundRecorder, best_index

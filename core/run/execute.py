@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import dspy
 
@@ -18,7 +17,7 @@ from core.evidence.capture import CallbackTee, EvidenceCollector, UsageTap, evid
 from core.lms.call_cache import CallCache
 from core.paths import run_dir
 from core.prepare import PreparedRun
-from core.records import RunStatus
+from core.records import RunOutcome, RunStatus
 from core.run.bettertogether import StudioBetterTogether
 from core.run.build import build_optimizers, effective_threads, make_adapter, model_prices
 from core.run.observer import RunObserver
@@ -27,18 +26,6 @@ from core.run.resume import load_replay
 from core.store import Store
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class RunOutcome:
-    status: RunStatus
-    best_strategy: str | None
-    best_score: float | None
-    baseline_score: float | None
-    test_baseline_score: float | None
-    test_best_score: float | None
-    flagged: bool
-    error: str | None
 
 
 def evaluate_score(program: dspy.Module, devset: list, metric: Callable, threads: int,
@@ -108,7 +95,7 @@ def execute_run(prepared: PreparedRun, store: Store, run_id: int, cancel: thread
             )
         except RunCancelled:
             recorder.event("cancelled", "cancelled during the baseline evaluation")
-            return RunOutcome(RunStatus.CANCELLED, None, None, None, None, None, False, "cancelled by the user")
+            return RunOutcome(RunStatus.CANCELLED, error="cancelled by the user")
         candidates = best.candidate_programs
         baseline = next(c for c in candidates if c["strategy"] == "")
         best_candidate = candidates[0]

@@ -189,11 +189,7 @@ def _run(job: WorkerJob, store: Any, cancel: threading.Event, finishing: threadi
         prepared = prepare_run(config, base_dir=Path(job.base_dir) if job.base_dir else None)
         outcome = execute_run(prepared, store, run_id, cancel, resume=job.resume)
         finishing.set()
-        store.finish_run(run_id, outcome.status, best_strategy=outcome.best_strategy,
-                         best_score=outcome.best_score, baseline_score=outcome.baseline_score,
-                         test_baseline_score=outcome.test_baseline_score,
-                         test_best_score=outcome.test_best_score, flagged=outcome.flagged,
-                         error=outcome.error)
+        store.finish_run(run_id, outcome)
         store.add_event(run_id, "status", f"run {outcome.status.value}", {"status": outcome.status.value})
     except BaseException as e:  # noqa: BLE001 - the worker must always leave a final status
         if isinstance(e, StudioError):

@@ -27,7 +27,7 @@ from typing import Any
 from sqlite_utils import Database
 
 from core.errors import StoreError
-from core.records import TERMINAL, Artifact, Event, Round, Run, RunStatus
+from core.records import TERMINAL, Artifact, Event, Round, Run, RunOutcome, RunStatus
 from core.store.liveness import OwnershipMixin, host_name, process_start_time
 from core.store.migrations import MIGRATIONS
 from core.store.rows import (
@@ -227,35 +227,23 @@ class Store(OwnershipMixin):
         return self._update_active(run_id, RunStatus.RUNNING, {"owner_pid": pid, "owner_started": started,
                                                                "owner_host": host_name(), "heartbeat_at": time.time()})
 
-    def finish_run(
-        self,
-        run_id: int,
-        status: RunStatus,
-        *,
-        best_strategy: str | None,
-        best_score: float | None,
-        baseline_score: float | None,
-        test_baseline_score: float | None,
-        test_best_score: float | None,
-        flagged: bool,
-        error: str | None = None,
-    ) -> bool:
-        """End run ``run_id`` with terminal ``status`` and its results in one write.
+    def finish_run(self, run_id: int, outcome: RunOutcome) -> bool:
+        """End run ``run_id`` with the terminal status and results of ``outcome`` in one write.
 
         False (nothing written) when the run was already terminal.
         """
-        status = parse_status(status)
+        status = parse_status(outcome.status)
         if status not in TERMINAL:
             allowed = ", ".join(sorted(s.value for s in TERMINAL))
             raise StoreError(f"finish_run needs a terminal status, got {status.value!r}; allowed: {allowed}")
         results = {
-            "best_strategy": best_strategy,
-            "best_score": best_score,
-            "baseline_score": baseline_score,
-            "test_baseline_score": test_baseline_score,
-            "test_best_score": test_best_score,
-            "flagged": int(flagged),
-            "error": error,
+            "best_strategy": outcome.best_strategy,
+            "best_score": outcome.best_score,
+            "baseline_score": outcome.baseline_score,
+            "test_baseline_score": outcome.test_baseline_score,
+            "test_best_score": outcome.test_best_score,
+            "flagged": int(outcome.flagged),
+            "error": outcome.error,
         }
         return self._update_active(run_id, status, results)
 
