@@ -1,11 +1,13 @@
 """End-to-end: on the Results page of a finished scripted run, filter the example matrix to the examples
 that changed, open a trace from the matrix, look at the diffs and training rows, and download the
 shareable report, which then opens from disk in Chromium with no server. Screenshots of the matrix and
-of a trace go to docs/img/ for the README."""
+of a trace go to tests/artifacts/screenshots/; with STUDIO_UPDATE_DOCS_IMG=1 they also refresh the
+README's pictures in docs/img/ (a test run never changes tracked files otherwise)."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -18,6 +20,7 @@ from core.store.evidence import MatrixQuery, list_evaluations, matrix_page
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS_IMG = ROOT / "docs" / "img"
+UPDATE_DOCS_IMG = os.environ.get("STUDIO_UPDATE_DOCS_IMG") == "1"
 pytestmark = pytest.mark.e2e
 
 
@@ -43,11 +46,12 @@ def _run(home: Path, tmp_path: Path) -> int:
     return json.loads(done.stdout)["run_id"]
 
 
-def _shot(page, path: Path, height: int = 1500) -> None:
+def _shot(page, folder: Path, name: str, height: int = 1500) -> None:
     page.set_viewport_size({"width": 1400, "height": height})
     page.wait_for_timeout(1200)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(path))
+    for target in [folder, DOCS_IMG] if UPDATE_DOCS_IMG else [folder]:
+        target.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(target / name))
     page.set_viewport_size({"width": 1280, "height": 800})
 
 
@@ -69,7 +73,7 @@ def test_trace_from_the_matrix_and_report_download(page, server, screenshots, tm
     panel.locator('[data-testid="stSelectbox"]', has_text="Show").click()
     page.get_by_role("option", name="changed between A and B").click()
     panel.get_by_text(f"{changed.total} of {columns[0].examples} examples shown").first.wait_for()
-    _shot(page, DOCS_IMG / "evidence-matrix.png", 1100)
+    _shot(page, screenshots, "evidence-matrix.png", 1100)
 
     # open a trace by selecting the first row of the matrix (the row marker at the grid's left edge)
     grid = panel.locator('[data-testid="stDataFrame"]').first
@@ -83,7 +87,7 @@ def test_trace_from_the_matrix_and_report_download(page, server, screenshots, tm
     panel.get_by_text(re.compile(r"^2\. classify · scripted/small")).first.wait_for()
     assert panel.locator('[data-testid="stException"]').count() == 0
     heading.scroll_into_view_if_needed()
-    _shot(page, DOCS_IMG / "evidence-trace.png", 1500)
+    _shot(page, screenshots, "evidence-trace.png", 1500)
     page.screenshot(path=str(screenshots / "evidence-trace.png"))
 
     # diffs: the small predictor moved to its fine-tuned model
