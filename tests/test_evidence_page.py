@@ -9,11 +9,11 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from core.config import parse_config
-from core.defaults import scripted_config_dict
 from core.paths import db_path
 from core.records import RunOutcome, RunStatus
 from core.run import get_manager
 from core.store.evidence import MatrixQuery, list_evaluations, matrix_page
+from tests.evidence_helpers import scripted_evidence_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -36,15 +36,7 @@ def _select(at: AppTest, label: str):
 
 
 def test_evidence_tabs_of_a_scripted_run():
-    doc = scripted_config_dict("analyze_classify")
-    doc["data"]["split"] = {"train": 24, "val": 16, "test": 12, "seed": 0}
-    doc["strategy"] = "p -> w"
-    doc["optimizers"] = {
-        "p": {"type": "random_search", "settings": {"max_bootstrapped_demos": 2, "max_labeled_demos": 2,
-                                                    "num_candidate_programs": 2}},
-        "w": {"type": "finetune", "settings": {"epochs": 1, "batch_size": 8, "min_score": 1.0,
-                                               "trace_source": "self"}},
-    }
+    doc = scripted_evidence_config()
     manager = get_manager(db_path())
     run_id = manager.start(parse_config(doc))
     assert manager.wait(run_id, 120)

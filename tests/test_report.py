@@ -11,12 +11,12 @@ import pytest
 
 from core.cli import main
 from core.config import parse_config
-from core.defaults import scripted_config_dict
 from core.evidence.report import build_report, without_secrets, write_report
 from core.paths import db_path
 from core.records import RunStatus
 from core.run import get_manager
 from core.store.evidence import MatrixQuery, list_evaluations, matrix_page
+from tests.evidence_helpers import scripted_evidence_config
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "tests" / "artifacts"
@@ -25,15 +25,7 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 @pytest.fixture
 def run_id(studio_home: Path) -> int:
-    doc = scripted_config_dict("analyze_classify")
-    doc["data"]["split"] = {"train": 24, "val": 16, "test": 12, "seed": 0}
-    doc["strategy"] = "p -> w"
-    doc["optimizers"] = {
-        "p": {"type": "random_search", "settings": {"max_bootstrapped_demos": 2, "max_labeled_demos": 2,
-                                                    "num_candidate_programs": 2}},
-        "w": {"type": "finetune", "settings": {"epochs": 1, "batch_size": 8, "min_score": 1.0,
-                                               "trace_source": "self"}},
-    }
+    doc = scripted_evidence_config()
     manager = get_manager(db_path())
     run = manager.start(parse_config(doc))
     assert manager.wait(run, 120)

@@ -17,6 +17,7 @@ import pytest
 
 from core.store import Store
 from core.store.evidence import MatrixQuery, list_evaluations, matrix_page
+from tests.evidence_helpers import scripted_evidence_config
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS_IMG = ROOT / "docs" / "img"
@@ -26,17 +27,7 @@ pytestmark = pytest.mark.e2e
 
 def _run(home: Path, tmp_path: Path) -> int:
     """A finished scripted p -> w run in the server's database, through the CLI."""
-    from core.defaults import scripted_config_dict
-
-    doc = scripted_config_dict("analyze_classify")
-    doc["data"]["split"] = {"train": 24, "val": 16, "test": 12, "seed": 0}
-    doc["strategy"] = "p -> w"
-    doc["optimizers"] = {
-        "p": {"type": "random_search", "settings": {"max_bootstrapped_demos": 2, "max_labeled_demos": 2,
-                                                    "num_candidate_programs": 2}},
-        "w": {"type": "finetune", "settings": {"epochs": 1, "batch_size": 8, "min_score": 1.0,
-                                               "trace_source": "self"}},
-    }
+    doc = scripted_evidence_config()
     config = tmp_path / "config.json"
     config.write_text(json.dumps(doc))
     done = subprocess.run([sys.executable, "-m", "core", "--db", str(home / "studio.db"), "run", str(config)],
