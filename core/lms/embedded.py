@@ -47,6 +47,7 @@ from dspy.lm15 import Message, Request, Response, TextPart, Usage, response_to_e
 from core.errors import LMError, RunCancelled
 from core.lms import catalog, grammar
 from core.lms.call_cache import active_cache
+from core.lms.cpu import threads_for_native_code
 
 logger = logging.getLogger(__name__)
 
@@ -69,8 +70,9 @@ def _env_int(name: str, default: int) -> int:
 
 
 def n_threads() -> int:
-    """Threads per llama.cpp context: env ``STUDIO_LLAMA_THREADS`` (default 2)."""
-    return _env_int("STUDIO_LLAMA_THREADS", 2)
+    """Threads per llama.cpp context: env ``STUDIO_LLAMA_THREADS``, else 2, or 1 when the CPU is already
+    busy at load time (see ``core.lms.cpu``: spinning OpenMP threads on a busy CPU are 60x slower)."""
+    return threads_for_native_code("STUDIO_LLAMA_THREADS")
 
 
 def n_ctx() -> int:

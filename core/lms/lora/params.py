@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import LMError
+from core.lms.cpu import threads_for_native_code
 
 logger = logging.getLogger(__name__)
 
@@ -142,29 +143,9 @@ def callable_keys(kw: dict[str, Any]) -> list[str]:
 
 
 def torch_threads() -> int:
-    """Threads for torch: env ``STUDIO_TORCH_THREADS``, else 2, or 1 when the CPU is already busy.
-
-    Measured on 2 shared cores with other processes running (load average ~7): a training step
-    took 75-98 s with 2 OpenMP threads and 14 s with 1 thread (OpenMP threads spin-waiting on a
-    core another process holds). Without contention 2 threads are faster. So without the env
-    variable: 2 threads (at most the core count) unless the 1-minute load average already
-    reaches the core count, then 1.
-    """
-    value = os.environ.get("STUDIO_TORCH_THREADS")
-    if value:
-        try:
-            n = int(value)
-        except ValueError as e:
-            raise LMError(f"STUDIO_TORCH_THREADS={value!r} must be a positive integer") from e
-        if n < 1:
-            raise LMError(f"STUDIO_TORCH_THREADS={value!r} must be a positive integer")
-        return n
-    cores = os.cpu_count() or 1
-    try:
-        busy = os.getloadavg()[0] >= cores
-    except OSError:
-        busy = False
-    return 1 if busy else max(1, min(2, cores))
+    """Threads for torch: env ``STUDIO_TORCH_THREADS``, else 2, or 1 when the CPU is already busy
+    (see ``core.lms.cpu``)."""
+    return threads_for_native_code("STUDIO_TORCH_THREADS")
 
 
 def peak_rss_mb() -> float:
