@@ -35,6 +35,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.crash import signal_of
+
 logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -119,19 +121,6 @@ def installed_build() -> str:
 
 
 # --- running a check in a child process --------------------------------------------------------------
-
-
-def signal_of(exit_code: int | None) -> str | None:
-    """Name of the signal that ended a child: a negative status (Popen), or 128+n from a shell wrapper."""
-    if exit_code is None:
-        return None
-    number = -exit_code if exit_code < 0 else exit_code - 128 if 128 < exit_code < 160 else None
-    if number is None:
-        return None
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
 
 
 def diagnose(check: Check, exit_code: int | None, payload: dict | None, output_tail: str,

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import time
 from dataclasses import dataclass
 
+from core.crash import SIGNAL_MEANING, signal_of
 from core.records import RunStatus
 from core.run.worker import WorkerJob, spawn_worker
 from core.store import Store, process_start_time
@@ -34,33 +34,28 @@ QUEUE_POLL_S = 0.2
 WATCH_POLL_S = 0.25
 
 _SIGNAL_ADVICE = {
-    signal.SIGILL: ("illegal instruction",
-                    "the llama.cpp (or torch) build uses CPU instructions this machine does not run; rebuild "
-                    "llama-cpp-python portable (`make install`) and check with `python -m core doctor`"),
-    signal.SIGSEGV: ("segmentation fault",
-                     "native code (llama.cpp or torch) crashed; check the build with `python -m core doctor`, "
-                     "rebuild it portable (`make install`) if it fails"),
-    signal.SIGBUS: ("bus error", "native code crashed, often a truncated model file or a full disk; check with "
-                                 "`python -m core doctor`"),
-    signal.SIGFPE: ("arithmetic fault", "native code crashed; check the build with `python -m core doctor`"),
-    signal.SIGABRT: ("aborted", "native code aborted (an assertion in llama.cpp or torch); see the worker's log "
-                                "and check the build with `python -m core doctor`"),
-    signal.SIGKILL: ("killed", "something killed it, often the kernel's out-of-memory killer: free memory or use "
-                               "smaller models or budgets"),
-    signal.SIGTERM: ("terminated", "something stopped it from outside the app"),
+    "SIGILL": "the llama.cpp (or torch) build uses CPU instructions this machine does not run; rebuild "
+              "llama-cpp-python portable (`make install`) and check with `python -m core doctor`",
+    "SIGSEGV": "native code (llama.cpp or torch) crashed; check the build with `python -m core doctor`, "
+               "rebuild it portable (`make install`) if it fails",
+    "SIGBUS": "native code crashed, often a truncated model file or a full disk; check with `python -m core doctor`",
+    "SIGFPE": "native code crashed; check the build with `python -m core doctor`",
+    "SIGABRT": "native code aborted (an assertion in llama.cpp or torch); see the worker's log and check the "
+               "build with `python -m core doctor`",
+    "SIGKILL": "something killed it, often the kernel's out-of-memory killer: free memory or use smaller models "
+               "or budgets",
+    "SIGTERM": "something stopped it from outside the app",
 }
 
 
 def describe_exit(exitcode: int | None, run_id: int) -> str:
     """The one-line message of a worker that ended without recording a result."""
     resume = f"the rounds so far are kept; resume with `python -m core resume {run_id}`"
-    if exitcode is not None and exitcode < 0:
-        try:
-            sig = signal.Signals(-exitcode)
-        except ValueError:
-            return f"the worker process died with signal {-exitcode}; {resume}"
-        what, advice = _SIGNAL_ADVICE.get(sig, ("signal", "see the worker's log"))
-        return f"the worker process died with {sig.name} ({what}): {advice}; {resume}"
+    name = signal_of(exitcode) if exitcode is not None and exitcode < 0 else None
+    if name is not None:
+        what = SIGNAL_MEANING.get(name, "signal")
+        advice = _SIGNAL_ADVICE.get(name, "see the worker's log")
+        return f"the worker process died with {name} ({what}): {advice}; {resume}"
     return f"the worker process exited with code {exitcode} without recording a result; {resume}"
 
 
