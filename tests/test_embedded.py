@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import csv
 import json
 import threading
 import time
@@ -44,6 +45,12 @@ def engine() -> LlamaEngine:
 @pytest.fixture(scope="module")
 def lm(engine) -> dspy.LM:
     return make_embedded_lm(KEY, max_tokens=64)
+
+
+@pytest.fixture(scope="module")
+def roomy_lm(engine) -> dspy.LM:
+    """The product's default budget (512 tokens): a ChainOfThought reasoning alone can take 60."""
+    return make_embedded_lm(KEY)
 
 
 def request(text: str, *, max_tokens: int = 16, temperature: float = 0.0, model: str = MODEL, **config) -> Request:
@@ -102,10 +109,27 @@ def test_zero_shot_parse_rate_on_sample_tickets(lm):
     assert parsed / len(tickets) >= 0.95
 
 
-def test_chain_of_thought_parses(lm):
-    with dspy.context(lm=lm, adapter=dspy.ChatAdapter(use_json_adapter_fallback=False)):
+def test_chain_of_thought_parses(roomy_lm):
+    with dspy.context(lm=roomy_lm, adapter=dspy.ChatAdapter(use_json_adapter_fallback=False)):
         prediction = dspy.ChainOfThought(Ticket)(ticket=sample_tickets(1)[0]["ticket"])
     assert prediction.reasoning and prediction.urgency in ("low", "high")
+
+
+def test_free_text_answers_are_about_the_input_not_the_format(roomy_lm):
+    """Unconstrained, SmolLM2 answered most of these analyses with the format's placeholder
+    (``{analysis}``), code fences or ``#`` headings: free text starts with a letter or a quote."""
+    analyze = dspy.ChainOfThought("document -> analysis: str, key_findings: list[str]")
+    with (catalog.REPO_ROOT / "data" / "documents.csv").open(newline="") as f:
+        documents = [row["document"] for row in csv.DictReader(f)][:6]
+    with dspy.context(lm=roomy_lm, adapter=dspy.ChatAdapter(use_json_adapter_fallback=False)):
+        answers = [analyze(document=d) for d in documents]
+    for answer in answers:
+        for text in (answer.reasoning, answer.analysis):
+            assert text[0].isalpha() or text[0] == '"', text
+            assert "{" not in text[:2] and not text.startswith(("```", "#"))
+    documents_words = [set(d.lower().split()) for d in documents]
+    about = sum(len(set(a.analysis.lower().split()) & words) >= 3 for a, words in zip(answers, documents_words))
+    assert about >= len(answers) - 1
 
 
 def test_one_model_shared_by_deep_copies(engine, lm):

@@ -9,7 +9,11 @@ and constrains generation with a grammar whose only sentences are well-formed an
 Each value is constrained by the field's type: Literal -> one of the allowed values, bool ->
 True|False, int/float -> a number, list[str] -> a JSON list of short strings, other JSON-typed
 fields -> a small JSON value, str -> one line of bounded length (no ``[[``), so a rambling model
-cannot run into ``max_tokens``. The fine-tuning rows use exactly this format, so inference and
+cannot run into ``max_tokens``, that starts with a letter (of any script) or a quote. That first
+character matters: unconstrained, SmolLM2-135M answered 7 of 10 analyses of the document sample
+with the format's own placeholder (``{analysis}``), and, with ``{`` excluded, with code fences,
+``#`` headings or ``1. [## 1]``; starting with a letter, 9 of 10 were about the document. A free
+text that must start with a digit or a symbol is the price, and only on the embedded models. The fine-tuning rows use exactly this format, so inference and
 training agree.
 
 Parsing works from the system message alone (no access to the signature object), so every DSPy
@@ -183,9 +187,14 @@ def _gbnf_literal(text: str) -> str:
     return json.dumps(text, ensure_ascii=False)
 
 
+TEXT_FIRST_CHAR = r'[A-Za-z"\u00C0-\U0010FFFF]'
+"""A free-text value starts with an ASCII letter, a quote, or any non-ASCII character (letters of
+other scripts): never with ``{`` (the format's placeholders), a backtick, ``#``, a digit or a space."""
+
+
 def _text_rule(max_chars: int) -> str:
-    """One line of 1..max_chars characters that never contains ``[[``."""
-    return f'[^\\n\\[ ] ([^\\n\\[] | "[" [^\\n\\[]){{0,{max_chars - 1}}}'
+    """One line of 1..max_chars characters that never contains ``[[`` and starts like prose."""
+    return f'{TEXT_FIRST_CHAR} ([^\\n\\[] | "[" [^\\n\\[]){{0,{max_chars - 1}}}'
 
 
 def _value_rule(field: OutputField) -> str:
