@@ -22,6 +22,7 @@ from pydantic import (
 )
 
 from core.errors import ConfigError, StrategyError
+from core.lms.lora.params import PARAMS as TRAIN_PARAMS
 from core.programs import ProgramSpec
 from core.strategy import normalize_strategy
 
@@ -182,14 +183,23 @@ TRACE_SOURCES = ("auto", "self", "teacher", "gold")
 TraceSource = Literal["auto", "self", "teacher", "gold"]
 
 
+def _train_param(name: str) -> Any:
+    """The field of the fine-tuning hyper-parameter ``name``: default, range and description from the
+    provider's one table (``core.lms.lora.params.PARAMS``)."""
+    spec = TRAIN_PARAMS[name]
+    return Field(spec.default, **spec.bounds(), description=spec.description or None)
+
+
 class FinetuneSettings(_Model):
-    epochs: int = Field(2, ge=1, le=20)
-    max_steps: int | None = Field(None, ge=1, le=10000)
-    learning_rate: float = Field(1e-3, gt=0, le=1.0)
-    lora_rank: int = Field(16, ge=1, le=256)
-    lora_alpha: int = Field(32, ge=1, le=512)
-    batch_size: int = Field(8, ge=1, le=128)
-    max_length: int = Field(384, ge=32, le=4096)
+    # hyper-parameters passed to the provider as train_kwargs (see train_kwargs())
+    epochs: int = _train_param("epochs")
+    max_steps: int | None = _train_param("max_steps")
+    learning_rate: float = _train_param("learning_rate")
+    lora_rank: int = _train_param("lora_rank")
+    lora_alpha: int = _train_param("lora_alpha")
+    batch_size: int = _train_param("batch_size")
+    max_length: int = _train_param("max_length")
+    # how the weight step picks its training rows
     min_score: float = Field(
         1.0,
         ge=0.0,
@@ -202,6 +212,10 @@ class FinetuneSettings(_Model):
     )
     teacher_lm: str | None = Field(None, description="LM serving the small predictors for 'teacher' (default: large role)")
     balance: Literal["cap", "upsample", "off"] = Field("cap", description="rows per label value balanced")
+
+    def train_kwargs(self) -> dict[str, Any]:
+        """The provider's hyper-parameters among these settings, by name (for ``lm.finetune``)."""
+        return {name: getattr(self, name) for name in type(self).model_fields if name in TRAIN_PARAMS}
 
 
 class RandomSearchStep(_Model):

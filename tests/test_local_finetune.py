@@ -263,10 +263,10 @@ def test_rows_are_rendered_exactly_like_inference_prompts() -> None:
     [
         ({"learning_rate": -0.1}, r"learning_rate.*-0\.1.*0\.0 < learning_rate <= 1\.0"),
         ({"learning_rate": "fast"}, r"learning_rate.*not a number"),
-        ({"batch_size": 0}, r"batch_size.*0.*1 <= batch_size <= 512"),
+        ({"batch_size": 0}, r"batch_size.*0.*1 <= batch_size <= 128"),
         ({"epochs": 1.5}, r"epochs.*not an integer"),
-        ({"lora_rank": 10_000}, r"lora_rank.*1 <= lora_rank <= 512"),
-        ({"max_length": 4}, r"max_length.*16 <= max_length <= 8192"),
+        ({"lora_rank": 10_000}, r"lora_rank.*1 <= lora_rank <= 256"),
+        ({"max_length": 4}, r"max_length.*32 <= max_length <= 4096"),
         ({"quant": "Q4_1"}, r"quant.*Q4_1.*allowed: Q4_K_M"),
         ({"bf16": "yes"}, r"bf16.*True or False"),
         ({"progress": 3}, r"progress.*callable"),

@@ -190,16 +190,9 @@ class RoleAwareFinetune(Teleprompter):
         return groups
 
     def _finetune(self, lm: Any, rows: list[dict]) -> Any:
-        s = self.settings
         model = lm.model
         train_kwargs = {
-            "epochs": s.epochs,
-            "max_steps": s.max_steps,
-            "learning_rate": s.learning_rate,
-            "lora_rank": s.lora_rank,
-            "lora_alpha": s.lora_alpha,
-            "batch_size": s.batch_size,
-            "max_length": s.max_length,
+            **self.settings.train_kwargs(),
             "seed": self.seed,
             "output_dir": str(self.hooks.output_dir),
             "progress": lambda step, total, loss: self.hooks.on_progress(model, step, total, loss),

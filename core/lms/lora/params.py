@@ -1,4 +1,10 @@
-"""Hyper-parameters of a LoRA fine-tune: validation of ``train_kwargs``, quantization, threads."""
+"""Hyper-parameters of a LoRA fine-tune: the one table of defaults and ranges, validation of
+``train_kwargs``, quantization, threads.
+
+``PARAMS`` is the provider's contract, valid for any caller of ``lm.finetune(train_kwargs=...)``;
+the run configuration (``core.config.FinetuneSettings``) builds its fields from the same table, so
+a default or a range is written once and the dashboard, the config and the provider cannot disagree.
+"""
 
 from __future__ import annotations
 
@@ -24,33 +30,70 @@ ALLOWED_QUANTS: tuple[str, ...] = ("Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0", "F16")
 
 
 @dataclass(frozen=True)
-class _Param:
-    kind: type
-    default: Any
-    low: float | None
-    high: float | None
+class HyperParam:
+    """One numeric hyper-parameter: its type, default and allowed range (``low``/``high`` inclusive
+    unless ``*_open``); ``optional``: None is allowed and means "not set"."""
+
+    kind: type  # int or float
+    default: int | float | None
+    low: int | float | None
+    high: int | float | None
     low_open: bool = False
     high_open: bool = False
     optional: bool = False
+    description: str = ""
 
     def describe(self, name: str) -> str:
         lo = "" if self.low is None else f"{self.low} {'<' if self.low_open else '<='} "
         hi = "" if self.high is None else f" {'<' if self.high_open else '<='} {self.high}"
+        article = "an" if self.kind.__name__[0] in "aeiou" else "a"
         extra = ", or None" if self.optional else ""
-        return f"{lo}{name}{hi} (a {self.kind.__name__}{extra}; default {self.default})"
+        return f"{lo}{name}{hi} ({article} {self.kind.__name__}{extra}; default {self.default})"
+
+    def bounds(self) -> dict[str, int | float]:
+        """The range as the keyword arguments of a pydantic ``Field`` (``ge``/``gt``, ``le``/``lt``)."""
+        out: dict[str, int | float] = {}
+        if self.low is not None:
+            out["gt" if self.low_open else "ge"] = self.low
+        if self.high is not None:
+            out["lt" if self.high_open else "le"] = self.high
+        return out
+
+    def check(self, name: str, value: Any) -> int | float | None:
+        """``value`` converted to ``kind`` (None: the default, unless optional); LMError naming the
+        parameter, its value and the allowed range otherwise."""
+        if value is None:
+            if self.optional:
+                return None
+            value = self.default
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise LMError(f"train_kwargs[{name!r}] = {value!r} is not a number; allowed: {self.describe(name)}")
+        if self.kind is int and isinstance(value, float) and not value.is_integer():
+            raise LMError(f"train_kwargs[{name!r}] = {value!r} is not an integer; allowed: {self.describe(name)}")
+        value = self.kind(value)
+        too_low = self.low is not None and (value <= self.low if self.low_open else value < self.low)
+        too_high = self.high is not None and (value >= self.high if self.high_open else value > self.high)
+        if too_low or too_high or (isinstance(value, float) and not math.isfinite(value)):
+            raise LMError(f"train_kwargs[{name!r}] = {value!r} is out of range; allowed: {self.describe(name)}")
+        return value
 
 
-PARAMS: dict[str, _Param] = {
-    "epochs": _Param(int, 3, 1, 1000),
-    "max_steps": _Param(int, None, 1, 1_000_000, optional=True),
-    "learning_rate": _Param(float, 1e-3, 0.0, 1.0, low_open=True),
-    "lora_rank": _Param(int, 16, 1, 512),
-    "lora_alpha": _Param(float, 32.0, 0.0, 10_000.0, low_open=True),
-    "lora_dropout": _Param(float, 0.0, 0.0, 1.0, high_open=True),
-    "batch_size": _Param(int, 8, 1, 512),
-    "max_length": _Param(int, 384, 16, 8192),
-    "seed": _Param(int, 0, 0, 2**32 - 1),
-    "weight_decay": _Param(float, 0.0, 0.0, 1.0),
+# Defaults and ranges are the run configuration's since its first version: every run, benchmark and
+# estimate used them (the provider's own table had drifted to epochs 3 and wider ranges, e.g. max_length
+# up to 8192, that no run could reach). A CPU fine-tune of a 135M-270M model needs no more.
+PARAMS: dict[str, HyperParam] = {
+    "epochs": HyperParam(int, 2, 1, 20, description="passes over the training rows"),
+    "max_steps": HyperParam(int, None, 1, 10_000, optional=True,
+                            description="stop after this many training steps (None: all the epochs)"),
+    "learning_rate": HyperParam(float, 1e-3, 0.0, 1.0, low_open=True, description="AdamW learning rate"),
+    "lora_rank": HyperParam(int, 16, 1, 256, description="rank r of the LoRA matrices"),
+    "lora_alpha": HyperParam(int, 32, 1, 512, description="LoRA scale: the update is multiplied by alpha / r"),
+    "lora_dropout": HyperParam(float, 0.0, 0.0, 1.0, high_open=True, description="dropout on the LoRA input"),
+    "batch_size": HyperParam(int, 8, 1, 128, description="training rows per step"),
+    "max_length": HyperParam(int, 384, 32, 4096,
+                             description="tokens per row; a longer row loses prompt tokens from the left"),
+    "seed": HyperParam(int, 0, 0, 2**32 - 1, description="row order and LoRA initialisation"),
+    "weight_decay": HyperParam(float, 0.0, 0.0, 1.0, description="AdamW weight decay"),
 }
 FLAGS: dict[str, bool] = {"bf16": True}
 CALLBACKS = ("progress", "should_stop")
@@ -59,19 +102,19 @@ OTHER_KEYS = ("output_dir", "quant")
 
 @dataclass(frozen=True)
 class TrainParams:
-    """Validated hyper-parameters of one fine-tune (see ``PARAMS`` for ranges and defaults)."""
+    """Validated hyper-parameters of one fine-tune (defaults and ranges: ``PARAMS``)."""
 
-    epochs: int = 3
-    max_steps: int | None = None
-    learning_rate: float = 1e-3
-    lora_rank: int = 16
-    lora_alpha: float = 32.0
-    lora_dropout: float = 0.0
-    batch_size: int = 8
-    max_length: int = 384
-    seed: int = 0
-    weight_decay: float = 0.0
-    bf16: bool = True
+    epochs: int = PARAMS["epochs"].default
+    max_steps: int | None = PARAMS["max_steps"].default
+    learning_rate: float = PARAMS["learning_rate"].default
+    lora_rank: int = PARAMS["lora_rank"].default
+    lora_alpha: int = PARAMS["lora_alpha"].default
+    lora_dropout: float = PARAMS["lora_dropout"].default
+    batch_size: int = PARAMS["batch_size"].default
+    max_length: int = PARAMS["max_length"].default
+    seed: int = PARAMS["seed"].default
+    weight_decay: float = PARAMS["weight_decay"].default
+    bf16: bool = FLAGS["bf16"]
     quant: str = "Q8_0"
 
 
@@ -87,30 +130,7 @@ def parse_train_kwargs(key: str, train_kwargs: dict[str, Any] | None) -> tuple[T
         raise LMError(
             f"fine-tuning needs train_kwargs['output_dir'] (the run's artifact folder, a path); got {output_dir!r}"
         )
-    values: dict[str, Any] = {}
-    for name, spec in PARAMS.items():
-        value = kw.get(name, spec.default)
-        if value is None:
-            if spec.optional:
-                values[name] = None
-                continue
-            value = spec.default
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise LMError(
-                f"train_kwargs[{name!r}] = {value!r} is not a number; allowed: {spec.describe(name)}"
-            )
-        if spec.kind is int and (isinstance(value, float) and not value.is_integer()):
-            raise LMError(
-                f"train_kwargs[{name!r}] = {value!r} is not an integer; allowed: {spec.describe(name)}"
-            )
-        value = spec.kind(value)
-        too_low = spec.low is not None and (value <= spec.low if spec.low_open else value < spec.low)
-        too_high = spec.high is not None and (value >= spec.high if spec.high_open else value > spec.high)
-        if too_low or too_high or (isinstance(value, float) and not math.isfinite(value)):
-            raise LMError(
-                f"train_kwargs[{name!r}] = {value!r} is out of range; allowed: {spec.describe(name)}"
-            )
-        values[name] = value
+    values: dict[str, Any] = {name: spec.check(name, kw.get(name, spec.default)) for name, spec in PARAMS.items()}
     for name, default in FLAGS.items():
         value = kw.get(name, default)
         if not isinstance(value, bool):
