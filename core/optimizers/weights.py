@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,17 @@ class TraceStats:
     balance: str = "off"
     labels: dict[str, dict[str, int]] = field(default_factory=dict)  # training rows per label value
     labels_before: dict[str, dict[str, int]] = field(default_factory=dict)  # the same before balancing
+
+
+@dataclass(frozen=True)
+class FinetuneJob:
+    """One fine-tuning job of the weight step: a small LM, the predictors it serves, and what it trains on."""
+
+    model: str  # the LM's model name (one job per name)
+    lm: Any  # the dspy.LM whose ``finetune`` runs the job
+    predictors: list[Any] = field(default_factory=list)  # small predictors served by ``lm``
+    rows: list[dict] = field(default_factory=list)  # chat rows, as the adapter formats them
+    evidence: list[TrainingRow] = field(default_factory=list)  # the same rows with their source, for the run
 
 
 @dataclass
@@ -101,24 +112,22 @@ class RoleAwareFinetune(Teleprompter):
         self.teacher_lm = teacher_lm
         self.last_stats: TraceStats | None = None
         self.finetuned: dict[str, str] = {}
-        self.row_sources: dict[str, list[TrainingRow]] = {}
 
     def compile(self, student: dspy.Module, *, trainset: list[dspy.Example], teacher: Any = None) -> dspy.Module:
         student = student.deepcopy()
         small = self._small_predictors(student)
         started = time.monotonic()
-        traces = self._collect_rows(student, small, trainset)
+        traces, stats = self._collect_rows(student, small, trainset)
         self.hooks.on_phase("trace collection", time.monotonic() - started)
-        groups = self._rows_by_model(traces, small, len(trainset))
-        for model, (lm, predictors, rows) in groups.items():
-            self.hooks.on_rows(model, self.row_sources.get(model, []))
-            new_lm = self._finetune(lm, rows)
-            for predictor in predictors:
+        for job in self._jobs_by_model(traces, small, stats).values():
+            self.hooks.on_rows(job.model, job.evidence)
+            new_lm = self._finetune(job)
+            for predictor in job.predictors:
                 predictor.lm = new_lm
                 if self.settings.exclude_demos:  # served as trained, without demos (as DSPy's BootstrapFinetune)
                     predictor.demos = []
-            self.finetuned[model] = new_lm.model
-            self.hooks.on_finetuned(model, new_lm)
+            self.finetuned[job.model] = new_lm.model
+            self.hooks.on_finetuned(job.model, new_lm)
         return student
 
     # -- steps -----------------------------------------------------------------------------------
@@ -138,7 +147,8 @@ class RoleAwareFinetune(Teleprompter):
 
     def _collect_rows(
         self, student: dspy.Module, small: dict[int, tuple[str, Any]], trainset: list[dspy.Example]
-    ) -> list[TraceRow]:
+    ) -> tuple[list[TraceRow], TraceStats]:
+        """The balanced rows of the small predictors, and their statistics (rows per model not yet known)."""
         by_name = {name: predictor for name, predictor in small.values()}
         label_keys = set().union(*(set(ex.labels().keys()) for ex in trainset)) if trainset else set()
         plan = plan_sources(self.settings.trace_source, by_name, label_keys, self.teacher_lm)
@@ -148,49 +158,52 @@ class RoleAwareFinetune(Teleprompter):
         )
         categorical = {name: categorical_fields(p) for name, p in by_name.items()}
         rows = balance_rows(collected.rows, categorical, self.settings.balance, self.seed)
-        self._counts = (collected.collected, collected.kept, collected.failed)
-        self._labels = (plan, label_distribution(collected.rows, categorical), label_distribution(rows, categorical))
-        return rows
+        stats = TraceStats(
+            collected.collected, collected.kept, collected.failed, rows={}, sources=dict(plan),
+            balance=self.settings.balance, labels=label_distribution(rows, categorical),
+            labels_before=label_distribution(collected.rows, categorical),
+        )
+        return rows, stats
 
-    def _rows_by_model(
-        self, traces: list[TraceRow], small: dict[int, tuple[str, Any]], collected: int
-    ) -> dict[str, tuple[Any, list[Any], list[dict]]]:
+    def _jobs_by_model(
+        self, traces: list[TraceRow], small: dict[int, tuple[str, Any]], stats: TraceStats
+    ) -> dict[str, FinetuneJob]:
+        """One job per small LM (by model name), with the chat rows of its own predictors' traces;
+        reports the statistics (``hooks.on_traces``) and refuses a step with nothing to train on."""
         adapter = self.adapter or dspy.settings.adapter or dspy.ChatAdapter()
-        groups: dict[str, tuple[Any, list[Any], list[dict]]] = {}
-        self.row_sources = {}
+        jobs: dict[str, FinetuneJob] = {}
         for _, predictor in small.values():
-            groups.setdefault(predictor.lm.model, (predictor.lm, [], []))[1].append(predictor)
+            model = predictor.lm.model
+            jobs.setdefault(model, FinetuneJob(model, predictor.lm)).predictors.append(predictor)
         by_name = {name: predictor for name, predictor in small.values()}
         for item in traces:
             predictor = by_name[item.predictor]
+            job = jobs[predictor.lm.model]
             demos = [] if self.settings.exclude_demos else predictor.demos
             row = adapter.format_finetune_data(
                 signature=predictor.signature, demos=demos, inputs=item.inputs, outputs=item.outputs
             )
-            groups[predictor.lm.model][2].append(row)
-            self.row_sources.setdefault(predictor.lm.model, []).append(TrainingRow(
+            job.rows.append(row)
+            job.evidence.append(TrainingRow(
                 predictor=item.predictor, messages=list(row.get("messages", [])),
-                outputs=dict(item.outputs), source=item.source, index=len(groups[predictor.lm.model][2]) - 1,
+                outputs=dict(item.outputs), source=item.source, index=len(job.rows) - 1,
             ))
-        total, kept, failed = self._counts
-        plan, before, after = self._labels
-        stats = TraceStats(total, kept, failed, {m: len(g[2]) for m, g in groups.items()}, dict(plan),
-                           self.settings.balance, after, before)
+        stats = replace(stats, rows={model: len(job.rows) for model, job in jobs.items()})
         self.last_stats = stats
         self.hooks.on_traces(stats)
-        if kept == 0:
+        if stats.kept == 0:
             raise StudioError(
-                f"the weight step has nothing to train on: 0 of {total} training examples gave a usable trace "
-                f"(parsed, metric score >= {self.settings.min_score}; {failed} failed or did not parse). "
+                f"the weight step has nothing to train on: 0 of {stats.collected} training examples gave a usable "
+                f"trace (parsed, metric score >= {self.settings.min_score}; {stats.failed} failed or did not parse). "
                 "Put a prompt step before it (e.g. 'p -> w'), lower min_score, or use a stronger LM upstream."
             )
-        empty = [m for m, g in groups.items() if not g[2]]
+        empty = [model for model, job in jobs.items() if not job.rows]
         if empty:
             raise StudioError(f"no training rows for the small LM(s) {empty}: their predictors never ran on kept traces")
-        return groups
+        return jobs
 
-    def _finetune(self, lm: Any, rows: list[dict]) -> Any:
-        model = lm.model
+    def _finetune(self, job: FinetuneJob) -> Any:
+        model, rows = job.model, job.rows
         train_kwargs = {
             **self.settings.train_kwargs(),
             "seed": self.seed,
@@ -210,10 +223,10 @@ class RoleAwareFinetune(Teleprompter):
             report(step, total, loss)
 
         train_kwargs["progress"] = progress
-        job = lm.finetune(train_data=rows, train_data_format=TrainDataFormat.CHAT, train_kwargs=train_kwargs)
-        result = job.result()
-        if job.thread is not None:
-            job.thread.join()
+        training = job.lm.finetune(train_data=rows, train_data_format=TrainDataFormat.CHAT, train_kwargs=train_kwargs)
+        result = training.result()
+        if training.thread is not None:
+            training.thread.join()
         # training ends at the last reported step; what follows is writing the model (GGUF export)
         self.hooks.on_phase("training", last_step[0] - started)
         self.hooks.on_phase("GGUF export", time.monotonic() - last_step[0])
