@@ -56,14 +56,15 @@ def run(prepared, devset, rounds: int, threads: int, store: Store | None,
         run_id: int | None) -> tuple[float, float, list[float]]:
     """(wall, CPU) seconds for ``rounds`` evaluations of ``devset``, evidence written (when a store is given),
     and the writer's seconds per evaluation."""
-    observer = RunObserver(threading.Event())
+    observer = RunObserver(threading.Event(), prepared.runtimes)
     collector = EvidenceCollector(store, run_id) if store is not None else None
     callbacks = [CallbackTee(observer, collector) if collector else observer]
     tracker = UsageTap(observer, collector) if collector else observer
     evaluate = dspy.Evaluate(devset=devset, metric=prepared.metric, num_threads=threads, display_progress=False,
                              max_errors=len(devset) + 1, provide_traceback=False)
     started, cpu = time.perf_counter(), time.process_time()
-    with dspy.context(lm=prepared.context_lm, adapter=make_adapter(), callbacks=callbacks, usage_tracker=tracker):
+    with dspy.context(lm=prepared.context_lm, adapter=make_adapter(prepared.runtimes), callbacks=callbacks,
+                      usage_tracker=tracker):
         for index in range(rounds):
             if collector is not None:
                 collector.round_index = index

@@ -113,7 +113,7 @@ def test_scores(store: Any, run_id: int, indices: list[int]) -> tuple[dict[int, 
     paths = {a.meta.get("index"): a.path for a in store.list_artifacts(run_id, "round_program")}
     scores: dict[int, float | None] = {}
     seconds: dict[int, float] = {}
-    with dspy.context(adapter=make_adapter(), studio_call_cache=CallCache()):
+    with dspy.context(adapter=make_adapter(prepared.runtimes), studio_call_cache=CallCache()):
         for index in indices:
             started = time.monotonic()
             if index not in paths:

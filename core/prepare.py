@@ -27,6 +27,7 @@ from core.data import Split, Table, build_examples, load_table_from_path, split_
 from core.errors import ConfigError, DataError, LMError, StudioError
 from core.lms.hosted import check_endpoint
 from core.lms.registry import LMCapabilities, build_lm, capabilities, resolve_api_key
+from core.lms.runtime import LMRuntimes, runtime_for_spec
 from core.metrics import make_metric
 from core.paths import sample_path
 from core.programs import ProgramFields, apply_label_choices, build_program, module_fields
@@ -44,6 +45,7 @@ class PreparedRun:
     metric: Callable
     small_predictors: tuple[str, ...]
     label_choices: dict[str, list[str]]
+    runtimes: LMRuntimes  # each LM's parallel-call limit and grammar, found by model name (core.lms.runtime)
 
     @property
     def uses_local_cpu(self) -> bool:
@@ -232,15 +234,15 @@ def prepare_run(config: RunConfig, *, base_dir: Path | None = None) -> PreparedR
         if isinstance(spec, LiteLLMSpec) and spec.api_base:
             check_endpoint(spec.model, spec.api_base, resolve_api_key(spec))
     lms = {name: build_lm(name, spec, allow_user_code=config.allow_user_code) for name, spec in config.lms.items()}
-    for name, lm in lms.items():
-        lm.studio_limit = (name, caps[name].parallel_calls)  # read by the runner's per-LM concurrency limit
+    runtimes = LMRuntimes.for_lms(lms, {name: runtime_for_spec(name, config.lms[name], caps[name].parallel_calls)
+                                        for name in lms})
     _assign_lms(config, program, lms)
     table, split = load_data(config, base_dir)
     choices = label_choices(table, config)
     apply_label_choices(program, choices)
     metric = make_metric(config.metric.name, config.metric_fields())
     small = tuple(n for n, a in config.predictors.items() if a.role == "small")
-    return PreparedRun(config, program, lms, caps, fields, split, metric, small, choices)
+    return PreparedRun(config, program, lms, caps, fields, split, metric, small, choices, runtimes)
 
 
 def preflight(config: RunConfig, *, base_dir: Path | None = None) -> list[str]:

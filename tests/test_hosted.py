@@ -3,6 +3,7 @@ against a local stand-in of OpenAI's API."""
 
 from __future__ import annotations
 
+import copy
 import json
 import threading
 import time
@@ -17,6 +18,7 @@ from core.defaults import scripted_config_dict
 from core.errors import LMError, StepCancelled
 from core.lms.hosted import StudioOpenAIProvider, base_model_of, check_endpoint, explain_lm_error, price_per_token
 from core.lms.registry import build_lm, capabilities
+from core.lms.runtime import LMRuntimes, runtime_for_spec
 from core.run import RunManager, RunObserver, with_costs
 from core.store import Store
 from tests.fake_openai import FakeOpenAI
@@ -126,19 +128,20 @@ def test_endpoint_check_names_unreachable_servers() -> None:
 
 
 def test_parallel_calls_per_lm_are_capped() -> None:
-    """RunObserver holds each LM to its own parallel-call limit, whatever the evaluation threads."""
-    observer = RunObserver(threading.Event())
-
-    class FakeLM:
-        model = "openai/x"
-        studio_limit = ("hosted", 2)
+    """RunObserver holds each LM to its own parallel-call limit, whatever the evaluation threads; the limit
+    is found from the LM's model name, so the deep copies DSPy makes of an LM share it."""
+    spec = LiteLLMSpec(kind="litellm", model="openai/x", num_threads=2)
+    lm = build_lm("hosted", spec)
+    runtime = runtime_for_spec("hosted", spec, capabilities(spec).parallel_calls)
+    runtimes = LMRuntimes.for_lms({"hosted": lm}, {"hosted": runtime})
+    observer = RunObserver(threading.Event(), runtimes)
 
     active, peak = 0, 0
     lock = threading.Lock()
 
     def call(i: int) -> None:
         nonlocal active, peak
-        observer.on_lm_start(str(i), FakeLM(), {})
+        observer.on_lm_start(str(i), copy.deepcopy(lm), {})
         with lock:
             active += 1
             peak = max(peak, active)
@@ -151,9 +154,10 @@ def test_parallel_calls_per_lm_are_capped() -> None:
     for t in threads:
         t.start()
     for t in threads:
-        t.join()
+        t.join(timeout=30)
     assert peak == 2
     assert observer.snapshot()["openai/x"]["calls"] == 8
+    assert not [k for k in vars(lm) if k.startswith("studio_")]  # nothing rides on the LM object
 
 
 def test_hosted_lm_state_in_a_saved_program_has_no_key(tmp_path: Path) -> None:

@@ -121,8 +121,7 @@ def _build_litellm(spec: LiteLLMSpec) -> dspy.LM:
         lm = dspy.LM(spec.model, **kwargs)
     except Exception as e:  # noqa: BLE001 - any construction failure becomes a user message
         raise LMError(f"cannot set up LM {spec.model!r}: {e}") from e
-    lm.studio_grammar = spec.grammar == "gbnf"  # read by core.adapter.StudioChatAdapter
-    return lm
+    return lm  # its grammar option travels in the run's LMRuntimes (core.lms.runtime), not on the LM
 
 
 def _build_factory(name: str, spec: FactoryLMSpec, *, allow_user_code: bool) -> dspy.LM:

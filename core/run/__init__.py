@@ -7,7 +7,7 @@
 - ``execute``: ``execute_run`` compiles one prepared run and returns its ``RunOutcome``;
 - ``bettertogether``: ``StudioBetterTogether``, DSPy's optimizer with exact round boundaries;
 - ``recorder``: ``RoundRecorder`` writes rounds, events and round programs;
-- ``observer``: ``RunObserver`` counts calls and tokens per model and raises on cancel;
+- ``observer``: ``RunObserver`` counts calls and tokens per model, caps parallel calls per LM, raises on cancel;
 - ``build``: optimizers, adapter and prices of a prepared run.
 """
 

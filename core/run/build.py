@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -10,6 +11,7 @@ import dspy
 from core.adapter import StudioChatAdapter
 from core.config import FinetuneStep, LiteLLMSpec, MiproStep, RandomSearchStep, RunConfig
 from core.lms.hosted import base_model_of, price_per_token
+from core.lms.runtime import LMRuntimes
 from core.optimizers.prompt import KeepLMsRandomSearch, SmallValsetMIPRO
 from core.optimizers.weights import RoleAwareFinetune, WeightStepHooks
 from core.prepare import PreparedRun
@@ -55,7 +57,7 @@ def build_optimizers(prepared: PreparedRun, weight_hooks: WeightStepHooks, adapt
                 metric=prepared.metric,
                 small_predictors=prepared.small_predictors,
                 settings=spec.settings,
-                hooks=weight_hooks,
+                hooks=inheriting_runtimes(weight_hooks, prepared.runtimes),
                 num_threads=threads,
                 adapter=adapter,
                 seed=config.seed,
@@ -79,8 +81,19 @@ def effective_threads(prepared: PreparedRun) -> int:
     return max([prepared.config.limits.num_threads] + [c.parallel_calls for c in prepared.capabilities.values()])
 
 
-def make_adapter() -> dspy.Adapter:
-    return StudioChatAdapter()
+def inheriting_runtimes(hooks: WeightStepHooks, runtimes: LMRuntimes) -> WeightStepHooks:
+    """``hooks`` that, when a fine-tuned LM replaces its base LM, first give it the base LM's runtime options
+    (parallel-call limit, grammar): a hosted fine-tune has a new model name the runtimes do not know."""
+    def on_finetuned(old_model: str, new_lm: Any) -> None:
+        runtimes.inherit(new_lm, old_model)
+        hooks.on_finetuned(old_model, new_lm)
+
+    return dataclasses.replace(hooks, on_finetuned=on_finetuned)
+
+
+def make_adapter(runtimes: LMRuntimes) -> dspy.Adapter:
+    """The run's adapter: it sends an output grammar to the LMs whose runtime options ask for one."""
+    return StudioChatAdapter(runtimes)
 
 
 def model_prices(config: RunConfig) -> dict[str, tuple[float, float]]:

@@ -62,11 +62,11 @@ def execute_run(prepared: PreparedRun, store: Store, run_id: int, cancel: thread
     config = prepared.config
     folder = run_dir(run_id)
     folder.mkdir(parents=True, exist_ok=True)
-    observer = RunObserver(cancel)
+    observer = RunObserver(cancel, prepared.runtimes)
     recorder = RoundRecorder(store, run_id, config, observer, folder, cancel, prices=model_prices(config))
     observer.on_call = recorder.progress
     recorder.evidence = EvidenceCollector(store, run_id)
-    adapter = make_adapter()
+    adapter = make_adapter(prepared.runtimes)
     threads = effective_threads(prepared)
     call_cache = CallCache()  # deterministic calls answered once per run
     with recorder.evidence, dspy.context(lm=prepared.context_lm, adapter=adapter,

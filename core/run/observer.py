@@ -1,4 +1,9 @@
-"""Observing LM calls: calls, errors and tokens per model, and cooperative cancel."""
+"""Observing LM calls: calls, errors and tokens per model, a parallel-call limit per LM, and cooperative cancel.
+
+The limit is the configured LM's ``parallel_calls`` (its ``LMRuntime``, found from the called LM's
+model name in the run's ``LMRuntimes``): a semaphore per configured LM name, so that a fine-tuned
+copy of an LM counts against the same limit as the LM it was trained from.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ from dspy.utils.callback import BaseCallback
 
 from core.errors import RunCancelled
 from core.lms.hosted import explain_lm_error
+from core.lms.runtime import LMRuntimes
 
 logger = logging.getLogger(__name__)
 
@@ -39,8 +45,10 @@ class RunObserver(BaseCallback):
     evaluations do not lose tokens).
     """
 
-    def __init__(self, cancel: threading.Event, on_call: Callable[[], None] = lambda: None):
+    def __init__(self, cancel: threading.Event, runtimes: LMRuntimes | None = None,
+                 on_call: Callable[[], None] = lambda: None):
         self.cancel = cancel
+        self.runtimes = runtimes if runtimes is not None else LMRuntimes()  # none: no LM is capped
         self.on_call = on_call
         self.usage: dict[str, ModelUsage] = {}
         self.last_error: str | None = None
@@ -49,14 +57,14 @@ class RunObserver(BaseCallback):
         self._lock = threading.Lock()
 
     def _limit_for(self, instance: Any) -> threading.Semaphore | None:
-        """The semaphore capping parallel calls to this LM (``lm.studio_limit = (name, n)``)."""
-        name, parallel = getattr(instance, "studio_limit", (None, 0))
-        if not name or parallel <= 0:
+        """The semaphore capping parallel calls to this LM's configured name; None when it has no cap."""
+        runtime = self.runtimes.of(instance)
+        if runtime is None or runtime.parallel_calls <= 0:
             return None
         with self._lock:
-            if name not in self._limits:
-                self._limits[name] = threading.BoundedSemaphore(parallel)
-            return self._limits[name]
+            if runtime.name not in self._limits:
+                self._limits[runtime.name] = threading.BoundedSemaphore(runtime.parallel_calls)
+            return self._limits[runtime.name]
 
     def __deepcopy__(self, memo: dict) -> RunObserver:
         return self
