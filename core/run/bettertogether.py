@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import dspy
@@ -22,6 +23,27 @@ from core.lms.registry import engine_of
 from core.run.recorder import RoundRecorder
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One program BetterTogether evaluated on the validation set: the baseline (``strategy`` "") or the
+    program after a step. DSPy keeps these as dicts inside ``compile``; ours read them as records."""
+
+    program: dspy.Module
+    strategy: str
+    score: float | None  # None: the evaluation failed (never a silent 0)
+
+    @classmethod
+    def from_dspy(cls, entry: dict[str, Any]) -> Candidate:
+        """A record of one of DSPy's ``candidate_programs`` entries."""
+        return cls(program=entry["program"], strategy=entry["strategy"], score=entry["score"])
+
+
+def candidates_of(compiled: dspy.Module) -> list[Candidate]:
+    """The candidates BetterTogether attached to its compiled program, in DSPy's order: best score
+    first, the earlier program winning a tie."""
+    return [Candidate.from_dspy(entry) for entry in compiled.candidate_programs]
 
 
 class StudioBetterTogether(BetterTogether):
@@ -102,7 +124,7 @@ class StudioBetterTogether(BetterTogether):
         relaunched = [getattr(p.lm, "model", None) for p in student.predictors()] != models_before
         if relaunched:
             launch_lms(student)
-        scores = [c["score"] for c in candidate_programs if c["score"] is not None]
+        scores = [c.score for c in map(Candidate.from_dspy, candidate_programs) if c.score is not None]
         is_new_best = replayed.score is not None and replayed.score >= max(scores)
         return student, replayed.score, is_new_best, relaunched
 
@@ -110,7 +132,8 @@ class StudioBetterTogether(BetterTogether):
         super()._add_candidate(candidate_programs, student, strategy, score)
         if len(candidate_programs) <= len(self._replay):
             return  # a replayed round of a resumed run: recorded by the earlier attempt
-        self.recorder.round_finished(len(candidate_programs) - 1, strategy, score, candidate_programs[-1]["program"])
+        added = Candidate.from_dspy(candidate_programs[-1])
+        self.recorder.round_finished(len(candidate_programs) - 1, added.strategy, added.score, added.program)
 
 
 def _notify_round_start(student: dspy.Module, index: int) -> None:

@@ -18,7 +18,7 @@ from core.lms.call_cache import CallCache
 from core.paths import run_dir
 from core.prepare import PreparedRun
 from core.records import RunOutcome, RunStatus
-from core.run.bettertogether import StudioBetterTogether
+from core.run.bettertogether import StudioBetterTogether, candidates_of
 from core.run.build import build_optimizers, effective_threads, make_adapter, model_prices
 from core.run.observer import RunObserver
 from core.run.recorder import RoundRecorder, best_index
@@ -96,24 +96,24 @@ def execute_run(prepared: PreparedRun, store: Store, run_id: int, cancel: thread
         except RunCancelled:
             recorder.event("cancelled", "cancelled during the baseline evaluation")
             return RunOutcome(RunStatus.CANCELLED, error="cancelled by the user")
-        candidates = best.candidate_programs
-        baseline = next(c for c in candidates if c["strategy"] == "")
+        candidates = candidates_of(best)
+        baseline = next(c for c in candidates if c.strategy == "")
         best_candidate = candidates[0]
         best.save(str(folder / "best.json"))
-        baseline["program"].save(str(folder / "baseline.json"))
+        baseline.program.save(str(folder / "baseline.json"))
         store.add_artifact(run_id, "best_program", str(folder / "best.json"),
-                           {"strategy": best_candidate["strategy"], "round": best_index(recorder.scores)})
+                           {"strategy": best_candidate.strategy, "round": best_index(recorder.scores)})
         store.add_artifact(run_id, "baseline_program", str(folder / "baseline.json"), {})
         cancelled = cancel.is_set()
         flagged = bool(best.flag_compilation_error_occurred) and not cancelled
         test_base = test_best = None
-        if not cancelled and best_candidate["score"] is not None:
+        if not cancelled and best_candidate.score is not None:
             recorder.current_step = "test"
             recorder.event("status", f"evaluating baseline and best on {len(prepared.split.test)} test examples")
             try:
                 test = prepared.split.test
-                test_base = evaluate_score(baseline["program"], test, prepared.metric, threads, recorder, "baseline")
-                test_best = (test_base if best_candidate["strategy"] == "" else
+                test_base = evaluate_score(baseline.program, test, prepared.metric, threads, recorder, "baseline")
+                test_best = (test_base if best_candidate.strategy == "" else
                              evaluate_score(best, test, prepared.metric, threads, recorder, "best"))
             except RunCancelled:
                 cancelled = True
@@ -121,18 +121,18 @@ def execute_run(prepared: PreparedRun, store: Store, run_id: int, cancel: thread
                                 f"{call_cache.stats()['hits']}", call_cache.stats())
         if cancelled:
             status, error = RunStatus.CANCELLED, "cancelled by the user; the best program so far was kept"
-        elif flagged or best_candidate["score"] is None:
+        elif flagged or best_candidate.score is None:
             status = RunStatus.FAILED
             error = recorder.step_error or "every evaluation failed; see the event log"
-            if best_candidate["score"] is not None:
-                error += f"; kept the best program so far ('{best_candidate['strategy'] or 'baseline'}')"
+            if best_candidate.score is not None:
+                error += f"; kept the best program so far ('{best_candidate.strategy or 'baseline'}')"
         else:
             status, error = RunStatus.FINISHED, None
         return RunOutcome(
             status=status,
-            best_strategy=best_candidate["strategy"],
-            best_score=best_candidate["score"],
-            baseline_score=baseline["score"],
+            best_strategy=best_candidate.strategy,
+            best_score=best_candidate.score,
+            baseline_score=baseline.score,
             test_baseline_score=test_base,
             test_best_score=test_best,
             flagged=flagged,
