@@ -88,7 +88,7 @@ def main() -> None:
     devset = examples(prepared, args.examples)
     with tempfile.TemporaryDirectory() as tmp:
         store = Store(Path(tmp) / "bench.db")
-        run_id = store.create_run("bench", {"strategy": "p"}, RunStatus.RUNNING)
+        run_id = store.create_run("bench", prepared.config, RunStatus.RUNNING)
         run(prepared, devset[:50], 1, args.threads, store, run_id)  # warm up both paths
         run(prepared, devset[:50], 1, args.threads, None, None)
         without, with_ = [], []

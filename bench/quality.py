@@ -99,7 +99,6 @@ def test_scores(store: Any, run_id: int, indices: list[int]) -> tuple[dict[int, 
     for them all, as within a run: an unchanged upstream predictor is asked once per example)."""
     import dspy
 
-    from core.config import parse_config
     from core.export import run_label_choices
     from core.lms.call_cache import CallCache
     from core.prepare import prepare_run
@@ -107,7 +106,7 @@ def test_scores(store: Any, run_id: int, indices: list[int]) -> tuple[dict[int, 
     from core.saved_programs import load_saved_program
 
     run = store.get_run(run_id)
-    config = parse_config(run.config)
+    config = run.require_config()
     prepared = prepare_run(config)
     weights = {a.meta.get("model"): Path(a.path) for a in store.list_artifacts(run_id, "weights")}
     paths = {a.meta.get("index"): a.path for a in store.list_artifacts(run_id, "round_program")}

@@ -57,13 +57,21 @@ def _strategies(rounds: int) -> list[str]:
     return [""] + [" -> ".join(keys[:i]) for i in range(1, rounds)]
 
 
+def _config(strategy: str, name: str):
+    """A valid run config (scripted LMs) with ``strategy``: the store keeps typed configs only."""
+    from core.config import parse_config
+    from core.defaults import scripted_config_dict
+
+    return parse_config({**scripted_config_dict("analyze_classify"), "strategy": strategy, "name": name})
+
+
 def make_history(store, runs: int) -> None:
     from core.records import RunOutcome, RunStatus
     from core.store.rows import round_to_row
 
     rows = []
     for i in range(runs):
-        run_id = store.create_run(f"history {i}", {"strategy": "p -> w -> p"}, RunStatus.RUNNING)
+        run_id = store.create_run(f"history {i}", _config("p -> w -> p", f"history {i}"), RunStatus.RUNNING)
         store.finish_run(run_id, RunOutcome(RunStatus.FINISHED, best_strategy="p", best_score=50.0 + i % 40,
                          baseline_score=40.0, test_baseline_score=38.0, test_best_score=45.0, flagged=False))
         rows += [round_to_row(_round(run_id, k, s, 40.0 + k)) for k, s in enumerate(_strategies(3))]
@@ -84,8 +92,7 @@ def make_big_run(store, folder: Path, examples: int, rounds: int) -> int:
     from core.store.evidence import ExampleResult, LMCall, NewEvaluation, TrainingRow, add_evaluation, add_training_rows
 
     strategies = _strategies(rounds)
-    config = {"strategy": strategies[-1], "name": "big", "data": {"inputs": ["document"]}}
-    run_id = store.create_run("big run", config, RunStatus.RUNNING)
+    run_id = store.create_run("big run", _config(strategies[-1], "big"), RunStatus.RUNNING)
     system = "Your input fields are:\n1. `document` (str)\nYour output fields are: ... " * 8
     for k, strategy in enumerate(strategies + ["test"]):
         model = "scripted/small" if k < 2 else f"scripted/small:ft-{k:08d}"

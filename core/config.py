@@ -326,6 +326,25 @@ class RunConfig(_Model):
     def lm_for(self, predictor: str) -> str:
         return self.predictors[predictor].lm
 
+    def with_api_keys(self, api_keys: dict[str, str]) -> RunConfig:
+        """A copy with the keys typed in the app (LM name -> key) on its LiteLLM LMs; keys for other
+        names, and empty keys, are ignored. Typed keys are excluded from every dump."""
+        lms = dict(self.lms)
+        for name, key in api_keys.items():
+            spec = lms.get(name)
+            if key and isinstance(spec, LiteLLMSpec):
+                lms[name] = spec.model_copy(update={"api_key": SecretStr(key)})
+        return self.model_copy(update={"lms": lms})
+
+    def typed_api_keys(self) -> dict[str, str]:
+        """LM name -> API key typed in the app (in memory only)."""
+        return {name: spec.api_key.get_secret_value() for name, spec in self.lms.items()
+                if isinstance(spec, LiteLLMSpec) and spec.api_key is not None and spec.api_key.get_secret_value()}
+
+    def step_keys(self) -> list[str]:
+        """The strategy's step keys in order (``"p -> w -> p"`` -> ``["p", "w", "p"]``)."""
+        return self.strategy.split(" -> ")
+
 
 # --- loading and dumping ---------------------------------------------------------------------------
 

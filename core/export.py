@@ -41,7 +41,7 @@ from core.bundle import (  # noqa: F401 - the loading API, re-exported for `from
     predict,
     read_manifest,
 )
-from core.config import parse_config
+from core.config import RunConfig, config_to_dict
 from core.errors import ExportError
 from core.programs import program_definition
 from core.store import Store, now_iso
@@ -71,13 +71,13 @@ def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
-def _predictor_table(program: dspy.Module, config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def _predictor_table(program: dspy.Module, config: RunConfig) -> dict[str, dict[str, Any]]:
     table = {}
     for name, predictor in program.named_predictors():
-        assignment = config.get("predictors", {}).get(name, {})
+        assignment = config.predictors.get(name)
         table[name] = {
-            "role": assignment.get("role"),
-            "lm": assignment.get("lm"),
+            "role": assignment.role if assignment else None,
+            "lm": assignment.lm if assignment else None,
             "model": getattr(predictor.lm, "model", None),
             "demos": len(predictor.demos),
         }
@@ -117,7 +117,7 @@ def export_run(store: Store, run_id: int, out: str | Path, *, as_zip: bool | Non
     out = Path(out).expanduser()
     as_zip = out.suffix == ".zip" if as_zip is None else as_zip
     _check_target(out, as_zip, run_id)
-    config = parse_config(run.config)
+    config = run.require_config()
     program = _load_saved(config, Path(best.path))
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
@@ -139,7 +139,7 @@ def export_run(store: Store, run_id: int, out: str | Path, *, as_zip: bool | Non
         with (bundle / "rounds.jsonl").open("w", encoding="utf-8") as f:
             for r in rounds:
                 f.write(redact(json.dumps(redact_value(r), ensure_ascii=False)) + "\n")
-        safe_config = redact_value(run.config)
+        safe_config = redact_value(config_to_dict(config))
         (bundle / "config.json").write_text(json.dumps(safe_config, indent=2, ensure_ascii=False), encoding="utf-8")
         manifest = {
             "format": BUNDLE_FORMAT,
@@ -152,7 +152,7 @@ def export_run(store: Store, run_id: int, out: str | Path, *, as_zip: bool | Non
             "inputs": config.data.inputs,
             "label_choices": run_label_choices(store, run_id),
             "labels": config.data.labels,
-            "predictors": _predictor_table(program, run.config),
+            "predictors": _predictor_table(program, config),
             "finetuned": finetuned,
             "strategy": config.strategy,
             "best_strategy": run.best_strategy,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from core.config import optimizer_kind
+from core.config import RunConfig, optimizer_kind
 from core.records import Event, Round, Run, RunStatus
 from core.store import Store
 from core.strategy import strategy_prefixes
@@ -46,8 +46,8 @@ class RunSnapshot:
         )
 
 
-def _kinds(config: dict) -> dict[str, str]:
-    return {key: optimizer_kind(spec.get("type", "")) for key, spec in (config.get("optimizers") or {}).items()}
+def _kinds(config: RunConfig | None) -> dict[str, str]:
+    return {key: optimizer_kind(spec.type) for key, spec in config.optimizers.items()} if config else {}
 
 
 def _progress(store: Store, run: Run, rounds: list[Round], planned: list[str]) -> StepProgress | None:
@@ -72,14 +72,10 @@ def _progress(store: Store, run: Run, rounds: list[Round], planned: list[str]) -
 def run_snapshot(store: Store, run_id: int, log_limit: int = 200) -> RunSnapshot:
     run = store.get_run(run_id)
     rounds = store.list_rounds(run_id)
-    strategy = (run.config or {}).get("strategy") or ""
-    try:
-        planned = strategy_prefixes(strategy) if strategy else [""]
-    except Exception:  # noqa: BLE001 - a stored strategy is normalised; be lenient when showing it
-        planned = [""]
+    planned = strategy_prefixes(run.strategy) if run.strategy else [""]
     train = store.list_events(run_id, kinds=["train"])
     log = store.list_events(run_id, kinds=list(LOG_KINDS))[-log_limit:]
-    return RunSnapshot(run, rounds, planned, _kinds(run.config or {}), _progress(store, run, rounds, planned),
+    return RunSnapshot(run, rounds, planned, _kinds(run.config), _progress(store, run, rounds, planned),
                        train, log)
 
 

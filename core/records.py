@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from core.config import RunConfig
+
 
 class RunStatus(StrEnum):
     """Where a run stands. Once terminal, a run's status never changes again.
@@ -44,6 +46,9 @@ class Run:
     people; liveness is the ``heartbeat_at`` time, in epoch seconds, that the owner refreshes).
     ``cancel_requested`` is True once any process asked the run to stop. ``queue_position`` is
     computed on read: 1 is the next queued run to start, ``None`` unless the run is queued.
+    ``config`` is the typed configuration, parsed once when the row is read; it is ``None`` only when
+    the stored document no longer validates (a run saved by another version), and
+    ``config_problem`` then says why.
     """
 
     id: int
@@ -52,7 +57,7 @@ class Run:
     created_at: str
     started_at: str | None = None
     finished_at: str | None = None
-    config: dict[str, Any] = field(default_factory=dict)
+    config: RunConfig | None = None
     error: str | None = None
     best_strategy: str | None = None
     best_score: float | None = None
@@ -67,6 +72,20 @@ class Run:
     heartbeat_at: float | None = None
     cancel_requested: bool = False
     local_cpu: bool = False
+    config_problem: str | None = None
+
+    @property
+    def strategy(self) -> str:
+        """The planned strategy (``""`` when the config cannot be read)."""
+        return self.config.strategy if self.config is not None else ""
+
+    def require_config(self) -> RunConfig:
+        """The typed config; ``StoreError`` naming the run and the problem when it cannot be read."""
+        if self.config is None:
+            from core.errors import StoreError
+
+            raise StoreError(f"run {self.id}: its saved configuration cannot be read: {self.config_problem}")
+        return self.config
 
 
 @dataclass(frozen=True)

@@ -73,15 +73,13 @@ def saved_program_path(store: Store, run_id: int, kind: str) -> Path | None:
 
 def load_run_program(store: Store, run_id: int, kind: str) -> dspy.Module:
     """The baseline (``baseline_program``) or best (``best_program``) program of a run."""
-    from core.config import parse_config
-
     run = store.get_run(run_id)
     path = saved_program_path(store, run_id, kind)
     if path is None:
         raise ExportError(f"run {run_id} has no saved {kind.replace('_', ' ')} (status {run.status.value}); "
                           "only runs that evaluated their baseline have one")
     weights = {a.meta.get("model"): Path(a.path) for a in store.list_artifacts(run_id, "weights")}
-    return load_saved_program(parse_config(run.config), path, weights, run_label_choices(store, run_id))
+    return load_saved_program(run.require_config(), path, weights, run_label_choices(store, run_id))
 
 
 def describe_program(program: dspy.Module) -> list[PredictorView]:

@@ -10,13 +10,12 @@ import pandas as pd
 import streamlit as st
 
 from core.charts import compare_test_scores, comparison_figure, score_figure, usage_totals
-from core.config import parse_config
+from core.config import config_to_json
 from core.errors import StudioError
 from core.export import export_run, predict
 from core.paths import studio_home
 from core.records import Run
 from core.saved_programs import describe_program, load_run_program
-from core.store.secrets import redact_value
 from core.strategy import strategy_prefixes
 from pages._evidence import diffs, examples, report_button, training
 from pages._ui import guarded, store
@@ -46,7 +45,7 @@ def _duration(run: Run) -> str:
 def history(runs: list[Run]) -> None:
     st.subheader("Run history")
     st.dataframe(pd.DataFrame([
-        {"run": r.id, "name": r.name, "status": r.status.value, "strategy": r.config.get("strategy", ""),
+        {"run": r.id, "name": r.name, "status": r.status.value, "strategy": r.strategy,
          "baseline (val)": _score(r.baseline_score), "best (val)": _score(r.best_score),
          "best strategy": (r.best_strategy or "baseline") if r.best_score is not None else "-",
          "test baseline": _score(r.test_baseline_score), "test best": _score(r.test_best_score),
@@ -70,7 +69,7 @@ def round_table(run: Run) -> None:
     if not rounds:
         st.info("This run recorded no rounds (it stopped before its baseline was evaluated).")
         return
-    planned = strategy_prefixes(run.config["strategy"]) if run.config.get("strategy") else []
+    planned = strategy_prefixes(run.strategy) if run.strategy else []
     cols = st.columns(2)
     cols[0].metric("Test: baseline", _score(run.test_baseline_score))
     cols[1].metric("Test: best", _score(run.test_best_score), help=f"strategy {run.best_strategy or 'baseline'}")
@@ -124,7 +123,10 @@ def compare_programs(run: Run) -> None:
 
 
 def playground(run: Run) -> None:
-    config = parse_config(run.config)
+    if run.config is None:
+        st.warning(f"This run's saved configuration cannot be read: {run.config_problem}")
+        return
+    config = run.config
     with st.form(f"playground_{run.id}"):
         inputs = {f: st.text_area(f, "", height=90) for f in config.data.inputs}
         go = st.form_submit_button("Run baseline and best", icon=":material/play_arrow:")
@@ -150,7 +152,7 @@ def comparison(runs: list[Run]) -> None:
     if len(with_rounds) < 2:
         st.info("Finish two or more runs to compare them here.")
         return
-    labels = {r.id: f"#{r.id} {r.config.get('strategy', '')}" for r in with_rounds}
+    labels = {r.id: f"#{r.id} {r.strategy}" for r in with_rounds}
     picked = st.multiselect("Runs to compare", list(labels), default=list(labels)[:3], format_func=labels.get)
     if len(picked) >= 2:
         series = {labels[i]: store().list_rounds(i) for i in picked}
@@ -159,8 +161,9 @@ def comparison(runs: list[Run]) -> None:
 
 def export(run: Run) -> None:
     report_button(run)
-    st.download_button("Download config JSON", json.dumps(redact_value(run.config), indent=2, ensure_ascii=False),
-                       file_name=f"run-{run.id}-config.json", mime="application/json", key=f"cfg_{run.id}")
+    if run.config is not None:
+        st.download_button("Download config JSON", config_to_json(run.config), file_name=f"run-{run.id}-config.json",
+                           mime="application/json", key=f"cfg_{run.id}")
     if not store().list_artifacts(run.id, "best_program"):
         st.info("This run has no best program to export (it stopped before its baseline was evaluated).")
         return
@@ -171,7 +174,7 @@ def export(run: Run) -> None:
     if target.is_file():
         st.download_button("Download bundle", target.read_bytes(), file_name=target.name, mime="application/zip",
                            icon=":material/download:", key=f"bundle_{run.id}")
-        inputs = {f: "..." for f in run.config.get("data", {}).get("inputs", [])}
+        inputs = {f: "..." for f in (run.config.data.inputs if run.config else [])}
         st.code(LOAD_SNIPPET.format(file=target.name, inputs=inputs, inputs_json=json.dumps(inputs)), language="python")
 
 

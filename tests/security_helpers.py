@@ -7,7 +7,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from core.config import config_to_dict, parse_config
+from core.config import parse_config
 from core.defaults import scripted_config_dict
 from core.lms.registry import build_lm
 from core.programs import build_program
@@ -19,7 +19,7 @@ def finished_run(tmp_path: Path, doc: dict[str, Any] | None = None) -> tuple[Sto
     """A store holding one finished run whose best program is the unoptimized program (scripted LMs)."""
     config = parse_config(doc or scripted_config_dict("analyze_classify", tag="security"))
     store = Store(tmp_path / "runs.db")
-    run_id = store.create_run("security", config_to_dict(config))
+    run_id = store.create_run("security", config)
     program = build_program(config.program, allow_user_code=config.allow_user_code)
     for name, predictor in program.named_predictors():
         spec = config.lms[config.predictors[name].lm]

@@ -128,7 +128,7 @@ def test_free_text_answers_are_about_the_input_not_the_format(roomy_lm):
             assert text[0].isalpha() or text[0] == '"', text
             assert "{" not in text[:2] and not text.startswith(("```", "#"))
     documents_words = [set(d.lower().split()) for d in documents]
-    about = sum(len(set(a.analysis.lower().split()) & words) >= 3 for a, words in zip(answers, documents_words))
+    about = sum(len(set(a.analysis.lower().split()) & words) >= 3 for a, words in zip(answers, documents_words, strict=True))
     assert about >= len(answers) - 1
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from core.config import config_to_dict, parse_config
-from core.defaults import scripted_config_dict
+from core.config import parse_config
+from core.defaults import scripted_config, scripted_config_dict
 from core.evidence.diff import round_diff, word_diff
 from core.evidence.report import build_report
 from core.export import run_label_choices
@@ -72,7 +72,7 @@ def _passes(store: Store, run_id: int, round_index: int, valset: list, metric) -
     run = store.get_run(run_id)
     path = next(a.path for a in store.list_artifacts(run_id, "round_program") if a.meta["index"] == round_index)
     weights = {a.meta.get("model"): Path(a.path) for a in store.list_artifacts(run_id, "weights")}
-    program = load_saved_program(parse_config(run.config), path, weights, run_label_choices(store, run_id))
+    program = load_saved_program(run.config, path, weights, run_label_choices(store, run_id))
     return [metric(ex, program(**ex.inputs())) >= 1.0 for ex in valset]
 
 
@@ -213,7 +213,7 @@ def test_parse_errors_are_recorded_and_filtered(studio_home: Path):
 def test_old_runs_without_evidence_still_open(studio_home: Path):
     path = studio_home / "old.db"
     store = Store(path)
-    run_id = store.create_run("old", {"strategy": "p"})
+    run_id = store.create_run("old", scripted_config())
     conn = sqlite3.connect(path)  # make it a database from before the migration
     for table in ("lm_calls", "example_results", "evaluations", "training_rows"):
         conn.execute(f"drop table {table}")
@@ -248,7 +248,7 @@ def test_canary_key_reaches_no_trace_report_or_jsonl(studio_home: Path, monkeypa
     prepared = prepare_run(config)
     prepared.lms["large"].kwargs["api_key"] = CANARY  # the prompted role, as a hosted LM with its key
     store = Store(db_path())
-    run_id = store.create_run(config.name, config_to_dict(config), RunStatus.RUNNING)
+    run_id = store.create_run(config.name, config, RunStatus.RUNNING)
     outcome = execute_run(prepared, store, run_id, threading.Event())
     assert outcome.status is RunStatus.FINISHED, outcome.error
     assert list_evaluations(store, run_id) and training_sets(store, run_id)

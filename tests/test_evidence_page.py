@@ -9,6 +9,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from core.config import parse_config
+from core.defaults import scripted_config
 from core.paths import db_path
 from core.records import RunOutcome, RunStatus
 from core.run import get_manager
@@ -76,7 +77,7 @@ def test_evidence_tabs_of_a_scripted_run():
 def test_a_run_without_evidence_still_renders():
     manager = get_manager(db_path())
     store = manager.store
-    run_id = store.create_run("old run", {"strategy": "p"}, RunStatus.RUNNING)
+    run_id = store.create_run("old run", scripted_config(), RunStatus.RUNNING)
     store.finish_run(run_id, RunOutcome(RunStatus.FINISHED, best_strategy="", best_score=None, baseline_score=None,
                      test_baseline_score=None, test_best_score=None, flagged=False))
     at = _open(run_id)

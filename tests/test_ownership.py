@@ -39,7 +39,7 @@ def _wait_until(what, condition, timeout: float = 60.0) -> None:
 
 
 def _runs_named(store: Store, tag: str):
-    return [r for r in store.list_runs() if r.config["lms"]["small"]["options"]["tag"] == tag]
+    return [r for r in store.list_runs() if r.config.lms["small"].options["tag"] == tag]
 
 
 def test_two_processes_never_run_cpu_jobs_at_the_same_time(tmp_path: Path) -> None:

@@ -71,7 +71,7 @@ def test_no_canary_in_database_logs_exports_or_downloads(tmp_path: Path) -> None
         message = explain_lm_error(provider_error, "openai/smol", f"http://studio:{URL_PASSWORD}@127.0.0.1:9/v1")
         store.add_event(run_id, "error", f"step p failed: {provider_error}", {"raw": str(provider_error)})
         store.add_round(Round(run_id=run_id, index=1, strategy="p", eval_failed=True, eval_error=str(provider_error)))
-        second = store.create_run("second", parse_config(hosted_doc()).model_dump(mode="json"))
+        second = store.create_run("second", parse_config(hosted_doc()))
         store.set_status(second, RunStatus.FAILED, error=message)
         # the endpoint check's own message, with the credentials of the URL
         with pytest.raises(LMError) as info:

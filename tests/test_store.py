@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from core.config import config_to_dict, parse_config
+from core.defaults import scripted_config_dict
 from core.errors import StoreError
 from core.records import TERMINAL, Round, RunOutcome, RunStatus
 from core.store import (
@@ -23,7 +25,14 @@ from core.store import (
     process_start_time,
 )
 
-CONFIG = {"version": 1, "program": {"template": "qa"}, "strategy": "p -> w -> p"}
+CONFIG = parse_config({**scripted_config_dict("analyze_classify"), "strategy": "p -> w -> p"})
+
+
+def _with_lm_options(**options: object):
+    """CONFIG whose large LM (the scripted factory) carries ``options``."""
+    doc = config_to_dict(CONFIG)
+    doc["lms"]["large"]["options"].update(options)
+    return parse_config(doc)
 
 
 @pytest.fixture
@@ -200,7 +209,7 @@ def test_create_and_get_run(store: Store) -> None:
     assert run.id == run_id
     assert run.name == "first"
     assert run.status is RunStatus.QUEUED
-    assert run.config == CONFIG
+    assert run.config == CONFIG and run.config_problem is None and run.strategy == "p -> w -> p"
     assert run.created_at.endswith("+00:00")
     assert run.started_at is None and run.finished_at is None
     assert run.owner_pid == os.getpid()
@@ -567,24 +576,45 @@ def test_process_start_time_is_recorded_for_people() -> None:
 
 
 def test_secrets_are_refused_with_their_path(store: Store) -> None:
-    config = {
-        "lms": {"main": {"model": "openai/gpt-4o-mini", "api_key": "sk-123"}},
-        "extra": [{"token": "abc"}],
-    }
-    with pytest.raises(StoreError, match=r"config\.lms\.main\.api_key, config\.extra\[0\]\.token") as info:
+    config = _with_lm_options(token="abc-secret", nested={"password": "hunter2"})
+    with pytest.raises(StoreError, match=r"config\.lms\.large\.options\.token, "
+                                         r"config\.lms\.large\.options\.nested\.password") as info:
         store.create_run("leaky", config)
-    assert "sk-123" not in str(info.value)
+    assert "abc-secret" not in str(info.value) and "hunter2" not in str(info.value)
     assert store.list_runs() == []
 
 
+def test_typed_api_keys_are_never_stored(store: Store) -> None:
+    doc = config_to_dict(CONFIG)
+    doc["lms"]["hosted"] = {"kind": "litellm", "model": "openai/gpt-4o-mini"}
+    config = parse_config(doc).with_api_keys({"hosted": "sk-typed-0123456789", "nope": "x"})
+    assert config.typed_api_keys() == {"hosted": "sk-typed-0123456789"}
+    run_id = store.create_run("typed key", config)
+    row = store.db.execute("select config from runs where id = ?", [run_id]).fetchone()[0]
+    assert "sk-typed" not in row and "hosted" in row
+    assert store.get_run(run_id).config.typed_api_keys() == {}
+
+
 def test_empty_or_non_string_secret_fields_are_allowed(store: Store) -> None:
-    config = {
-        "lms": {"main": {"api_key": "", "api_key_env": "OPENAI_API_KEY", "token": None, "max_tokens": 256}},
-        "optimizers": {"p": {"step_key": "p"}},
-        "tokenizer": "gpt2",
-    }
+    config = _with_lm_options(api_key="", token=None, tokenizer="gpt2", max_tokens=256)
     run_id = store.create_run("clean", config)
     assert store.get_run(run_id).config == config
+
+
+def test_a_config_that_no_longer_validates_is_reported_not_raised(store: Store) -> None:
+    run_id = store.create_run("old", CONFIG)
+    with store._write() as db:
+        db.execute("update runs set config = ? where id = ?", ['{"version": 1, "strategy": "p"}', run_id])
+    run = store.get_run(run_id)  # listing and reading never fail on an old document
+    assert run.config is None and "program" in run.config_problem and run.strategy == ""
+    with pytest.raises(StoreError, match=f"run {run_id}: its saved configuration cannot be read: .*program"):
+        run.require_config()
+    assert [r.id for r in store.list_runs()] == [run_id]
+
+
+def test_only_typed_configs_are_stored(store: Store) -> None:
+    with pytest.raises(StoreError, match="must be a RunConfig, got dict"):
+        store.create_run("raw", {"strategy": "p"})
 
 
 @pytest.mark.parametrize(

@@ -234,7 +234,7 @@ def test_an_api_key_typed_in_the_app_reaches_the_worker_and_nothing_else(manager
     run = manager.store.get_run(run_id)
     assert run.status is RunStatus.FINISHED, run.error
     assert len(server.auth) > 5 and set(server.auth) == {f"Bearer {key}"}  # the worker's calls carried it
-    assert "api_key" not in run.config["lms"]["large"]
+    assert run.config.typed_api_keys() == {}  # the stored config came back without the typed key
     stored = b"".join(p.read_bytes() for p in tmp_path.glob("runs.db*"))
     assert key.encode() not in stored
     assert not [p for p in Path(os.environ["STUDIO_HOME"]).rglob("*") if p.is_file() and key.encode() in p.read_bytes()]

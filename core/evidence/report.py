@@ -18,6 +18,7 @@ from typing import Any
 import plotly.graph_objects as go
 
 from core.charts import label_figure, loss_figure, round_label, score_figure, usage_figure
+from core.config import config_to_dict
 from core.errors import StudioError
 from core.evidence.diff import PredictorDiff, diff_html, round_diff
 from core.evidence.report_assets import CSS, MATRIX_JS
@@ -80,7 +81,7 @@ class _Charts:
 
 def _header(run: Run) -> str:
     return (f"<h1>Run #{run.id}: {_e(run.name)}</h1>"
-            f'<p class="muted">status <b>{_e(run.status.value)}</b> · strategy <code>{_e(run.config.get("strategy"))}'
+            f'<p class="muted">status <b>{_e(run.status.value)}</b> · strategy <code>{_e(run.strategy)}'
             f"</code> · created {_e(run.created_at[:19].replace('T', ' '))} · report written {_e(now_iso()[:19])}"
             + (f" · error: {_e(redact(run.error))}" if run.error else "") + "</p>")
 
@@ -106,7 +107,7 @@ def _scores(run: Run, rounds: list[Round]) -> str:
 
 
 def _charts(store: Store, run: Run, rounds: list[Round], charts: _Charts) -> str:
-    planned = strategy_prefixes(run.config["strategy"]) if run.config.get("strategy") else []
+    planned = strategy_prefixes(run.strategy) if run.strategy else []
     parts = [charts.html(score_figure(rounds, planned), "chart-score")]
     if any(r.lm_usage for r in rounds):
         parts.append(charts.html(usage_figure(rounds), "chart-usage"))
@@ -230,7 +231,8 @@ def build_report(store: Store, run_id: int) -> str:
     run = store.get_run(run_id)
     rounds = store.list_rounds(run_id)
     charts = _Charts()
-    config = json.dumps(redact_value(without_secrets(run.config)), indent=2, ensure_ascii=False)
+    stored = config_to_dict(run.config) if run.config is not None else {"problem": run.config_problem}
+    config = json.dumps(redact_value(without_secrets(stored)), indent=2, ensure_ascii=False)
     body = "".join([
         _header(run),
         '<p class="small"><a href="#scores">scores</a> · <a href="#charts">charts</a> · <a href="#diffs">diffs</a> · '

@@ -26,13 +26,13 @@ import threading
 import time
 from pathlib import Path
 
-from core.config import RunConfig, config_to_dict, parse_config
+from core.config import RunConfig, config_to_dict
 from core.errors import StoreError
 from core.paths import studio_home
 from core.prepare import prepare_run
 from core.records import RunStatus
 from core.run.supervisor import CANCEL_GRACE_S, Supervision
-from core.run.worker import WorkerJob, typed_api_keys, with_api_keys
+from core.run.worker import WorkerJob
 from core.store import HEARTBEAT_EVERY_S, RESUMABLE, Store
 
 logger = logging.getLogger(__name__)
@@ -57,9 +57,9 @@ class RunManager:
         prepared = prepare_run(config, base_dir=base_dir)
         local = prepared.uses_local_cpu
         document = config_to_dict(config)
-        run_id = self.store.create_run(config.name, document, RunStatus.QUEUED, local_cpu=local,
+        run_id = self.store.create_run(config.name, config, RunStatus.QUEUED, local_cpu=local,
                                        base_dir=None if base_dir is None else Path(base_dir).resolve())
-        self._supervise(run_id, document, base_dir, local, resume=False, api_keys=typed_api_keys(config))
+        self._supervise(run_id, document, base_dir, local, resume=False, api_keys=config.typed_api_keys())
         return run_id
 
     def resume(self, run_id: int, *, api_keys: dict[str, str] | None = None) -> int:
@@ -73,13 +73,15 @@ class RunManager:
             raise StoreError(f"run {run_id} is {run.status.value}; only {allowed} runs can be resumed")
         row = self.store.db.execute("select base_dir from runs where id = ?", [run_id]).fetchone()
         base_dir = Path(row[0]) if row and row[0] else None
-        keys = {name: key for name, key in (api_keys or {}).items() if key and name in run.config.get("lms", {})}
-        prepared = prepare_run(parse_config(with_api_keys(run.config, keys)), base_dir=base_dir)
+        config = run.require_config()
+        keys = {name: key for name, key in (api_keys or {}).items() if key and name in config.lms}
+        prepared = prepare_run(config.with_api_keys(keys), base_dir=base_dir)
         rounds = self.store.list_rounds(run_id)
         self.store.reopen_run(run_id, local_cpu=prepared.uses_local_cpu)
         self.store.add_event(run_id, "status", f"resume requested after {len(rounds)} recorded round(s)",
                              {"rounds": len(rounds)})
-        self._supervise(run_id, run.config, base_dir, prepared.uses_local_cpu, resume=True, api_keys=keys)
+        self._supervise(run_id, config_to_dict(config), base_dir, prepared.uses_local_cpu, resume=True,
+                        api_keys=keys)
         return run_id
 
     def cancel(self, run_id: int) -> bool:

@@ -73,16 +73,6 @@ def with_api_keys(config: dict[str, Any], api_keys: dict[str, str]) -> dict[str,
     return doc
 
 
-def typed_api_keys(config: Any) -> dict[str, str]:
-    """LM name -> API key typed in the app (in memory only) of a ``RunConfig``."""
-    keys = {}
-    for name, spec in config.lms.items():
-        secret = getattr(spec, "api_key", None)
-        if secret is not None and secret.get_secret_value():
-            keys[name] = secret.get_secret_value()
-    return keys
-
-
 class WorkerProcess:
     """The supervisor's handle on a worker (the few ``multiprocessing.Process`` verbs it needs)."""
 

@@ -26,6 +26,7 @@ from typing import Any
 
 from sqlite_utils import Database
 
+from core.config import RunConfig, config_to_dict
 from core.errors import StoreError
 from core.records import TERMINAL, Artifact, Event, Round, Run, RunOutcome, RunStatus
 from core.store.liveness import OwnershipMixin, host_name, process_start_time
@@ -141,20 +142,23 @@ class Store(OwnershipMixin):
 
     # -- runs ----------------------------------------------------------------------------
 
-    def create_run(self, name: str, config: dict[str, Any], status: RunStatus = RunStatus.QUEUED, *,
+    def create_run(self, name: str, config: RunConfig, status: RunStatus = RunStatus.QUEUED, *,
                    local_cpu: bool = False, base_dir: str | Path | None = None) -> int:
         """Record a new run owned by this process (heartbeat now) and return its id.
 
         ``local_cpu`` puts it in the database-wide CPU queue; ``base_dir`` is where relative data
         paths of its config resolve (kept so that a resume prepares the very same data).
 
-        ``config`` must hold no secrets (the caller strips them); a key named like a secret
-        (``api_key``, ``token``, ``password`` ...) with a non-empty string value is refused.
+        Typed API keys are never dumped; any other key named like a secret (``api_key``, ``token``,
+        ``password`` ... in a factory's options, say) with a non-empty string value is refused.
         """
         status = parse_status(status)
         if not name or not name.strip():
             raise StoreError("a run needs a non-empty name")
-        secrets_found = find_secrets(config)
+        if not isinstance(config, RunConfig):
+            raise StoreError(f"a run's config must be a RunConfig, got {type(config).__name__}")
+        document = config_to_dict(config)
+        secrets_found = find_secrets(document)
         if secrets_found:
             raise StoreError(
                 f"the run config holds secret values at {', '.join(secrets_found)}; the store never "
@@ -168,7 +172,7 @@ class Store(OwnershipMixin):
             "created_at": now,
             "started_at": now if status is not RunStatus.QUEUED else None,
             "finished_at": now if status in TERMINAL else None,
-            "config": to_json(redact_value(config), "the run config"),
+            "config": to_json(redact_value(document), "the run config"),
             "flagged": 0,
             "owner_pid": pid,
             "owner_started": process_start_time(pid),

@@ -8,7 +8,8 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from core.errors import StoreError
+from core.config import RunConfig, parse_config
+from core.errors import ConfigError, StoreError
 from core.records import TERMINAL, Artifact, Event, Round, Run, RunStatus
 
 logger = logging.getLogger(__name__)
@@ -48,7 +49,16 @@ def optional_float(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
+def stored_config(text: str | None) -> tuple[RunConfig | None, str | None]:
+    """The typed config of a run row, or ``(None, why)`` when it no longer validates."""
+    try:
+        return parse_config(from_json(text)), None
+    except (ConfigError, ValueError) as e:
+        return None, str(e)
+
+
 def run_from_row(row: Mapping[str, Any], queue_position: int | None) -> Run:
+    config, problem = stored_config(row["config"])
     return Run(
         id=row["id"],
         name=row["name"],
@@ -56,7 +66,8 @@ def run_from_row(row: Mapping[str, Any], queue_position: int | None) -> Run:
         created_at=row["created_at"],
         started_at=row["started_at"],
         finished_at=row["finished_at"],
-        config=from_json(row["config"]),
+        config=config,
+        config_problem=problem,
         error=row["error"],
         best_strategy=row["best_strategy"],
         best_score=optional_float(row["best_score"]),
