@@ -16,6 +16,10 @@ A bundle may come from anyone (a colleague, a download), so nothing in it is tru
 * A .zip is extracted with limits on total size, member count and compression ratio, into a
   temporary folder removed when the loaded program is released or the process exits.
 * A user's own ``dspy.Module`` in a bundle runs its code only with ``allow_user_code=True``.
+
+A hosted LM whose spec asked for ``grammar: "gbnf"`` gets its output grammar in ``predict`` as in
+the run: the loaded program's ``LMRuntimes`` (``core.lms.runtime``) are kept beside it for
+``StudioChatAdapter``.
 """
 
 from __future__ import annotations
@@ -27,13 +31,14 @@ import stat
 import tempfile
 import weakref
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import dspy
 
 from core.errors import ExportError, StudioError
+from core.lms.runtime import LMRuntime, LMRuntimes
 
 BUNDLE_FORMAT = "bettertogether-studio-bundle"
 BUNDLE_VERSION = 1
@@ -247,6 +252,7 @@ class LMRebuilder:
     manifest: dict[str, Any]
     trusted_endpoints: frozenset[str]
     finetuned: dict[str, str]  # fine-tuned model name -> its engine kind, registered from this bundle
+    runtimes: LMRuntimes = field(default_factory=LMRuntimes)  # the grammar of each hosted LM, for ``predict``
 
     def config_spec(self, predictor: str) -> dict[str, Any]:
         """The LM spec the run's configuration gave this predictor (data only, may be empty)."""
@@ -317,7 +323,9 @@ class LMRebuilder:
                                  grammar="gbnf" if spec.get("grammar") == "gbnf" else "none")
         except Exception as e:  # noqa: BLE001 - pydantic's message names the field
             raise ExportError(f"predictor {predictor!r}: the bundle's LM {model!r} is not a valid hosted LM: {e}") from e
-        return build_lm(predictor, parsed)
+        lm = build_lm(predictor, parsed)
+        self.runtimes.add(lm, LMRuntime(predictor, 0, parsed.grammar == "gbnf"))
+        return lm
 
 
 def bundle_endpoints(manifest: dict[str, Any], program_state: dict[str, Any]) -> list[str]:
@@ -335,6 +343,9 @@ def bundle_endpoints(manifest: dict[str, Any], program_state: dict[str, Any]) ->
 
 
 # --- loading ---------------------------------------------------------------------------------------
+
+# A loaded program -> its LMs' runtime options (read by ``predict``; forgotten with the program).
+_RUNTIMES: weakref.WeakKeyDictionary[dspy.Module, LMRuntimes] = weakref.WeakKeyDictionary()
 
 
 def _register_finetuned(manifest: dict[str, Any], bundle: Path) -> dict[str, str]:
@@ -413,6 +424,7 @@ def load_bundle(path: str | Path, *, allow_user_code: bool = False, which: str =
         rebuild = LMRebuilder(manifest, frozenset(_norm(u) for u in trusted_endpoints),
                               _register_finetuned(manifest, bundle))
         _load_predictors(program, state, rebuild)
+        _RUNTIMES[program] = rebuild.runtimes
         apply_label_choices(program, manifest.get("label_choices") or {})
     except StudioError:
         opened.release()
@@ -425,7 +437,11 @@ def load_bundle(path: str | Path, *, allow_user_code: bool = False, which: str =
 
 
 def predict(program: dspy.Module, inputs: dict[str, Any]) -> dict[str, Any]:
-    """Run one input through a loaded program; returns its outputs as plain JSON values."""
-    with dspy.context(adapter=dspy.ChatAdapter(use_json_adapter_fallback=False)):
+    """Run one input through a loaded program; returns its outputs as plain JSON values.
+
+    The adapter is the runs' own (ChatAdapter, no JSON fallback), with the grammar of the bundle's hosted LMs."""
+    from core.adapter import StudioChatAdapter
+
+    with dspy.context(adapter=StudioChatAdapter(_RUNTIMES.get(program))):
         prediction = program(**inputs)
     return {k: v for k, v in prediction.toDict().items()}

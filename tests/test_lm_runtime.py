@@ -7,8 +7,10 @@ the keyword arguments of each request.
 from __future__ import annotations
 
 import copy
+import json
 import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Literal
@@ -18,12 +20,14 @@ import dspy
 from core.adapter import StudioChatAdapter
 from core.config import LiteLLMSpec, parse_config
 from core.defaults import scripted_config_dict
-from core.lms.grammar import grammar_for_system
+from core.export import export_run, load_bundle, predict
+from core.lms.grammar import grammar_for_system, output_fields_from_system
 from core.lms.runtime import LMRuntime, LMRuntimes, endpoint_of, runtime_for_spec
 from core.optimizers.weights import WeightStepHooks
 from core.prepare import prepare_run
 from core.run.build import inheriting_runtimes, make_adapter
 from core.run.observer import RunObserver
+from tests.security_helpers import finished_run
 
 LARGE = LMRuntime("large", 2, True)
 SMALL = LMRuntime("small", 1, False)
@@ -183,3 +187,77 @@ def test_the_adapter_sends_a_grammar_only_to_lms_whose_runtime_asks_for_one() ->
     adapter(tuned, {}, Triage, [], inputs)
     assert tuned.requests[-1]["extra_body"] == {"grammar": expected}
     assert endpoint_of(tuned) == ("openai/smol:ft-0a1b2c3d", "http://127.0.0.1:9/v1")
+
+
+VALUES = {"bool": "true", "int": "1", "float": "1.0", "list_str": '["text"]', "list_int": "[1]", "list_float": "[1.0]",
+          "json": "{}"}
+
+
+class ChatServer:
+    """A loopback OpenAI-style chat server: records each request body and answers every output field the
+    ChatAdapter system message asks for (a literal field with its first value, others by kind)."""
+
+    def __init__(self) -> None:
+        self.bodies: list[dict] = []
+        bodies = self.bodies
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                bodies.append(body)
+                system = next((m["content"] for m in body["messages"] if m["role"] == "system"), "")
+                text = "".join(f"[[ ## {f.name} ## ]]\n{f.choices[0] if f.choices else VALUES.get(f.kind, 'text')}\n\n"
+                               for f in output_fields_from_system(system)) + "[[ ## completed ## ]]"
+                data = json.dumps({
+                    "id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": body["model"],
+                    "choices": [{"index": 0, "finish_reason": "stop",
+                                 "message": {"role": "assistant", "content": text}}],
+                    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+                }).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+
+    def __enter__(self) -> ChatServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def test_a_bundle_sends_the_grammar_its_hosted_lms_spec_asks_for(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("STUDIO_RUNTIME_TEST_KEY", "sk-local")
+    hosted = "analyze.predict"  # the large predictor of the analyze_classify template
+    with ChatServer() as server:
+        for grammar in ("gbnf", "none"):
+            doc = scripted_config_dict("analyze_classify", tag="bundle-grammar")
+            doc["lms"]["hosted"] = {"kind": "litellm", "model": "openai/smol", "api_base": server.url,
+                                    "api_key_env": "STUDIO_RUNTIME_TEST_KEY", "grammar": grammar}
+            doc["predictors"][hosted]["lm"] = "hosted"
+            store, run_id = finished_run(tmp_path / grammar, doc)
+            program = load_bundle(export_run(store, run_id, tmp_path / grammar / "bundle"),
+                                  trusted_endpoints=[server.url])
+            store.close()
+            outputs = predict(program, {"document": "The invoice was charged twice."})
+            assert outputs, outputs
+            body = server.bodies[-1]
+            system = next(m["content"] for m in body["messages"] if m["role"] == "system")
+            if grammar == "gbnf":
+                assert body["grammar"] == grammar_for_system(system)  # extra_body is merged into the JSON body
+            else:
+                assert "grammar" not in body
+    assert len(server.bodies) == 2
