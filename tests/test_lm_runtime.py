@@ -23,9 +23,9 @@ from core.defaults import scripted_config_dict
 from core.export import export_run, load_bundle, predict
 from core.lms.grammar import grammar_for_system, output_fields_from_system
 from core.lms.runtime import LMRuntime, LMRuntimes, endpoint_of, runtime_for_spec
-from core.optimizers.weights import WeightStepHooks
+from core.optimizers.weights import RoleAwareFinetune, WeightStepHooks
 from core.prepare import prepare_run
-from core.run.build import inheriting_runtimes, make_adapter
+from core.run.build import build_optimizers, inheriting_runtimes, make_adapter
 from core.run.observer import RunObserver
 from tests.security_helpers import finished_run
 
@@ -116,6 +116,22 @@ def test_a_hosted_fine_tune_inherits_its_base_lms_limit_through_the_weight_steps
     observer = RunObserver(threading.Event(), runtimes)
     assert peak_parallel(observer, [base, tuned] * 4) == 2  # base and fine-tune share the one limit
     assert observer.snapshot()[tuned.model]["calls"] == 4
+
+
+def test_the_runs_weight_step_registers_its_fine_tunes_with_the_runs_runtimes(tmp_path: Path) -> None:
+    """The wiring, not just the helper: the weight step ``build_optimizers`` makes reports through hooks
+    that give a fine-tuned LM (under a name of the provider's choosing) its base LM's options."""
+    prepared = prepare_run(parse_config(scripted_config_dict("analyze_classify", tag="runtime-hooks")))
+    seen = []
+    optimizers = build_optimizers(prepared, WeightStepHooks(output_dir=tmp_path,
+                                                            on_finetuned=lambda old, new: seen.append(new.model)),
+                                  make_adapter(prepared.runtimes))
+    weight_step = next(o for o in optimizers.values() if isinstance(o, RoleAwareFinetune))
+    small = prepared.lms["small"]
+    tuned = small.copy(model="provider-chosen-name-7")
+    weight_step.hooks.on_finetuned(small.model, tuned)
+    assert prepared.runtimes.of(tuned) == prepared.runtimes.of(small) == LMRuntime("small", 1, False)
+    assert seen == ["provider-chosen-name-7"]
 
 
 def test_the_observer_caps_each_configured_lm_by_its_own_limit() -> None:
