@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
     BaseModel,
@@ -17,12 +17,20 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    create_model,
     field_validator,
     model_validator,
 )
 
 from core.errors import ConfigError, StrategyError
-from core.lms.lora.params import PARAMS as TRAIN_PARAMS
+from core.optimizers.entry import Optimizer
+from core.optimizers.finetune import TRACE_SOURCES as TRACE_SOURCES
+from core.optimizers.finetune import FinetuneSettings as FinetuneSettings
+from core.optimizers.finetune import TraceSource as TraceSource
+from core.optimizers.mipro import MiproSettings as MiproSettings
+from core.optimizers.random_search import RandomSearchSettings as RandomSearchSettings
+from core.optimizers.table import OPTIMIZERS, keys_of_kind
+from core.optimizers.table import optimizer_kind as optimizer_kind
 from core.programs import ProgramSpec
 from core.strategy import normalize_strategy
 
@@ -158,98 +166,27 @@ class MetricSpec(_Model):
 # --- optimizers ------------------------------------------------------------------------------------
 
 
-class RandomSearchSettings(_Model):
-    max_bootstrapped_demos: int = Field(2, ge=0, le=16)
-    max_labeled_demos: int = Field(2, ge=0, le=16)
-    num_candidate_programs: int = Field(2, ge=1, le=32)
-    max_rounds: int = Field(1, ge=1, le=5)
-    stratify: bool = Field(
-        True, description="candidates are labeled demo sets covering every label value (else DSPy's random search)"
-    )
-    max_prompt_tokens: int | None = Field(
-        None, ge=64, le=1_000_000, description="bound on a prompt's tokens; default: what fits the model's context"
-    )
+def _step_model(row: Optimizer) -> type[BaseModel]:
+    """The configuration's model of a step of ``row``'s type: ``{"type": key, "settings": {...}}``."""
+    name = "".join(part.title() for part in row.key.split("_")) + "Step"
+    return create_model(name, __base__=_Model, type=(Literal[row.key], ...),  # type: ignore[valid-type]
+                        settings=(row.settings, Field(default_factory=row.settings)))
 
 
-class MiproSettings(_Model):
-    num_candidates: int = Field(3, ge=3, le=30, description=">= 3 is needed for any bootstrapped set")
-    num_trials: int = Field(4, ge=1, le=100)
-    max_bootstrapped_demos: int = Field(2, ge=0, le=16)
-    max_labeled_demos: int = Field(2, ge=0, le=16)
-    minibatch: bool = Field(False, description="True needs a validation set of at least 35")
+STEP_MODELS: dict[str, type[BaseModel]] = {key: _step_model(row) for key, row in OPTIMIZERS.items()}
+"""One step model per row of the table of optimizers (``core.optimizers.table``)."""
+OptimizerSpec = Annotated[Union[tuple(STEP_MODELS.values())], Field(discriminator="type")]  # noqa: UP007
+PROMPT_OPTIMIZERS = keys_of_kind("prompt")
+WEIGHT_OPTIMIZERS = keys_of_kind("weight")
 
 
-TRACE_SOURCES = ("auto", "self", "teacher", "gold")
-TraceSource = Literal["auto", "self", "teacher", "gold"]
-
-
-def _train_param(name: str) -> Any:
-    """The field of the fine-tuning hyper-parameter ``name``: default, range and description from the
-    provider's one table (``core.lms.lora.params.PARAMS``)."""
-    spec = TRAIN_PARAMS[name]
-    return Field(spec.default, **spec.bounds(), description=spec.description or None)
-
-
-class FinetuneSettings(_Model):
-    # hyper-parameters passed to the provider as train_kwargs (see train_kwargs())
-    epochs: int = _train_param("epochs")
-    max_steps: int | None = _train_param("max_steps")
-    learning_rate: float = _train_param("learning_rate")
-    lora_rank: int = _train_param("lora_rank")
-    lora_alpha: int = _train_param("lora_alpha")
-    batch_size: int = _train_param("batch_size")
-    max_length: int = _train_param("max_length")
-    # how the weight step picks its training rows
-    min_score: float = Field(
-        1.0,
-        ge=0.0,
-        le=1.0,
-        description="keep traces whose metric score is at least this (1.0 = only fully correct)",
-    )
-    exclude_demos: bool = False
-    trace_source: TraceSource = Field(
-        "auto", description="training rows: self, teacher, gold, or auto (gold for label predictors, else self/teacher)"
-    )
-    teacher_lm: str | None = Field(None, description="LM serving the small predictors for 'teacher' (default: large role)")
-    balance: Literal["cap", "upsample", "off"] = Field("cap", description="rows per label value balanced")
-
-    def train_kwargs(self) -> dict[str, Any]:
-        """The provider's hyper-parameters among these settings, by name (for ``lm.finetune``)."""
-        return {name: getattr(self, name) for name in type(self).model_fields if name in TRAIN_PARAMS}
-
-
-class RandomSearchStep(_Model):
-    type: Literal["random_search"]
-    settings: RandomSearchSettings = Field(default_factory=RandomSearchSettings)
-
-
-class MiproStep(_Model):
-    type: Literal["mipro"]
-    settings: MiproSettings = Field(default_factory=MiproSettings)
-
-
-class FinetuneStep(_Model):
-    type: Literal["finetune"]
-    settings: FinetuneSettings = Field(default_factory=FinetuneSettings)
-
-
-OptimizerSpec = Annotated[RandomSearchStep | MiproStep | FinetuneStep, Field(discriminator="type")]
-PROMPT_OPTIMIZERS = ("random_search", "mipro")
-WEIGHT_OPTIMIZERS = ("finetune",)
-
-
-def optimizer_kind(optimizer_type: str) -> str:
-    """'prompt' or 'weight': the one rule that says what kind of step an optimizer type makes."""
-    return "weight" if optimizer_type in WEIGHT_OPTIMIZERS else "prompt"
-
-
-def step_kind(spec: RandomSearchStep | MiproStep | FinetuneStep) -> str:
-    """'prompt' or 'weight'."""
+def step_kind(spec: Any) -> str:
+    """'prompt' or 'weight' for a configured step (the table of optimizers says which)."""
     return optimizer_kind(spec.type)
 
 
 def default_optimizers() -> dict[str, Any]:
-    return {"p": RandomSearchStep(type="random_search"), "w": FinetuneStep(type="finetune")}
+    return {"p": STEP_MODELS["random_search"](type="random_search"), "w": STEP_MODELS["finetune"](type="finetune")}
 
 
 class Limits(_Model):

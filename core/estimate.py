@@ -19,23 +19,15 @@ against the measured wall time.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
-from core.config import (
-    EmbeddedLMSpec,
-    FactoryLMSpec,
-    FinetuneStep,
-    LiteLLMSpec,
-    MiproStep,
-    RandomSearchStep,
-    RunConfig,
-)
+from core.config import EmbeddedLMSpec, FactoryLMSpec, LiteLLMSpec, RunConfig
+from core.optimizers.entry import EstimateContext
+from core.optimizers.table import get_optimizer
 
 SECONDS_PER_CALL = {"embedded": 0.7, "scripted": 0.002, "litellm": 1.0, "factory": 1.0}
 SECONDS_PER_TRAIN_STEP = {"embedded": 6.0, "scripted": 0.01, "litellm": 0.0, "factory": 1.0}
 SECONDS_PER_EXPORT = {"embedded": 20.0, "scripted": 0.0, "litellm": 0.0, "factory": 0.0}  # merge + GGUF + load
-DEMO_EXAMPLES = 4  # examples a stratified demo set needs (one per value of the main label)
 TOKENS_PER_CALL = (400, 80)  # assumed input/output tokens of one call, for costs
 SCRIPTED_FACTORY_PREFIX = "core.lms.scripted:"
 
@@ -87,27 +79,6 @@ def split_sizes(config: RunConfig, n_rows: int | None) -> tuple[int, int, int]:
     return max(n - val - test if abs(sum(sizes) - 1) < 1e-6 else round(sizes[0] * n), 0), val, test
 
 
-def random_search_calls(s, p: int, n: int, v: int) -> int:
-    evaluations = (s.num_candidate_programs + 3) * p * v
-    bootstrap = p * (s.num_candidate_programs + 1) * s.max_bootstrapped_demos * (1.5 + n / 8) * s.max_rounds
-    return int(evaluations + min(bootstrap, p * n * (s.num_candidate_programs + 1) * s.max_rounds))
-
-
-def mipro_calls(s, p: int, n: int, v: int) -> int:
-    if s.minibatch:
-        trials = s.num_trials * p * min(v, 35) + (s.num_trials // 10 + 1) * p * v
-    else:
-        trials = s.num_trials * p * v
-    proposals = p * s.num_candidates * (9 + 0.18 * n)
-    return int(trials + proposals)
-
-
-def finetune_steps(s, rows: int) -> int:
-    if s.max_steps:
-        return int(s.max_steps)
-    return int(s.epochs * max(1, math.ceil(rows / s.batch_size)))
-
-
 def label_predictor_count(config: RunConfig) -> int:
     """Predictors whose outputs are all label fields (stratified demos, gold rows); for a program that
     cannot be inspected without running user code, the last predictor."""
@@ -149,32 +120,17 @@ def estimate(config: RunConfig, n_rows: int | None = None) -> Estimate:
     steps = [StepEstimate("baseline", "evaluation", p * v, seconds_for(p * v))]
     done: list[str] = []
     prompted = False
-    for key in config.strategy.split(" -> "):
+    for key in config.step_keys():
         done.append(key)
         spec = config.optimizers[key]
-        train_steps, cached, extra = 0, 0, 0.0
-        if isinstance(spec, RandomSearchStep) and spec.settings.stratify and labelled:
-            candidates = spec.settings.num_candidate_programs + (1 if prompted else 0)
-            calls = (candidates + 1) * p * v + spec.settings.num_candidate_programs * DEMO_EXAMPLES * upstream
-            cached = p * v + (candidates * upstream * v if cache else 0) + (p * v if cache else 0)
-            calls += p * v  # the evaluation of the step's program (the winning candidate again)
-            prompted = True
-        elif isinstance(spec, RandomSearchStep):
-            calls = random_search_calls(spec.settings, p, n, v) + p * v
-            prompted = True
-        elif isinstance(spec, MiproStep):
-            calls = mipro_calls(spec.settings, p, n, v) + p * v
-            prompted = True
-        else:
-            assert isinstance(spec, FinetuneStep)
-            gold = spec.settings.trace_source in ("auto", "gold") and labelled
-            calls = (upstream if gold else p) * n + p * v
-            cached = upstream * v if cache else 0
-            rows = n
-            train_steps = finetune_steps(spec.settings, rows)
-            extra = SECONDS_PER_EXPORT[small_kind]
-        seconds = seconds_for(calls - cached) + train_steps * SECONDS_PER_TRAIN_STEP[small_kind] + extra
-        steps.append(StepEstimate(" -> ".join(done), spec.type, int(calls), seconds, train_steps, int(cached)))
+        row = get_optimizer(spec.type)
+        context = EstimateContext(predictors=p, train=n, val=v, labelled=labelled, cached=cache, prompted=prompted,
+                                  export_seconds=SECONDS_PER_EXPORT[small_kind])
+        cost = row.estimate(spec.settings, context)
+        prompted = prompted or row.kind == "prompt"
+        seconds = (seconds_for(cost.calls - cost.cached) + cost.train_steps * SECONDS_PER_TRAIN_STEP[small_kind]
+                   + cost.extra_seconds)
+        steps.append(StepEstimate(" -> ".join(done), spec.type, cost.calls, seconds, cost.train_steps, cost.cached))
     test_calls = 2 * p * t
     test_cached = upstream * t if cache else 0
     total_calls = sum(s.calls for s in steps) + test_calls

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from core.config import RunConfig
+if TYPE_CHECKING:  # records are read by the optimizers, which the config's table of optimizers imports
+    from core.config import RunConfig
 
 
 class RunStatus(StrEnum):
@@ -117,6 +118,18 @@ class Round:
     demos: dict[str, int] = field(default_factory=dict)
     instructions: dict[str, str] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrainingRow:
+    """One chat row a weight step trained a small LM on; ``source`` says where it came from
+    (``self``: the program's own traces, ``teacher``: a teacher LM's traces, ``gold``: gold labels)."""
+
+    predictor: str | None
+    messages: list[dict[str, Any]]
+    outputs: dict[str, Any]
+    source: str = "self"
+    index: int = 0
 
 
 @dataclass(frozen=True)

@@ -11,17 +11,15 @@ from pydantic import ValidationError
 from core.config import (
     PROMPT_OPTIMIZERS,
     WEIGHT_OPTIMIZERS,
-    FinetuneSettings,
-    MiproSettings,
-    RandomSearchSettings,
     optimizer_kind,
 )
 from core.document.base import copy_document
 from core.errors import ConfigError, StrategyError
+from core.optimizers.table import OPTIMIZERS
 from core.strategy import SEPARATOR, STEP_KEY_PATTERN, normalize_strategy
 
-SETTINGS_MODELS = {"random_search": RandomSearchSettings, "mipro": MiproSettings, "finetune": FinetuneSettings}
-OPTIMIZER_LABELS = {"random_search": "prompt · random_search", "mipro": "prompt · mipro", "finetune": "weight · finetune"}
+SETTINGS_MODELS = {key: row.settings for key, row in OPTIMIZERS.items()}
+OPTIMIZER_LABELS = {key: row.label for key, row in OPTIMIZERS.items()}
 
 
 def strategy_steps(doc: dict[str, Any]) -> list[str]:

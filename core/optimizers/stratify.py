@@ -125,9 +125,8 @@ def prompt_budget(lm: Any) -> int | None:
 def context_tokens(lm: Any) -> int | None:
     """The context size of an embedded model (``STUDIO_LLAMA_CTX``); None for other LMs."""
     from core.lms import embedded
-    from core.lms.registry import engine_of
 
-    return embedded.n_ctx() if isinstance(engine_of(lm), embedded.LlamaEngine) else None
+    return embedded.n_ctx() if isinstance(getattr(lm, "engine", None), embedded.LlamaEngine) else None
 
 
 __all__ = ["REASONING", "cover_examples", "fit_demos", "label_predictors", "prompt_budget", "stratified_candidate"]

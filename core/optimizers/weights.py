@@ -24,13 +24,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dspy
 from dspy.clients.utils_finetune import TrainDataFormat
 from dspy.teleprompt.teleprompt import Teleprompter
 
-from core.config import FinetuneSettings
 from core.errors import LMError, StepCancelled, StudioError
 from core.optimizers.traces import (
     Collected,
@@ -41,7 +40,10 @@ from core.optimizers.traces import (
     label_distribution,
     plan_sources,
 )
-from core.store.evidence import TrainingRow
+from core.records import TrainingRow
+
+if TYPE_CHECKING:  # the table of optimizers (which the configuration imports) builds this step
+    from core.optimizers.finetune import FinetuneSettings
 
 logger = logging.getLogger(__name__)
 

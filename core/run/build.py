@@ -9,61 +9,32 @@ from typing import Any
 import dspy
 
 from core.adapter import StudioChatAdapter
-from core.config import FinetuneStep, LiteLLMSpec, MiproStep, RandomSearchStep, RunConfig
+from core.config import LiteLLMSpec, RunConfig
 from core.lms.hosted import base_model_of, price_per_token
 from core.lms.runtime import LMRuntimes
-from core.optimizers.prompt import KeepLMsRandomSearch, SmallValsetMIPRO
-from core.optimizers.weights import RoleAwareFinetune, WeightStepHooks
+from core.optimizers.entry import BuildContext
+from core.optimizers.table import get_optimizer
+from core.optimizers.weights import WeightStepHooks
 from core.prepare import PreparedRun
 
 logger = logging.getLogger(__name__)
 
 
 def build_optimizers(prepared: PreparedRun, weight_hooks: WeightStepHooks, adapter: dspy.Adapter) -> dict[str, Any]:
-    """One optimizer instance per strategy key; weight steps report through ``weight_hooks``."""
+    """One optimizer instance per strategy key, built by its row of the table of optimizers; weight steps
+    report through ``weight_hooks``."""
     config = prepared.config
-    threads = effective_threads(prepared)
-    optimizers: dict[str, Any] = {}
-    for key, spec in config.optimizers.items():
-        if isinstance(spec, RandomSearchStep):
-            s = spec.settings
-            optimizers[key] = KeepLMsRandomSearch(
-                metric=prepared.metric,
-                max_bootstrapped_demos=s.max_bootstrapped_demos,
-                max_labeled_demos=s.max_labeled_demos,
-                num_candidate_programs=s.num_candidate_programs,
-                max_rounds=s.max_rounds,
-                num_threads=threads,
-                stratify=s.stratify,
-                max_prompt_tokens=s.max_prompt_tokens,
-            )
-        elif isinstance(spec, MiproStep):
-            s = spec.settings
-            optimizers[key] = SmallValsetMIPRO(
-                metric=prepared.metric,
-                prompt_model=prepared.context_lm,
-                task_model=prepared.context_lm,
-                auto=None,
-                num_candidates=s.num_candidates,
-                max_bootstrapped_demos=s.max_bootstrapped_demos,
-                max_labeled_demos=s.max_labeled_demos,
-                num_threads=threads,
-                seed=config.seed,
-                num_trials=s.num_trials,
-                minibatch=s.minibatch,
-            )
-        elif isinstance(spec, FinetuneStep):
-            optimizers[key] = RoleAwareFinetune(
-                metric=prepared.metric,
-                small_predictors=prepared.small_predictors,
-                settings=spec.settings,
-                hooks=inheriting_runtimes(weight_hooks, prepared.runtimes),
-                num_threads=threads,
-                adapter=adapter,
-                seed=config.seed,
-                teacher_lm=teacher_lm(prepared, spec.settings.teacher_lm),
-            )
-    return optimizers
+    context = BuildContext(
+        metric=prepared.metric,
+        threads=effective_threads(prepared),
+        seed=config.seed,
+        adapter=adapter,
+        context_lm=prepared.context_lm,
+        small_predictors=prepared.small_predictors,
+        weight_hooks=inheriting_runtimes(weight_hooks, prepared.runtimes),  # a fine-tune keeps its base's limit
+        teacher=lambda name: teacher_lm(prepared, name),
+    )
+    return {key: get_optimizer(spec.type).build(spec.settings, context) for key, spec in config.optimizers.items()}
 
 
 def teacher_lm(prepared: PreparedRun, name: str | None) -> Any:

@@ -18,7 +18,7 @@ from typing import Any
 
 import dspy
 
-from core.config import RunConfig
+from core.config import RunConfig, optimizer_kind
 from core.errors import StudioError
 from core.evidence.capture import EvidenceCollector
 from core.lms.registry import engine_of
@@ -209,7 +209,7 @@ class RoundRecorder:
         if index == 0:
             return {"baseline evaluation": round(now - (self._eval_clock if evaluated else self._step_clock), 2)}
         rest = (self._eval_clock if evaluated else now) - self._step_clock - sum(phases.values())
-        if key and self.config.optimizers[key].type not in ("finetune",):
+        if key and optimizer_kind(self.config.optimizers[key].type) == "prompt":
             phases["prompt search"] = round(max(rest, 0.0), 2)
         elif rest > 0.5:
             phases["other"] = round(rest, 2)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core.errors import StoreError
+from core.records import TrainingRow
 from core.store.db import Store
 from core.store.rows import now_iso
 
@@ -126,18 +127,6 @@ class MatrixPage:
     total: int  # rows matching the query (all pages)
     offset: int
     limit: int
-
-
-@dataclass(frozen=True)
-class TrainingRow:
-    """One chat row a weight step trained a small LM on; ``source`` says where it came from
-    (``self``: the program's own traces; ``teacher`` and ``gold`` are reserved for later sources)."""
-
-    predictor: str | None
-    messages: list[dict[str, Any]]
-    outputs: dict[str, Any]
-    source: str = "self"
-    index: int = 0
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,70 @@
+"""The ``random_search`` prompt step: stratified labeled demo sets for tiny models, else DSPy's
+``BootstrapFewShotWithRandomSearch`` (both through ``KeepLMsRandomSearch``, see ``prompt.py``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field
+
+from core.optimizers.entry import BuildContext, EstimateContext, Optimizer, Settings, StepCost
+
+DEMO_EXAMPLES = 4
+"""Examples a stratified demo set needs (one per value of the main label)."""
+
+
+class RandomSearchSettings(Settings):
+    max_bootstrapped_demos: int = Field(2, ge=0, le=16)
+    max_labeled_demos: int = Field(2, ge=0, le=16)
+    num_candidate_programs: int = Field(2, ge=1, le=32)
+    max_rounds: int = Field(1, ge=1, le=5)
+    stratify: bool = Field(
+        True, description="candidates are labeled demo sets covering every label value (else DSPy's random search)"
+    )
+    max_prompt_tokens: int | None = Field(
+        None, ge=64, le=1_000_000, description="bound on a prompt's tokens; default: what fits the model's context"
+    )
+
+
+def build(s: RandomSearchSettings, ctx: BuildContext) -> Any:
+    from core.optimizers.prompt import KeepLMsRandomSearch
+
+    return KeepLMsRandomSearch(
+        metric=ctx.metric,
+        max_bootstrapped_demos=s.max_bootstrapped_demos,
+        max_labeled_demos=s.max_labeled_demos,
+        num_candidate_programs=s.num_candidate_programs,
+        max_rounds=s.max_rounds,
+        num_threads=ctx.threads,
+        stratify=s.stratify,
+        max_prompt_tokens=s.max_prompt_tokens,
+    )
+
+
+def search_calls(s: RandomSearchSettings, p: int, n: int, v: int) -> int:
+    """DSPy's random search: C candidates plus three fixed seeds evaluated, demos bootstrapped on train."""
+    evaluations = (s.num_candidate_programs + 3) * p * v
+    bootstrap = p * (s.num_candidate_programs + 1) * s.max_bootstrapped_demos * (1.5 + n / 8) * s.max_rounds
+    return int(evaluations + min(bootstrap, p * n * (s.num_candidate_programs + 1) * s.max_rounds))
+
+
+def estimate(s: RandomSearchSettings, ctx: EstimateContext) -> StepCost:
+    p, n, v = ctx.predictors, ctx.train, ctx.val
+    if s.stratify and ctx.labelled:
+        # the current program, the same without demos (after a first prompt step) and C stratified sets;
+        # the cache answers the unchanged upstream predictors once
+        candidates = s.num_candidate_programs + (1 if ctx.prompted else 0)
+        calls = (candidates + 1) * p * v + s.num_candidate_programs * DEMO_EXAMPLES * ctx.upstream + p * v
+        cached = p * v + (candidates * ctx.upstream * v + p * v if ctx.cached else 0)
+        return StepCost(int(calls), int(cached))
+    return StepCost(search_calls(s, p, n, v) + p * v)
+
+
+OPTIMIZER = Optimizer(
+    key="random_search",
+    kind="prompt",
+    summary="demo sets (stratified by label for small models) searched on the validation set",
+    settings=RandomSearchSettings,
+    build=build,
+    estimate=estimate,
+)
