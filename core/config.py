@@ -31,7 +31,7 @@ from core.optimizers.mipro import MiproSettings as MiproSettings
 from core.optimizers.random_search import RandomSearchSettings as RandomSearchSettings
 from core.optimizers.table import OPTIMIZERS, keys_of_kind
 from core.optimizers.table import optimizer_kind as optimizer_kind
-from core.programs import ProgramSpec
+from core.programs import MAX_STAGES, ProgramSpec, Stage, TemplateProgram, UserFileProgram
 from core.strategy import normalize_strategy
 
 CONFIG_VERSION = 1
@@ -197,10 +197,25 @@ class Limits(_Model):
 # --- the document ----------------------------------------------------------------------------------
 
 
-class RunConfig(_Model):
+class StagesDraft(_Model):
+    """A composed pipeline as it is being edited: each stage is well formed, but the stages need not
+    fit together yet (``StagesProgram``, in a ``RunConfig``, checks that)."""
+
+    kind: Literal["stages"] = "stages"
+    stages: list[Stage] = Field(min_length=1, max_length=MAX_STAGES)
+
+
+ProgramDraft = Annotated[TemplateProgram | StagesDraft | UserFileProgram, Field(discriminator="kind")]
+
+
+class RunDraft(_Model):
+    """The run document as the dashboard edits it: every field typed and checked on its own, none of
+    the checks across fields (``RunConfig._cross_check``). A draft may name code the user has not
+    allowed yet, or a pipeline being fixed; such states are shown as problems, not refused."""
+
     version: Literal[1] = CONFIG_VERSION
     name: str = Field("untitled run", max_length=200)
-    program: ProgramSpec
+    program: ProgramDraft
     allow_user_code: bool = False
     lms: dict[str, LMSpec] = Field(min_length=1)
     predictors: dict[str, PredictorAssignment] = Field(min_length=1)
@@ -222,6 +237,18 @@ class RunConfig(_Model):
                     f"step key {key!r} must be lowercase letters, digits or _, starting with a letter"
                 )
         return value
+
+    def metric_fields(self) -> list[str]:
+        return list(self.metric.fields or self.data.labels)
+
+    def lm_for(self, predictor: str) -> str:
+        return self.predictors[predictor].lm
+
+
+class RunConfig(RunDraft):
+    """A draft that passed the checks across fields: what a run, the CLI and the store take."""
+
+    program: ProgramSpec
 
     @model_validator(mode="after")
     def _cross_check(self) -> RunConfig:
@@ -256,12 +283,6 @@ class RunConfig(_Model):
                 "assign 'small' to at least one predictor or drop the weight steps"
             )
         return self
-
-    def metric_fields(self) -> list[str]:
-        return list(self.metric.fields or self.data.labels)
-
-    def lm_for(self, predictor: str) -> str:
-        return self.predictors[predictor].lm
 
     def with_api_keys(self, api_keys: dict[str, str]) -> RunConfig:
         """A copy with the keys typed in the app (LM name -> key) on its LiteLLM LMs; keys for other
@@ -308,13 +329,22 @@ def _format_validation_error(error: ValidationError) -> str:
 
 def parse_config(data: dict[str, Any]) -> RunConfig:
     """Validate a configuration document (a dict)."""
+    return _validated(RunConfig, data)
+
+
+def parse_draft(data: dict[str, Any]) -> RunDraft:
+    """Validate a document as a draft: every field, but none of the checks across fields."""
+    return _validated(RunDraft, data)
+
+
+def _validated(model: type[RunDraft], data: dict[str, Any]) -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"a run configuration must be a JSON object, got {type(data).__name__}")
     version = data.get("version", CONFIG_VERSION)
     if version != CONFIG_VERSION:
         raise ConfigError(f"version: unsupported configuration version {version!r}; this app reads version 1")
     try:
-        return RunConfig.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as e:
         raise ConfigError(_format_validation_error(e)) from e
 
@@ -342,7 +372,7 @@ def load_config(path: str | Path) -> RunConfig:
     return parse_config_text(text)
 
 
-def config_to_dict(config: RunConfig) -> dict[str, Any]:
+def config_to_dict(config: RunDraft) -> dict[str, Any]:
     """The document without secrets (typed API keys are excluded), as plain JSON types."""
     return config.model_dump(mode="json", exclude_none=False)
 
