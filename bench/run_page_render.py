@@ -52,14 +52,14 @@ class Server:
         return f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
 
 
-def document(api_base: str | None) -> dict[str, Any]:
-    from core.document import new_document, use_scripted
+def document(api_base: str | None) -> Any:
+    from core.document import add_litellm, assign_predictors, new_document, use_scripted
 
     doc = use_scripted(new_document(), True)
     if api_base:
-        doc["lms"]["hosted"] = {"kind": "litellm", "model": "openai/smol", "api_base": api_base}
-        large = next(p for p, a in doc["predictors"].items() if a["role"] == "large")
-        doc["predictors"][large]["lm"] = "hosted"
+        doc = add_litellm(doc, "hosted", {"model": "openai/smol", "api_base": api_base})
+        large = next(p for p, a in doc.predictors.items() if a.role == "large")
+        doc, _ = assign_predictors(doc, [{"predictor": large, "lm": "hosted", "role": "large"}])
     return doc
 
 

@@ -9,71 +9,64 @@ Likewise a ``file`` data source the user did not pick in this session is shown w
 
 from __future__ import annotations
 
-import copy
 import json
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
-from core.config import BUILTIN_FACTORIES
+from core.config import FactoryLMSpec, FileSource, LiteLLMSpec, RunDraft
 
 USER_CODE_HINT = "Nothing of it has run. Review it, then tick 'I trust this code' on the Program page to allow it."
 
 
-def user_code_items(doc: dict[str, Any]) -> list[str]:
+def user_code_items(doc: RunDraft) -> list[str]:
     """One line per piece of the document that runs code on this machine (a program file, a factory)."""
     items = []
-    program = doc.get("program") or {}
-    if program.get("kind") == "user_file":
-        path = Path(str(program.get("path", ""))).expanduser()
-        cls = f" (class {program['class_name']})" if program.get("class_name") else ""
+    program = doc.program
+    if program.kind == "user_file":
+        path = Path(program.path).expanduser()
+        cls = f" (class {program.class_name})" if program.class_name else ""
         items.append(f"the program file {path.resolve() if path.parts else path}{cls} is imported and run")
-    for name, spec in (doc.get("lms") or {}).items():
-        if isinstance(spec, dict) and spec.get("kind") == "factory" and spec.get("factory") not in BUILTIN_FACTORIES:
-            options = json.dumps(spec.get("options") or {}, sort_keys=True)[:200]
-            items.append(f"LM {name!r} calls the factory {spec.get('factory')} with options {options}")
+    for name, spec in doc.lms.items():
+        if isinstance(spec, FactoryLMSpec) and not spec.is_builtin:
+            options = json.dumps(spec.options, sort_keys=True, default=str)[:200]
+            items.append(f"LM {name!r} calls the factory {spec.factory} with options {options}")
     return items
 
 
-def user_code_notice(doc: dict[str, Any]) -> str | None:
+def user_code_notice(doc: RunDraft) -> str | None:
     """A one-line notice when the document runs code that the user has not allowed yet, else None."""
     items = user_code_items(doc)
-    if not items or doc.get("allow_user_code"):
+    if not items or doc.allow_user_code:
         return None
     return "This configuration runs code on this machine: " + "; ".join(items) + ". " + USER_CODE_HINT
 
 
-def untrusted_document(doc: dict[str, Any]) -> dict[str, Any]:
+def untrusted_document(doc: RunDraft) -> RunDraft:
     """A document from elsewhere with its own consent removed: user code waits for the user's opt-in."""
-    out = copy.deepcopy(doc)
-    if user_code_items(out):
-        out["allow_user_code"] = False
-    return out
+    return with_user_code(doc, False) if user_code_items(doc) else doc
 
 
-def resolved_file(doc: dict[str, Any], base_dir: Path | None = None) -> Path | None:
+def resolved_file(doc: RunDraft, base_dir: Path | None = None) -> Path | None:
     """The absolute path a ``file`` data source reads (relative paths resolve against ``base_dir``
     or the working folder), or None for a bundled sample."""
-    source = (doc.get("data") or {}).get("source") or {}
-    if source.get("kind") != "file":
+    source = doc.data.source
+    if not isinstance(source, FileSource):
         return None
-    path = Path(str(source.get("path", ""))).expanduser()
+    path = Path(source.path).expanduser()
     if not path.is_absolute():
         path = (base_dir or Path.cwd()) / path
     return path.resolve()
 
 
-def file_to_review(doc: dict[str, Any], allowed: Iterable[str]) -> Path | None:
+def file_to_review(doc: RunDraft, allowed: Iterable[str]) -> Path | None:
     """The resolved path of a ``file`` source the user has not allowed in this session, else None."""
     path = resolved_file(doc)
     return path if path is not None and str(path) not in set(allowed) else None
 
 
-def with_user_code(doc: dict[str, Any], allowed: bool) -> dict[str, Any]:
+def with_user_code(doc: RunDraft, allowed: bool) -> RunDraft:
     """The document with the user's opt-in for its code given (or withdrawn)."""
-    out = copy.deepcopy(doc)
-    out["allow_user_code"] = bool(allowed)
-    return out
+    return doc.model_copy(update={"allow_user_code": bool(allowed)})
 
 
 # --- who may use the app ---------------------------------------------------------------------------
@@ -113,10 +106,9 @@ def token_matches(given: str | None, expected: str | None) -> bool:
     return bool(given and expected) and hmac.compare_digest(str(given).encode(), str(expected).encode())
 
 
-def endpoints(doc: dict[str, Any]) -> list[str]:
+def endpoints(doc: RunDraft) -> list[str]:
     """The ``api_base`` URLs the document's LMs send requests (and keys) to, credentials redacted."""
     from core.store.secrets import redact
 
-    found = {str(spec["api_base"]) for spec in (doc.get("lms") or {}).values()
-             if isinstance(spec, dict) and spec.get("kind") == "litellm" and spec.get("api_base")}
+    found = {spec.api_base for spec in doc.lms.values() if isinstance(spec, LiteLLMSpec) and spec.api_base}
     return sorted(redact(url) for url in found)

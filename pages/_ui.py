@@ -1,4 +1,4 @@
-"""Streamlit glue shared by the pages: the session's config document, the run manager, errors.
+"""Streamlit glue shared by the pages: the session's run draft, the run manager, errors.
 
 Only UI plumbing lives here; every rule about configs, data or runs is in ``core``.
 """
@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
 
 import streamlit as st
 
+from core.config import RunDraft
 from core.document import new_document
 from core.errors import StudioError
 from core.paths import db_path
@@ -26,16 +26,18 @@ REV = "doc_rev"
 FILES = "allowed_files"
 
 
-def doc() -> dict[str, Any]:
-    """The configuration document being edited (the product default on first use)."""
+def doc() -> RunDraft:
+    """The run draft being edited (the product default on first use)."""
     if DOC not in st.session_state:
         st.session_state[DOC] = new_document()
         st.session_state[REV] = 0
     return st.session_state[DOC]
 
 
-def set_doc(new: dict[str, Any], *, structural: bool = False) -> None:
-    """Replace the document; ``structural`` resets keyed widgets (stages, steps) to the new values."""
+def set_doc(new: RunDraft, *, structural: bool = False) -> None:
+    """Replace the draft; ``structural`` resets keyed widgets (stages, steps) to the new values."""
+    if not isinstance(new, RunDraft):  # every edit goes through core.document, which returns a draft
+        raise TypeError(f"the session's run document must be a RunDraft, got {type(new).__name__}")
     st.session_state[DOC] = new
     if structural:
         st.session_state[REV] = st.session_state.get(REV, 0) + 1
@@ -113,6 +115,6 @@ def show_problem(message: str | None) -> None:
         st.error(message)
 
 
-def rerun_with(new: dict[str, Any], *, structural: bool = False) -> None:
+def rerun_with(new: RunDraft, *, structural: bool = False) -> None:
     set_doc(new, structural=structural)
     st.rerun()

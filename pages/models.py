@@ -6,6 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from core import document
+from core.config import LiteLLMSpec, RunDraft
 from core.lms.catalog import list_models
 from core.probe import check_connection
 from pages._ui import api_keys, doc, guarded, rerun_with
@@ -48,7 +49,7 @@ def doctor_section() -> None:
             st.success(f"The embedded models run on this CPU (llama-cpp-python build: {report['build']}).")
 
 
-def scripted_section(current: dict) -> None:
+def scripted_section(current: RunDraft) -> None:
     st.subheader("Fast scripted test LM")
     on = st.toggle(
         "Use the fast scripted test LM (for trying the UI and for tests; not a real model)",
@@ -64,31 +65,30 @@ def scripted_section(current: dict) -> None:
     st.caption("Now used as `large` and `small`: " + ("the scripted test LM." if on else "the embedded models."))
 
 
-def lm_table(current: dict) -> None:
+def lm_table(current: RunDraft) -> None:
     st.subheader("LMs of this configuration")
     rows = []
-    for name, spec in current["lms"].items():
+    for name, spec in current.lms.items():
         finetunable, reason = document.lm_capabilities(current, name)
-        model = spec.get("model") or spec.get("factory")
-        users = [p for p, a in current["predictors"].items() if a["lm"] == name]
-        rows.append({"name": name, "kind": spec["kind"], "model": model, "fine-tunable": finetunable,
+        users = document.lm_users(current, name)
+        rows.append({"name": name, "kind": spec.kind, "model": document.lm_model(spec), "fine-tunable": finetunable,
                      "capability": reason, "used by": ", ".join(users) or "-"})
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
     c1, c2, c3 = st.columns([3, 2, 2])
-    name = c1.selectbox("LM", list(current["lms"]), key="probe_lm")
+    name = c1.selectbox("LM", list(current.lms), key="probe_lm")
     if c2.button("Test connection", icon=":material/cable:"):
         with st.spinner(f"Calling {name} (loading a local model can take a few seconds)..."):
             try:
-                reply = check_connection(name, current["lms"][name], api_keys().get(name),
-                                         allow_user_code=bool(current.get("allow_user_code")))
+                reply = check_connection(name, current.lms.get(name).model_dump(), api_keys().get(name),
+                                         allow_user_code=current.allow_user_code)
                 st.success(f"{name} answered: {reply!r}")
             except Exception as e:  # noqa: BLE001 - shown to the user
                 st.error(str(e))
-    if current["lms"][name]["kind"] == "litellm" and c3.button("Remove LM"):
+    if isinstance(current.lms.get(name), LiteLLMSpec) and c3.button("Remove LM"):
         rerun_with(document.remove_lm(current, name), structural=True)
 
 
-def litellm_form(current: dict) -> None:
+def litellm_form(current: RunDraft) -> None:
     st.subheader("Add a hosted or self-hosted LM (LiteLLM)")
     with st.form("add_lm", clear_on_submit=False):
         c1, c2 = st.columns(2)

@@ -17,6 +17,7 @@ from core.charts import (
     usage_figure,
     usage_rows,
 )
+from core.config import RunDraft
 from core.monitor import RunSnapshot, run_snapshot
 from core.records import RunStatus
 from pages._ui import allowed_files, api_keys, doc, guarded, manager, resume_button, store
@@ -28,13 +29,13 @@ STATUS_ICONS = {
 }
 
 
-def summary(current: dict) -> None:
-    program = current["program"]
-    what = program.get("name") or program["kind"]
-    lms = ", ".join(f"{n} ({s.get('model') or s.get('factory', '').split(':')[0]})" for n, s in current["lms"].items())
-    source = current["data"]["source"]
-    data = source.get("name") or source.get("path", "").rsplit("/", 1)[-1]
-    st.markdown(f"**Program** `{what}` · **Data** `{data}` · **Strategy** `{current['strategy']}` · "
+def summary(current: RunDraft) -> None:
+    program = current.program
+    what = program.name if program.kind == "template" else program.kind
+    lms = ", ".join(f"{n} ({document.lm_model(s).split(':')[0]})" for n, s in current.lms.items())
+    source = current.data.source
+    data = source.name if source.kind == "sample" else source.path.rsplit("/", 1)[-1]
+    st.markdown(f"**Program** `{what}` · **Data** `{data}` · **Strategy** `{current.strategy}` · "
                 f"**LMs** {lms}")
 
 

@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from core import document, trust
-from core.config import config_to_json
+from core.config import RunDraft, config_to_json
 from core.errors import StudioError
 from core.estimate import estimate, format_duration
 from core.metrics import METRICS
@@ -19,7 +19,7 @@ CONFIG_DONE = "config_upload_digest"
 CONFIG_ERROR = "config_upload_error"
 
 
-def _apply_steps(current: dict, steps: list[str]) -> None:
+def _apply_steps(current: RunDraft, steps: list[str]) -> None:
     try:
         rerun_with(document.set_steps(current, steps), structural=True)
     except StudioError as e:
@@ -27,7 +27,7 @@ def _apply_steps(current: dict, steps: list[str]) -> None:
         st.rerun()
 
 
-def presets(current: dict) -> None:
+def presets(current: RunDraft) -> None:
     st.caption("Presets")
     cols = st.columns(len(PRESETS))
     for col, (text, description) in zip(cols, PRESETS.items(), strict=True):
@@ -35,7 +35,7 @@ def presets(current: dict) -> None:
             _apply_steps(current, text.split(" -> "))
 
 
-def step_blocks(current: dict) -> None:
+def step_blocks(current: RunDraft) -> None:
     steps = document.strategy_steps(current)
     cols = st.columns(max(len(steps), 4))
     for i, key in enumerate(steps):
@@ -51,7 +51,7 @@ def step_blocks(current: dict) -> None:
             if b3.button("✕", key=f"remove_{rev()}_{i}", disabled=len(steps) == 1, help="remove this step"):
                 _apply_steps(current, steps[:i] + steps[i + 1:])
     st.caption("Add a step")
-    keys = list(current["optimizers"])
+    keys = list(current.optimizers)
     add_cols = st.columns(max(len(keys), 4))
     for col, key in zip(add_cols, keys, strict=False):
         if col.button(f"+ {key} ({document.step_label(current, key)})", key=f"add_{key}",
@@ -59,18 +59,18 @@ def step_blocks(current: dict) -> None:
             _apply_steps(current, [*steps, key])
 
 
-def strategy_text(current: dict) -> None:
+def strategy_text(current: RunDraft) -> None:
     c1, c2 = st.columns([3, 2])
-    c1.markdown(f"Strategy: `{current['strategy']}`")
-    typed = c2.text_input("...or type a strategy", current["strategy"], key=f"strategy_text_{rev()}")
-    if typed != current["strategy"]:
+    c1.markdown(f"Strategy: `{current.strategy}`")
+    typed = c2.text_input("...or type a strategy", current.strategy, key=f"strategy_text_{rev()}")
+    if typed != current.strategy:
         try:
             rerun_with(document.set_strategy_text(current, typed), structural=True)
         except StudioError as e:
             st.error(str(e))
 
 
-def new_key(current: dict) -> None:
+def new_key(current: RunDraft) -> None:
     with st.expander("Define a new step key"):
         with st.form("new_key"):
             c1, c2 = st.columns(2)
@@ -81,19 +81,19 @@ def new_key(current: dict) -> None:
                 rerun_with(document.add_optimizer(current, key.strip(), optimizer), structural=True)
 
 
-def settings_forms(current: dict) -> None:
+def settings_forms(current: RunDraft) -> None:
     st.subheader("Step settings")
     used = set(document.strategy_steps(current))
-    for key, spec in current["optimizers"].items():
+    for key, spec in current.optimizers.items():
         label = f"{key}: {document.step_label(current, key)}" + ("" if key in used else " (not in the strategy)")
         with st.expander(label), st.form(f"settings_{key}_{rev()}"):
             values = {}
             cols = st.columns(3)
-            for i, field in enumerate(document.settings_fields(spec["type"])):
-                value = spec.get("settings", {}).get(field.name, field.default)
+            for i, field in enumerate(document.settings_fields(spec.type)):
+                value = getattr(spec.settings, field.name, field.default)
                 col = cols[i % 3]
                 if field.name == "teacher_lm":  # an LM of this configuration; none = the large-role LM
-                    options = ["(large role)", *current["lms"]]
+                    options = ["(large role)", *current.lms]
                     picked = col.selectbox(field.name, options, help=field.help,
                                            index=options.index(value) if value in options else 0)
                     values[field.name] = None if picked == options[0] else picked
@@ -115,15 +115,15 @@ def settings_forms(current: dict) -> None:
                 rerun_with(document.set_settings(current, key, values), structural=True)
 
 
-def metric(current: dict) -> None:
+def metric(current: RunDraft) -> None:
     names = list(METRICS)
-    name = st.selectbox("Metric", names, index=names.index(current["metric"]["name"]),
+    name = st.selectbox("Metric", names, index=names.index(current.metric.name),
                         format_func=lambda n: f"{n}: {METRICS[n].description}")
-    if name != current["metric"]["name"]:
+    if name != current.metric.name:
         rerun_with(document.set_metric(current, name))
 
 
-def estimate_section(current: dict) -> None:
+def estimate_section(current: RunDraft) -> None:
     st.subheader("Estimate before running")
     try:
         config = document.build_config(current)
@@ -153,7 +153,7 @@ def estimate_section(current: dict) -> None:
                "for the final test evaluation. " + "; ".join(result.notes))
 
 
-def config_files(current: dict) -> None:
+def config_files(current: RunDraft) -> None:
     st.subheader("Configuration file")
     c1, c2 = st.columns(2)
     try:

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from core.config import RunDraft
 from core.defaults import scripted_config
-from core.document import new_document, use_scripted
+from core.document import add_litellm, assign_predictors, new_document, set_mapping, use_scripted
 from core.paths import db_path
 from core.run import get_manager
 
@@ -22,8 +23,8 @@ def _home(studio_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return studio_home
 
 
-def open_page(page: str, doc: dict | None = None) -> AppTest:
-    """Run one page file with the session's config document prepared."""
+def open_page(page: str, doc: RunDraft | None = None) -> AppTest:
+    """Run one page file with the session's run draft prepared."""
     at = AppTest.from_file(str(ROOT / "pages" / f"{page}.py"), default_timeout=TIMEOUT)
     if doc is not None:
         at.session_state["config_doc"] = doc
@@ -58,21 +59,19 @@ def test_program_page_composed_stage_shows_core_message_for_bad_signature():
     at = open_page("program")
     at.radio[0].set_value("stages").run()
     assert not at.exception
-    assert at.session_state["config_doc"]["program"]["kind"] == "stages"
+    assert at.session_state["config_doc"].program.kind == "stages"
     signature = next(t for t in at.text_input if t.label == "Signature")
     signature.set_value("document analysis").run()
     assert any("exactly one '->'" in e.value for e in at.error)
 
 
 def test_program_page_refuses_small_on_a_hosted_lm():
-    doc = new_document()
-    doc["lms"]["hosted"] = {"kind": "litellm", "model": "openai/gpt-4o-mini"}
-    doc["predictors"]["classify"] = {"lm": "hosted", "role": "large"}
+    doc = add_litellm(new_document(), "hosted", {"model": "openai/gpt-4o-mini"})
+    doc, refused = assign_predictors(doc, [{"predictor": "classify", "lm": "hosted", "role": "large"}])
+    assert refused == [] and doc.predictors["classify"].lm == "hosted"
     at = open_page("program", doc)
     editor = at.dataframe[0]
     assert list(editor.value["fine-tunable"]) == [True, False]
-    from core.document import assign_predictors
-
     _, problems = assign_predictors(doc, [{"predictor": "classify", "lm": "hosted", "role": "small"}])
     assert problems and "cannot be fine-tuned" in problems[0]
 
@@ -83,7 +82,7 @@ def test_models_page_lists_embedded_models_and_toggles_scripted():
     assert "gemma3-270m" in at.dataframe[1].value["name"].tolist()
     at.toggle[0].set_value(True).run()
     assert not at.exception
-    assert at.session_state["config_doc"]["lms"]["large"]["kind"] == "factory"
+    assert at.session_state["config_doc"].lms["large"].kind == "factory"
 
 
 def test_models_page_adds_litellm_without_storing_the_typed_key():
@@ -94,8 +93,8 @@ def test_models_page_adds_litellm_without_storing_the_typed_key():
     at.button(key="FormSubmitter:add_lm-Add LM").click().run()
     assert not at.exception
     doc = at.session_state["config_doc"]
-    assert doc["lms"]["remote"]["model"] == "openai/gpt-4o-mini"
-    assert "sk-secret" not in str(doc)
+    assert isinstance(doc, RunDraft) and doc.lms["remote"].model == "openai/gpt-4o-mini"
+    assert "sk-secret" not in repr(doc) and "sk-secret" not in doc.model_dump_json()
     assert at.session_state["api_keys"] == {"remote": "sk-secret"}
 
 
@@ -119,7 +118,7 @@ def test_data_page_bad_upload_shows_core_message():
     at.run()
     assert not at.exception
     assert any("allowed file types are .csv" in e.value for e in at.error)
-    assert at.session_state["config_doc"]["data"]["source"]["kind"] == "sample"
+    assert at.session_state["config_doc"].data.source.kind == "sample"
 
 
 def test_data_page_upload_handler_reports_core_errors(studio_home: Path):
@@ -140,8 +139,8 @@ def test_data_page_upload_of_a_csv_switches_the_source():
     at.get("file_uploader")[0].set_value(("mine.csv", data, "text/csv"))
     at.run()
     assert not at.exception
-    source = at.session_state["config_doc"]["data"]["source"]
-    assert source["kind"] == "file" and source["path"].endswith("-mine.csv")
+    source = at.session_state["config_doc"].data.source
+    assert source.kind == "file" and source.path.endswith("-mine.csv")
 
 
 def test_data_page_bad_csv_upload_shows_message_next_to_uploader():
@@ -158,7 +157,7 @@ def test_strategy_page_presets_and_estimate():
     assert any("p -> w -> p" in m.value for m in at.markdown)
     at.button(key="preset_p_w").click().run()
     assert not at.exception
-    assert at.session_state["config_doc"]["strategy"] == "p -> w"
+    assert at.session_state["config_doc"].strategy == "p -> w"
     assert any(m.label == "LM calls" for m in at.metric)
 
 
@@ -171,9 +170,7 @@ def test_strategy_page_bad_config_upload_shows_error():
 
 
 def test_run_page_incomplete_config_disables_start_with_preflight_messages():
-    doc = new_document()
-    doc["data"]["mapping"] = {}
-    at = open_page("run", doc)
+    at = open_page("run", set_mapping(new_document(), {}))
     start = next(b for b in at.button if b.label == "Start run")
     assert start.disabled
     assert any("cannot start" in e.value and "not mapped" in e.value for e in at.error)
@@ -204,3 +201,27 @@ def test_results_page_with_a_run():
     history = at.dataframe[0].value
     assert history["status"].tolist() == ["finished"]
     assert not at.error
+
+
+def test_pages_read_the_run_draft_by_attribute_never_by_raw_key():
+    """The session's document is a typed ``RunDraft``: a page that indexes it like a dict
+    (``current["data"]``, ``current.get("lms")``) is a page that no test happened to render."""
+    import ast
+
+    found = []
+    for path in sorted((ROOT / "pages").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.FunctionDef):
+                continue
+            drafts = {a.arg for a in node.args.args if isinstance(a.annotation, ast.Name) and a.annotation.id == "RunDraft"}
+            drafts |= {t.id for n in ast.walk(node) if isinstance(n, ast.Assign) and isinstance(n.value, ast.Call)
+                       and isinstance(n.value.func, ast.Name) and n.value.func.id == "doc"
+                       for t in n.targets if isinstance(t, ast.Name)}
+            for n in ast.walk(node):
+                target = n.value if isinstance(n, ast.Subscript) else (
+                    n.func.value if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
+                    and n.func.attr in ("get", "setdefault", "items", "keys", "values") else None)
+                if isinstance(target, ast.Name) and target.id in drafts or (
+                        isinstance(target, ast.Call) and isinstance(target.func, ast.Name) and target.func.id == "doc"):
+                    found.append(f"{path.name}:{n.lineno}")
+    assert found == []

@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core.defaults import scripted_config_dict
-from core.document import new_document, use_scripted
+from core.config import RunDraft
+from core.defaults import default_config_dict, scripted_config_dict
+from core.document import add_litellm, assign_predictors, new_document, use_scripted
 from tests.security_helpers import Listener
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,8 +70,8 @@ def texts(at: AppTest) -> str:
     return "\n".join(str(p) for p in parts)
 
 
-def uploaded_through_the_strategy_page(doc: dict) -> dict:
-    """The document the Strategy page's config upload produces."""
+def uploaded_through_the_strategy_page(doc: dict) -> RunDraft:
+    """The draft the Strategy page's config upload of ``doc`` (a JSON file's content) produces."""
     at = AppTest.from_file(str(ROOT / "pages" / "strategy.py"), default_timeout=TIMEOUT)
     at.run()
     at.get("file_uploader")[0].set_value(("shared.json", json.dumps(doc).encode(), "application/json"))
@@ -106,12 +107,12 @@ def test_an_uploaded_config_with_user_code_runs_nothing_on_any_page(code_config)
             assert "triage.py" in shown and "user_lms:make" in shown, f"{page} does not show what would run"
         if page == "run":
             assert next(b for b in at.button if b.label == "Start run").disabled
-    assert uploaded["allow_user_code"] is False  # the file's own consent is not the user's
+    assert uploaded.allow_user_code is False  # the file's own consent is not the user's
     # the positive control: the opt-in on the Program page is what lets the code run
     at = open_page("program", {"config_doc": uploaded, "doc_rev": 0})
     next(c for c in at.checkbox if c.label.startswith("I trust this code")).check().run()
     assert not at.exception, at.exception
-    assert at.session_state["config_doc"]["allow_user_code"] is True
+    assert at.session_state["config_doc"].allow_user_code is True
     assert program_marker.exists()
 
 
@@ -128,8 +129,8 @@ def test_a_file_source_from_an_uploaded_config_is_shown_and_not_read(tmp_path: P
     data = tmp_path / "private" / "customers.csv"
     data.parent.mkdir()
     data.write_bytes((ROOT / "data" / "documents.csv").read_bytes())
-    doc = new_document()
-    doc["data"]["source"] = {"kind": "file", "path": str(data)}
+    doc = default_config_dict()
+    doc["data"]["source"] = {"kind": "file", "path": str(data)}  # the uploaded file's JSON
     uploaded = uploaded_through_the_strategy_page(doc)
     for page in ("data", "strategy", "run"):
         at = open_page(page, {"config_doc": uploaded, "doc_rev": 0})
@@ -142,13 +143,14 @@ def test_a_file_source_from_an_uploaded_config_is_shown_and_not_read(tmp_path: P
     assert [r for r in reads if "private" in r]  # the user's action is what reads it
 
 
-def hosted_document(api_base: str | None) -> dict:
+def hosted_document(api_base: str | None) -> RunDraft:
     doc = use_scripted(new_document(), True)
     if api_base:
-        doc["lms"]["hosted"] = {"kind": "litellm", "model": "openai/smol", "api_base": api_base,
-                                "api_key_env": "STUDIO_PAGES_TEST_KEY"}
-        large = next(p for p, a in doc["predictors"].items() if a["role"] == "large")
-        doc["predictors"][large]["lm"] = "hosted"
+        doc = add_litellm(doc, "hosted", {"model": "openai/smol", "api_base": api_base,
+                                          "api_key_env": "STUDIO_PAGES_TEST_KEY"})
+        large = next(p for p, a in doc.predictors.items() if a.role == "large")
+        doc, refused = assign_predictors(doc, [{"predictor": large, "lm": "hosted", "role": "large"}])
+        assert refused == []
     return doc
 
 

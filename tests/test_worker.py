@@ -141,15 +141,15 @@ def test_the_app_keeps_answering_when_the_worker_of_its_run_dies(monkeypatch: py
     and the next run started from it finishes."""
     from streamlit.testing.v1 import AppTest
 
-    from core.document import new_document, use_scripted
+    from core.document import new_document, revise, use_scripted
     from core.paths import db_path
     from core.run import get_manager
 
     root = Path(__file__).resolve().parent.parent
     monkeypatch.chdir(root)
     doc = use_scripted(new_document(), True)
-    for spec in doc["lms"].values():
-        spec.setdefault("options", {}).update(crash_at_round=1, crash_signal="SIGSEGV", local_cpu=True)
+    crash = {"crash_at_round": 1, "crash_signal": "SIGSEGV", "local_cpu": True}
+    doc = revise(doc, lms={name: revise(spec, options={**spec.options, **crash}) for name, spec in doc.lms.items()})
     at = AppTest.from_file(str(root / "pages" / "run.py"), default_timeout=60)
     at.session_state["config_doc"] = doc
     at.session_state["doc_rev"] = 0

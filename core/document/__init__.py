@@ -1,20 +1,23 @@
-"""The run document: the JSON form of ``RunConfig`` that the dashboard edits (plain dicts; no streamlit).
+"""The run document that the dashboard edits: a typed ``RunDraft`` (no streamlit here).
 
-The dashboard keeps one document in its session. Every edit goes through a function of this
-package that returns a new document or raises a ``StudioError`` whose message the page shows next
-to the control. ``build_config`` validates the document with the typed API keys of the session
-added (they never enter the document itself). One module per page's part of the document:
-``base`` (the whole document, validation, problems before a run), ``program``, ``lms``, ``data``,
+The dashboard keeps one draft in its session. Every edit goes through a function of this package
+that returns a new draft (the old one is left as it was) or raises a ``StudioError`` whose message
+the page shows next to the control. A draft is typed field by field but may hold what a
+``RunConfig`` refuses (code the user has not allowed yet, a pipeline being fixed): ``run_problems``
+lists those, and ``build_config`` runs the checks across fields and adds the session's typed API
+keys (they never enter the draft). Uploaded JSON and the template defaults become drafts at this
+boundary (``document_from_json``, ``new_document``). One module per page's part of the document:
+``base`` (the whole draft, validation, problems before a run), ``program``, ``lms``, ``data``,
 ``strategy``.
 """
 
 from core.document.base import (
     build_config,
-    copy_document,
     document_from_json,
+    draft_of,
     new_document,
+    revise,
     run_problems,
-    with_secrets,
 )
 from core.document.data import (
     DataCheck,
@@ -30,12 +33,16 @@ from core.document.data import (
     set_labels,
     set_mapping,
     set_split,
+    use_file,
+    use_sample,
 )
 from core.document.lms import (
     SCRIPTED_FACTORY,
     add_litellm,
     embedded_lms,
     is_scripted,
+    lm_model,
+    lm_users,
     remove_lm,
     scripted_delay,
     scripted_lms,
@@ -44,6 +51,7 @@ from core.document.lms import (
 from core.document.program import (
     PredictorRow,
     assign_predictors,
+    keep_stages,
     lm_capabilities,
     predictor_rows,
     program_spec,
@@ -84,14 +92,17 @@ __all__ = [
     "assign_predictors",
     "build_config",
     "check_data",
-    "copy_document",
     "data_path",
     "document_from_json",
+    "draft_of",
     "embedded_lms",
     "is_scripted",
+    "keep_stages",
     "label_distribution",
     "list_samples",
     "lm_capabilities",
+    "lm_model",
+    "lm_users",
     "load_document_table",
     "move_step",
     "new_document",
@@ -100,6 +111,7 @@ __all__ = [
     "prompt_and_weight_types",
     "remap_columns",
     "remove_lm",
+    "revise",
     "role_preset",
     "role_problem",
     "run_problems",
@@ -124,6 +136,7 @@ __all__ = [
     "step_kind",
     "step_label",
     "strategy_steps",
+    "use_file",
+    "use_sample",
     "use_scripted",
-    "with_secrets",
 ]

@@ -1,61 +1,80 @@
-"""The run document: the JSON form of ``RunConfig`` that the dashboard edits, its validation and
-its problems before a run."""
+"""The run document as a whole: a ``RunDraft``, its edits, its validation and its problems before a run.
+
+A draft holds what the user is building, including states a ``RunConfig`` refuses (code not allowed
+yet, a pipeline being fixed); ``build_config`` is where the checks across fields run, and
+``run_problems`` says what stops a run without preparing it.
+"""
 
 from __future__ import annotations
 
-import copy
-from typing import Any
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
 
 from core.config import (
     RunConfig,
+    RunDraft,
     config_to_dict,
     parse_config,
     parse_config_text,
+    parse_draft,
 )
 from core.defaults import DEFAULT_TEMPLATE, default_config_dict
-from core.errors import StudioError
+from core.errors import ConfigError, StudioError
+
+M = TypeVar("M", bound=BaseModel)
 
 
-def new_document(template: str = DEFAULT_TEMPLATE) -> dict[str, Any]:
+def new_document(template: str = DEFAULT_TEMPLATE) -> RunDraft:
     """The product default: ``template`` on the embedded models, ready to run."""
-    return default_config_dict(template)
+    return parse_draft(default_config_dict(template))
 
 
-def copy_document(doc: dict[str, Any]) -> dict[str, Any]:
-    return copy.deepcopy(doc)
+def revise(model: M, **changes: Any) -> M:
+    """A copy of ``model`` (the draft or one of its parts) with ``changes`` applied and validated.
+
+    Unchanged fields are kept as they are (already valid); changed ones are validated by the model's
+    own rules, so an edit can never leave a field the model would refuse. ``ConfigError`` names the
+    field, the bad value and the rule otherwise.
+    """
+    try:
+        return type(model).model_validate({**dict(model), **changes})
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(map(str, err["loc"])) or type(model).__name__
+        got = "" if isinstance(err.get("input"), dict | list) else f" (got {err.get('input')!r})"
+        raise ConfigError(f"{where}: {err['msg'].removeprefix('Value error, ')}{got}") from e
 
 
-def with_secrets(doc: dict[str, Any], api_keys: dict[str, str] | None) -> dict[str, Any]:
-    """A copy of ``doc`` with the session's typed API keys added to their LiteLLM specs."""
+def draft_of(config: RunConfig) -> RunDraft:
+    """A validated configuration as a draft to edit (typed API keys are not carried over)."""
+    return parse_draft(config_to_dict(config))
+
+
+def build_config(draft: RunDraft, api_keys: dict[str, str] | None = None) -> RunConfig:
+    """The draft checked as a whole (``ConfigError`` naming the field otherwise), with the session's
+    typed API keys on their LiteLLM LMs. The keys never enter the draft."""
     from core.store.secrets import register_secret
 
-    out = copy_document(doc)
-    for name, key in (api_keys or {}).items():
-        spec = out.get("lms", {}).get(name)
-        if key and isinstance(spec, dict) and spec.get("kind") == "litellm":
-            spec["api_key"] = key
-            register_secret(key)  # a typed key is redacted from messages and logs like an env key
-    return out
+    keys = {name: key for name, key in (api_keys or {}).items() if key}
+    for key in keys.values():
+        register_secret(key)  # a typed key is redacted from messages and logs like an env key
+    return parse_config(config_to_dict(draft)).with_api_keys(keys)
 
 
-def build_config(doc: dict[str, Any], api_keys: dict[str, str] | None = None) -> RunConfig:
-    """Validate the document (``ConfigError`` naming the field otherwise)."""
-    return parse_config(with_secrets(doc, api_keys))
-
-
-def document_from_json(text: str) -> dict[str, Any]:
-    """A configuration file uploaded by the user, validated, as a document.
+def document_from_json(text: str) -> RunDraft:
+    """A configuration file uploaded by the user, validated, as a draft.
 
     Its ``allow_user_code`` is not taken on trust: code it names waits for the opt-in on the Program page.
     """
     from core.trust import untrusted_document
 
-    return untrusted_document(config_to_dict(parse_config_text(text)))
+    return untrusted_document(draft_of(parse_config_text(text)))
 
 
-def run_problems(doc: dict[str, Any], api_keys: dict[str, str] | None = None,
+def run_problems(draft: RunDraft, api_keys: dict[str, str] | None = None,
                  allowed_files: set[str] | None = None) -> list[str]:
-    """What stops the document from running (empty when it can start): the cheap, local check.
+    """What stops the draft from running (empty when it can start): the cheap, local check.
 
     Code the user has not allowed and a data file not yet allowed (``allowed_files``) are reported
     without running or reading them. No LM is built and nothing goes over the network.
@@ -63,12 +82,12 @@ def run_problems(doc: dict[str, Any], api_keys: dict[str, str] | None = None,
     from core.prepare import preflight
     from core.trust import file_to_review, user_code_notice
 
-    if notice := user_code_notice(doc):
+    if notice := user_code_notice(draft):
         return [notice]
-    if allowed_files is not None and (pending := file_to_review(doc, allowed_files)) is not None:
+    if allowed_files is not None and (pending := file_to_review(draft, allowed_files)) is not None:
         return [f"the data file {pending} has not been read yet; allow it on the Data page"]
     try:
-        config = build_config(doc, api_keys)
+        config = build_config(draft, api_keys)
     except StudioError as e:
         return [str(e)]
     return preflight(config)

@@ -7,13 +7,10 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from pydantic import ValidationError
 
-from core.config import (
-    SplitSpec,
-)
+from core.config import FileSource, RunDraft, SampleSource, SplitSpec
 from core.data import (
     ALLOWED_EXTENSIONS,
     Table,
@@ -23,7 +20,7 @@ from core.data import (
     load_table_from_path,
     split_examples,
 )
-from core.document.base import copy_document
+from core.document.base import revise
 from core.errors import ConfigError, DataError, StudioError
 from core.paths import DATA_DIR, sample_path, studio_home
 
@@ -51,66 +48,72 @@ def save_upload(data: bytes, filename: str) -> tuple[Path, Table]:
     return save_bytes(data, filename, "uploads"), table
 
 
-def data_path(doc: dict[str, Any]) -> Path:
-    source = doc["data"]["source"]
-    if source.get("kind") == "sample":
-        return sample_path(source["name"])
-    return Path(source["path"])
+def data_path(doc: RunDraft) -> Path:
+    source = doc.data.source
+    return sample_path(source.name) if isinstance(source, SampleSource) else Path(source.path)
 
 
-def load_document_table(doc: dict[str, Any]) -> Table:
+def load_document_table(doc: RunDraft) -> Table:
     return load_table_from_path(data_path(doc))
 
 
-def set_data_source(doc: dict[str, Any], source: dict[str, Any], table: Table) -> dict[str, Any]:
+def use_sample(doc: RunDraft, name: str) -> RunDraft:
+    """Use a bundled sample (read now, to match fields to its columns)."""
+    source = _source({"kind": "sample", "name": name})
+    return set_data_source(doc, source, load_table_from_path(sample_path(source.name)))
+
+
+def use_file(doc: RunDraft, path: Path | str, table: Table) -> RunDraft:
+    """Use a file the user picked (``table``: its rows, already read and checked)."""
+    return set_data_source(doc, _source({"kind": "file", "path": str(path)}), table)
+
+
+def _source(value: dict[str, str]) -> SampleSource | FileSource:
+    model = SampleSource if value["kind"] == "sample" else FileSource
+    try:
+        return model.model_validate(value)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise ConfigError(f"data.source: {err['msg'].removeprefix('Value error, ')} (got {err.get('input')!r})") from e
+
+
+def set_data_source(doc: RunDraft, source: SampleSource | FileSource, table: Table) -> RunDraft:
     """Use a new dataset; fields are matched to columns by name where the mapping no longer fits."""
-    out = copy_document(doc)
-    out["data"]["source"] = source
-    remap_columns(out, table)
-    return out
+    return remap_columns(revise(doc, data=revise(doc.data, source=source)), table)
 
 
-def remap_columns(out: dict[str, Any], table: Table | None = None) -> None:
+def remap_columns(doc: RunDraft, table: Table | None = None) -> RunDraft:
+    """Keep each field's column where the table has it, else match it by name (unreadable data: unchanged)."""
     if table is None:
         try:
-            table = load_document_table(out)
+            table = load_document_table(doc)
         except StudioError:
-            return
-    data = out["data"]
-    fields = [*data["inputs"], *data["labels"]]
+            return doc
+    data = doc.data
+    fields = [*data.inputs, *data.labels]
     auto = auto_mapping(fields, list(table.columns))
-    data["mapping"] = {
-        f: (data["mapping"][f] if data["mapping"].get(f) in table.columns else auto.get(f, ""))
-        for f in fields
-    }
-    data["mapping"] = {f: c for f, c in data["mapping"].items() if c}
+    mapping = {f: (data.mapping[f] if data.mapping.get(f) in table.columns else auto.get(f, "")) for f in fields}
+    return revise(doc, data=revise(data, mapping={f: c for f, c in mapping.items() if c}))
 
 
-def set_mapping(doc: dict[str, Any], mapping: dict[str, str]) -> dict[str, Any]:
-    out = copy_document(doc)
-    out["data"]["mapping"] = {f: c for f, c in mapping.items() if c}
-    return out
+def set_mapping(doc: RunDraft, mapping: dict[str, str]) -> RunDraft:
+    return revise(doc, data=revise(doc.data, mapping={f: c for f, c in mapping.items() if c}))
 
 
-def set_labels(doc: dict[str, Any], labels: list[str]) -> dict[str, Any]:
+def set_labels(doc: RunDraft, labels: list[str]) -> RunDraft:
     if not labels:
         raise DataError("choose at least one label field (an output of the program the metric compares)")
-    out = copy_document(doc)
-    out["data"]["labels"] = list(labels)
-    out["metric"]["fields"] = None
-    return out
+    return revise(doc, data=revise(doc.data, labels=list(labels)), metric=revise(doc.metric, fields=None))
 
 
-def set_split(doc: dict[str, Any], train: float, val: float, test: float, seed: int) -> dict[str, Any]:
+def set_split(doc: RunDraft, train: float, val: float, test: float, seed: int) -> RunDraft:
     """Counts (>= 1, whole numbers) or ratios (< 1); ``ConfigError`` with the rule otherwise."""
     values = [int(v) if float(v).is_integer() and v >= 1 else float(v) for v in (train, val, test)]
     try:
-        SplitSpec(train=values[0], val=values[1], test=values[2], seed=int(seed))
+        split = SplitSpec(train=values[0], val=values[1], test=values[2], seed=int(seed))
     except ValidationError as e:
         raise ConfigError(f"data.split: {e.errors()[0]['msg'].removeprefix('Value error, ')}") from e
-    out = copy_document(doc)
-    out["data"]["split"] = {"train": values[0], "val": values[1], "test": values[2], "seed": int(seed)}
-    return out
+    return revise(doc, data=revise(doc.data, split=split))
 
 
 @dataclass(frozen=True)
@@ -122,15 +125,14 @@ class DataCheck:
     sizes: tuple[int, int, int] | None
 
 
-def check_data(doc: dict[str, Any], table: Table) -> DataCheck:
-    data = doc["data"]
+def check_data(doc: RunDraft, table: Table) -> DataCheck:
+    data = doc.data
     try:
-        examples = build_examples(table, data["mapping"], data["inputs"], data["labels"])
+        examples = build_examples(table, data.mapping, data.inputs, data.labels)
     except DataError as e:
         return DataCheck(str(e), None, None)
-    split = SplitSpec.model_validate(data["split"])
     try:
-        result = split_examples(examples, *split.sizes(), seed=split.seed)
+        result = split_examples(examples, *data.split.sizes(), seed=data.split.seed)
     except DataError as e:
         return DataCheck(None, str(e), None)
     return DataCheck(None, None, result.sizes)

@@ -10,10 +10,12 @@ from pydantic import ValidationError
 
 from core.config import (
     PROMPT_OPTIMIZERS,
+    STEP_MODELS,
     WEIGHT_OPTIMIZERS,
+    RunDraft,
     optimizer_kind,
 )
-from core.document.base import copy_document
+from core.document.base import revise
 from core.errors import ConfigError, StrategyError
 from core.optimizers.table import OPTIMIZERS
 from core.strategy import SEPARATOR, STEP_KEY_PATTERN, normalize_strategy
@@ -22,22 +24,17 @@ SETTINGS_MODELS = {key: row.settings for key, row in OPTIMIZERS.items()}
 OPTIMIZER_LABELS = {key: row.label for key, row in OPTIMIZERS.items()}
 
 
-def strategy_steps(doc: dict[str, Any]) -> list[str]:
-    text = doc.get("strategy") or ""
-    return [s for s in (part.strip() for part in text.split("->")) if s]
+def strategy_steps(doc: RunDraft) -> list[str]:
+    return [s for s in (part.strip() for part in doc.strategy.split("->")) if s]
 
 
-def set_steps(doc: dict[str, Any], steps: list[str]) -> dict[str, Any]:
+def set_steps(doc: RunDraft, steps: list[str]) -> RunDraft:
     """Set the strategy from its steps (``StrategyError`` naming the allowed keys otherwise)."""
-    out = copy_document(doc)
-    out["strategy"] = normalize_strategy(SEPARATOR.join(steps), out["optimizers"].keys())
-    return out
+    return revise(doc, strategy=normalize_strategy(SEPARATOR.join(steps), doc.optimizers.keys()))
 
 
-def set_strategy_text(doc: dict[str, Any], text: str) -> dict[str, Any]:
-    out = copy_document(doc)
-    out["strategy"] = normalize_strategy(text, out["optimizers"].keys())
-    return out
+def set_strategy_text(doc: RunDraft, text: str) -> RunDraft:
+    return revise(doc, strategy=normalize_strategy(text, doc.optimizers.keys()))
 
 
 def move_step(steps: list[str], index: int, delta: int) -> list[str]:
@@ -48,25 +45,24 @@ def move_step(steps: list[str], index: int, delta: int) -> list[str]:
     return out
 
 
-def add_optimizer(doc: dict[str, Any], key: str, optimizer: str) -> dict[str, Any]:
+def add_optimizer(doc: RunDraft, key: str, optimizer: str) -> RunDraft:
     """Define a new step key with an optimizer type and its default settings."""
     if not re.fullmatch(STEP_KEY_PATTERN, key or ""):
         raise StrategyError(f"step key {key!r}: use lowercase letters, digits or _, starting with a letter")
-    if key in doc["optimizers"]:
-        raise StrategyError(f"step key {key!r} is already defined; defined keys: {', '.join(doc['optimizers'])}")
+    if key in doc.optimizers:
+        raise StrategyError(f"step key {key!r} is already defined; defined keys: {', '.join(doc.optimizers)}")
     if optimizer not in SETTINGS_MODELS:
         raise StrategyError(f"optimizer {optimizer!r} is unknown; allowed: {', '.join(SETTINGS_MODELS)}")
-    out = copy_document(doc)
-    out["optimizers"][key] = {"type": optimizer, "settings": SETTINGS_MODELS[optimizer]().model_dump()}
-    return out
+    return revise(doc, optimizers={**doc.optimizers, key: STEP_MODELS[optimizer](type=optimizer)})
 
 
-def step_kind(doc: dict[str, Any], key: str) -> str:
-    return optimizer_kind(doc["optimizers"][key]["type"])
+def step_kind(doc: RunDraft, key: str) -> str:
+    return optimizer_kind(doc.optimizers[key].type)
 
 
-def step_label(doc: dict[str, Any], key: str) -> str:
-    return OPTIMIZER_LABELS.get(doc["optimizers"][key]["type"], doc["optimizers"][key]["type"])
+def step_label(doc: RunDraft, key: str) -> str:
+    kind = doc.optimizers[key].type
+    return OPTIMIZER_LABELS.get(kind, kind)
 
 
 @dataclass(frozen=True)
@@ -99,28 +95,25 @@ def settings_fields(optimizer: str) -> list[SettingField]:
     return out
 
 
-def set_settings(doc: dict[str, Any], key: str, values: dict[str, Any]) -> dict[str, Any]:
-    spec = doc["optimizers"][key]
-    model = SETTINGS_MODELS[spec["type"]]
+def set_settings(doc: RunDraft, key: str, values: dict[str, Any]) -> RunDraft:
+    """Replace some settings of step ``key`` (the form's values); ``StrategyError`` naming the setting
+    and its rule otherwise."""
+    step = doc.optimizers[key]
     try:
-        settings = model.model_validate({**spec.get("settings", {}), **values})
+        settings = SETTINGS_MODELS[step.type].model_validate({**step.settings.model_dump(), **values})
     except ValidationError as e:
         err = e.errors()[0]
         raise StrategyError(f"step {key!r}, {'.'.join(map(str, err['loc']))}: {err['msg']}") from e
-    out = copy_document(doc)
-    out["optimizers"][key]["settings"] = settings.model_dump()
-    return out
+    return revise(doc, optimizers={**doc.optimizers, key: STEP_MODELS[step.type](type=step.type, settings=settings)})
 
 
 def prompt_and_weight_types() -> tuple[tuple[str, ...], tuple[str, ...]]:
     return PROMPT_OPTIMIZERS, WEIGHT_OPTIMIZERS
 
 
-def set_metric(doc: dict[str, Any], name: str) -> dict[str, Any]:
+def set_metric(doc: RunDraft, name: str) -> RunDraft:
     from core.metrics import METRICS
 
     if name not in METRICS:
         raise ConfigError(f"metric {name!r} is unknown; allowed metrics: {', '.join(METRICS)}")
-    out = copy_document(doc)
-    out["metric"]["name"] = name
-    return out
+    return revise(doc, metric=revise(doc.metric, name=name))
