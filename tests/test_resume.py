@@ -7,15 +7,19 @@ import os
 import re
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
+import dspy
 import pytest
 
 from core.config import parse_config
 from core.defaults import scripted_config_dict
 from core.errors import StoreError
 from core.records import Round, RunStatus
-from core.run import RunManager
+from core.run import RoundRecorder, RunManager, RunObserver
+from core.run.recorder import BestRound
+from core.run.resume import ReplayedRound
 from core.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,6 +79,33 @@ def test_a_resumed_run_equals_the_uninterrupted_run(manager: RunManager, tmp_pat
         assert len(store.list_events(run_id, kinds=["finetuned"])) == 1
     messages = [e.message for e in store.list_events(run_id, kinds=["status"])]
     assert any(f"resuming after round {crash_at_round - 1}" in m for m in messages)
+
+
+def test_replayed_rounds_keep_the_best_on_a_replayed_round(tmp_path: Path) -> None:
+    """The resumed attempt's recorder is told which rounds it replays: a new round scoring below the
+    best replayed one leaves is_best, best.json and the round event on the replayed round."""
+    store = Store(tmp_path / "runs.db")
+    config = parse_config(scripted_config_dict("analyze_classify", tag="replayed-best"))
+    run_id = store.create_run("replayed-best", config)
+    folder = tmp_path / "run"
+    programs = [dspy.Predict(dspy.Signature("question -> answer", f"round {i}")) for i in range(3)]
+
+    def recorder() -> RoundRecorder:
+        cancel = threading.Event()
+        return RoundRecorder(store, run_id, config, RunObserver(cancel), folder, cancel)
+
+    earlier = recorder()  # the attempt that died after two rounds
+    earlier.round_finished(0, "", 40.0, programs[0])
+    earlier.round_finished(1, "p", 70.0, programs[1])
+    resumed = recorder()
+    resumed.replayed([ReplayedRound(0, "", 40.0, programs[0]), ReplayedRound(1, "p", 70.0, programs[1])])
+    resumed.round_finished(2, "p -> w", 55.0, programs[2])
+
+    assert [r.is_best for r in store.list_rounds(run_id)] == [False, True, False]
+    assert resumed.best == BestRound(index=1, strategy="p", score=70.0)
+    assert json.loads((folder / "best.json").read_text()) == json.loads((folder / "rounds" / "1.json").read_text())
+    assert store.list_events(run_id, kinds=["round"])[-1].data["best_index"] == 1
+    assert [e.data for e in store.list_events(run_id, kinds=["status"])] == [{"replayed": 2}]
 
 
 def test_resume_from_the_command_line(manager: RunManager, tmp_path: Path) -> None:

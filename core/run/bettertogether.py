@@ -65,7 +65,7 @@ class StudioBetterTogether(BetterTogether):
             return None
         if self._step_index == 0 and self._replay:
             return self._replay[0].score  # the baseline of a resumed run: recorded already
-        self.recorder.begin_eval()
+        self.recorder.evaluation_started()
         evaluate = dspy.Evaluate(
             devset=valset,
             metric=self.metric,
@@ -79,13 +79,13 @@ class StudioBetterTogether(BetterTogether):
             try:
                 result = scope.result = evaluate(program)
             except Exception as e:  # noqa: BLE001 - recorded as a failed evaluation, not as 0
-                self.recorder.eval_error = scope.error = f"evaluation crashed: {type(e).__name__}: {e}"
+                scope.error = f"evaluation crashed: {type(e).__name__}: {e}"
+                self.recorder.evaluation_failed(scope.error)
                 return None
-            errors = self.recorder.eval_errors()
-            if errors >= len(valset):
-                self.recorder.eval_error = scope.error = (
-                    f"all {len(valset)} validation examples failed; last LM error: {self.recorder.observer.last_error}"
-                )
+            if self.recorder.evaluation_errors() >= len(valset):
+                scope.error = (f"all {len(valset)} validation examples failed; "
+                               f"last LM error: {self.recorder.last_lm_error}")
+                self.recorder.evaluation_failed(scope.error)
                 return None
             scope.score = float(result.score)
             return scope.score
@@ -110,7 +110,7 @@ class StudioBetterTogether(BetterTogether):
             self.recorder.event("cancelled", f"cancelled during step '{current_strategy}'")
             raise
         except Exception as e:
-            if self.recorder.cancel.is_set():
+            if self.recorder.cancel_requested:
                 raise StepCancelled(f"cancelled during step '{current_strategy}'") from e
             self.recorder.step_failed(current_strategy, e)
             raise

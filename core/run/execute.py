@@ -13,15 +13,15 @@ from collections.abc import Callable
 import dspy
 
 from core.errors import RunCancelled, StoreError
-from core.evidence.capture import CallbackTee, EvidenceCollector, UsageTap, evidence_scope
+from core.evidence.capture import CallbackTee, UsageTap, evidence_scope
 from core.lms.call_cache import CallCache
 from core.paths import run_dir
 from core.prepare import PreparedRun
 from core.records import RunOutcome, RunStatus
 from core.run.bettertogether import StudioBetterTogether, candidates_of
-from core.run.build import build_optimizers, effective_threads, make_adapter, model_prices
+from core.run.build import build_optimizers, effective_threads, make_adapter
 from core.run.observer import RunObserver
-from core.run.recorder import RoundRecorder, best_index
+from core.run.recorder import RoundRecorder
 from core.run.resume import load_replay
 from core.store import Store
 
@@ -33,7 +33,7 @@ def evaluate_score(program: dspy.Module, devset: list, metric: Callable, threads
     """Score on ``devset``; None (never a silent 0) when every example failed or the evaluation crashed.
 
     Each example's evidence is recorded as the test evaluation of the ``which`` program."""
-    recorder.begin_eval()
+    recorder.evaluation_started()
     evaluate = dspy.Evaluate(devset=devset, metric=metric, num_threads=threads, display_progress=False,
                              display_table=False, max_errors=len(devset) + 1, provide_traceback=False)
     with evidence_scope(recorder.evidence, "test", f"test: {which}", program, devset, program_label=which) as scope:
@@ -44,9 +44,9 @@ def evaluate_score(program: dspy.Module, devset: list, metric: Callable, threads
             scope.error = f"test evaluation crashed: {type(e).__name__}: {e}"
             recorder.event("error", scope.error)
             return None
-        if recorder.eval_errors() >= len(devset):
+        if recorder.evaluation_errors() >= len(devset):
             scope.error = (f"test evaluation failed on all {len(devset)} examples; last LM error: "
-                           f"{recorder.observer.last_error}")
+                           f"{recorder.last_lm_error}")
             recorder.event("error", scope.error)
             return None
         scope.score = score
@@ -63,17 +63,15 @@ def execute_run(prepared: PreparedRun, store: Store, run_id: int, cancel: thread
     folder = run_dir(run_id)
     folder.mkdir(parents=True, exist_ok=True)
     observer = RunObserver(cancel, prepared.runtimes)
-    recorder = RoundRecorder(store, run_id, config, observer, folder, cancel, prices=model_prices(config))
+    recorder = RoundRecorder(store, run_id, config, observer, folder, cancel)
     observer.on_call = recorder.progress
-    recorder.evidence = EvidenceCollector(store, run_id)
+    evidence = recorder.evidence
     adapter = make_adapter(prepared.runtimes)
     threads = effective_threads(prepared)
     call_cache = CallCache()  # deterministic calls answered once per run
-    with recorder.evidence, dspy.context(lm=prepared.context_lm, adapter=adapter,
-                                         callbacks=[CallbackTee(observer, recorder.evidence)],
-                                         usage_tracker=UsageTap(observer, recorder.evidence),
-                                         num_threads=threads, studio_cancel_event=cancel,
-                                         studio_call_cache=call_cache):
+    with evidence, dspy.context(lm=prepared.context_lm, adapter=adapter,
+                                callbacks=[CallbackTee(observer, evidence)], usage_tracker=UsageTap(observer, evidence),
+                                num_threads=threads, studio_cancel_event=cancel, studio_call_cache=call_cache):
         optimizers = build_optimizers(prepared, recorder.weight_hooks(), adapter)
         optimizer = StudioBetterTogether(prepared.metric, recorder, **optimizers)
         if resume:
@@ -84,7 +82,7 @@ def execute_run(prepared: PreparedRun, store: Store, run_id: int, cancel: thread
         recorder.event("status", f"running '{config.strategy}' on {len(prepared.split.train)} train / "
                                  f"{len(prepared.split.val)} validation examples")
         try:
-            best = optimizer.compile(
+            compiled = optimizer.compile(
                 prepared.program,
                 trainset=list(prepared.split.train),
                 valset=list(prepared.split.val),
@@ -96,20 +94,22 @@ def execute_run(prepared: PreparedRun, store: Store, run_id: int, cancel: thread
         except RunCancelled:
             recorder.event("cancelled", "cancelled during the baseline evaluation")
             return RunOutcome(RunStatus.CANCELLED, error="cancelled by the user")
-        candidates = candidates_of(best)
+        candidates = candidates_of(compiled)
         baseline = next(c for c in candidates if c.strategy == "")
-        best_candidate = candidates[0]
+        best_round = recorder.best  # the round marked is_best; the baseline when every evaluation failed
+        best_candidate = (baseline if best_round is None else
+                          next(c for c in candidates if c.strategy == best_round.strategy))
+        best = best_candidate.program
         best.save(str(folder / "best.json"))
         baseline.program.save(str(folder / "baseline.json"))
-        store.add_artifact(run_id, "best_program", str(folder / "best.json"),
-                           {"strategy": best_candidate.strategy, "round": best_index(recorder.scores)})
+        store.add_artifact(run_id, "best_program", str(folder / "best.json"), {
+            "strategy": best_candidate.strategy, "round": None if best_round is None else best_round.index})
         store.add_artifact(run_id, "baseline_program", str(folder / "baseline.json"), {})
         cancelled = cancel.is_set()
-        flagged = bool(best.flag_compilation_error_occurred) and not cancelled
+        flagged = bool(compiled.flag_compilation_error_occurred) and not cancelled
         test_base = test_best = None
         if not cancelled and best_candidate.score is not None:
-            recorder.current_step = "test"
-            recorder.event("status", f"evaluating baseline and best on {len(prepared.split.test)} test examples")
+            recorder.testing_started(len(prepared.split.test))
             try:
                 test = prepared.split.test
                 test_base = evaluate_score(baseline.program, test, prepared.metric, threads, recorder, "baseline")
@@ -151,8 +151,4 @@ def _replay_finished_rounds(optimizer: StudioBetterTogether, recorder: RoundReco
         raise StoreError(f"run {run_id} cannot be resumed: its rounds {recorded} do not follow its strategy "
                          f"'{prepared.config.strategy}'")
     optimizer.set_replay(replay)
-    recorder.scores = [r.score for r in replay]
-    recorder.strategies = [r.strategy for r in replay]
-    recorder.event("status", f"resuming after round {len(replay) - 1}: rounds 0-{len(replay) - 1} are replayed "
-                             "from disk, not run again" if replay else "resuming: no round was finished; "
-                             "starting from the baseline", {"replayed": len(replay)})
+    recorder.replayed(replay)
