@@ -11,6 +11,7 @@ recorded per round), the Strategy page's estimate against the measured wall time
 of issue 11. Progress goes to stderr; the last line of stdout is one JSON object.
 
     python bench/quality.py                       # 3 tasks x 3 seeds (about 1.5 h on 2 cores)
+    python bench/quality.py --test 40             # the same with 40 test examples per task (the README table)
     python bench/quality.py --quick               # CI-sized smoke run: tiny splits, 1 seed, 2 LoRA steps
     python bench/quality.py --tasks support_triage --seeds 0
     python bench/quality.py --task my.csv:my_config.json
@@ -63,10 +64,13 @@ def task_documents(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     return docs
 
 
-def sized(doc: dict[str, Any], seed: int, strategy: str, quick: bool) -> dict[str, Any]:
-    """``doc`` for one seed and strategy (``--quick``: tiny split, 1 candidate, 2 LoRA steps)."""
+def sized(doc: dict[str, Any], seed: int, strategy: str, quick: bool, test: int | None = None) -> dict[str, Any]:
+    """``doc`` for one seed and strategy (``--quick``: tiny split, 1 candidate, 2 LoRA steps; ``test``: that
+    many test examples instead of the document's, for a finer measurement of the same method)."""
     doc = json.loads(json.dumps(doc))
     doc["data"].setdefault("split", {})["seed"] = seed
+    if test:
+        doc["data"]["split"]["test"] = test
     doc["seed"] = seed
     doc["strategy"] = strategy
     if quick:
@@ -135,14 +139,15 @@ def round_phases(rounds: list[Any]) -> dict[str, float]:
     return total
 
 
-def measure_task(manager: Any, name: str, doc: dict[str, Any], seed: int, quick: bool) -> dict[str, Any]:
+def measure_task(manager: Any, name: str, doc: dict[str, Any], seed: int, quick: bool,
+                 test: int | None = None) -> dict[str, Any]:
     """One seed of one task: a p -> w -> p run (4 strategies) and a w run."""
     from core.config import parse_config
     from core.estimate import estimate
 
     store = manager.store
     result: dict[str, Any] = {"task": name, "seed": seed, "scores": {}, "seconds": {}, "phases": {}}
-    main_doc = sized(doc, seed, "p -> w -> p", quick)
+    main_doc = sized(doc, seed, "p -> w -> p", quick, test)
     started = time.monotonic()
     run_id = run_config(manager, main_doc)
     wall = time.monotonic() - started
@@ -175,7 +180,7 @@ def measure_task(manager: Any, name: str, doc: dict[str, Any], seed: int, quick:
     result["estimate"] = {"predicted_seconds": round(predicted.seconds, 1), "measured_seconds": run_seconds,
                           "error_pct": round(100 * (predicted.seconds - run_seconds) / run_seconds, 1)
                           if run_seconds else None}
-    w_doc = sized(doc, seed, "w", quick)
+    w_doc = sized(doc, seed, "w", quick, test)
     w_id = run_config(manager, w_doc)
     w_run = store.get_run(w_id)
     w_rounds = store.list_rounds(w_id)
@@ -236,6 +241,8 @@ def main() -> int:
     parser.add_argument("--tasks", nargs="*", default=list(SAMPLE_TASKS), help="sample tasks (template keys)")
     parser.add_argument("--task", action="append", default=[], help="DATA_FILE:CONFIG_JSON, repeatable")
     parser.add_argument("--seeds", nargs="*", type=int, default=None, help="default: 0 1 2 (--quick: 0)")
+    parser.add_argument("--test", type=int, default=None,
+                        help="test examples per task (default: the task's own split; the README table uses 40)")
     parser.add_argument("--out", default=None, help="also write the JSON (and partial results) to this file")
     args = parser.parse_args()
     seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1, 2])
@@ -254,9 +261,10 @@ def main() -> int:
     started = time.monotonic()
     for seed in seeds:  # seed-major: every task gets a first seed before any gets a second
         for name, doc in docs.items():
-            results.append(measure_task(manager, name, doc, seed, args.quick))
+            results.append(measure_task(manager, name, doc, seed, args.quick, None if args.quick else args.test))
             table = summarize(results, list(docs))
-            partial = {"bench": "quality", "quick": args.quick, "seeds": seeds, "table": table,
+            partial = {"bench": "quality", "quick": args.quick, "seeds": seeds, "test_examples": args.test,
+                       "table": table,
                        "targets": targets(table, results), "runs": results,
                        "wall_seconds": round(time.monotonic() - started, 1)}
             if args.out:
