@@ -642,3 +642,15 @@ def test_secret_names(name: str, secret: bool) -> None:
 def test_find_secrets_walks_nested_values() -> None:
     assert find_secrets({"a": [{"b": {"password": "x"}}], "c": "token"}) == ["config.a[0].b.password"]
     assert find_secrets({"a": {"password": " "}}) == []
+
+
+def test_a_run_that_ends_abruptly_keeps_the_recorded_best_round(store: Store) -> None:
+    """The best of an interrupted run is the round the recorder marked, never a second computation."""
+    run_id = store.create_run("r", CONFIG, RunStatus.RUNNING)
+    for index, score in ((0, 30.0), (1, 60.0), (2, 60.0)):
+        store.add_round(_round(run_id, index, score))
+    store.mark_best(run_id, 2)  # whatever rule the recorder applied, the store keeps its answer
+    store.end_abruptly(run_id, RunStatus.INTERRUPTED, "the app stopped")
+    run = store.get_run(run_id)
+    assert (run.best_strategy, run.best_score, run.baseline_score) == (_round(run_id, 2, 60.0).strategy, 60.0, 30.0)
+    assert [r.is_best for r in store.list_rounds(run_id)] == [False, False, True]

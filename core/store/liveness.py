@@ -157,11 +157,11 @@ class OwnershipMixin:
             db.execute("update runs set worker_pid = ? where id = ?", [pid, run_id])
 
     def best_so_far(self, run_id: int) -> dict[str, Any]:
-        """Best strategy/score and baseline score from the recorded rounds (for runs that ended abruptly)."""
+        """The stored best round (``is_best``, decided by the run's recorder) and the baseline score, for
+        runs that ended abruptly: never a second computation of "best"."""
         rows = list(self.db.query(
-            "select round_index, strategy, score from rounds where run_id = ? order by round_index", [run_id]))
-        scored = [r for r in rows if r["score"] is not None]
-        best = max(scored, key=lambda r: (r["score"], -r["round_index"]), default=None)
+            "select round_index, strategy, score, is_best from rounds where run_id = ? order by round_index", [run_id]))
+        best = next((r for r in rows if r["is_best"]), None)
         baseline = next((r["score"] for r in rows if r["round_index"] == 0), None)
         return {
             "best_strategy": best["strategy"] if best else None,
