@@ -1,12 +1,16 @@
 """DSPy 3.4 engine serving the embedded GGUF models with llama-cpp-python, on the CPU.
 
+This module is the engine only: the DSPy engine contract (``complete``, ``stream``, state,
+copies) and the dispatch of a request onto a loaded model. Loading models and fine-tuned
+artifacts live in ``core.lms.llama_models``; the cancellable token loop and ``cancel_scope`` in
+``core.lms.generation``. The names other modules used from here are re-exported (``__all__``).
+
 Design, in short:
 
-- **One loaded model per file per process.** ``_load(path, lora)`` keeps a module-level registry
-  of ``llama_cpp.Llama`` objects (guarded by a lock); each has its own lock because a llama.cpp
-  context is not thread-safe. The engine itself is a process-wide singleton
-  (``LlamaEngine.shared()``); ``__deepcopy__`` returns self, ``dump_state()`` is ``{}`` and
-  ``load_state`` returns the shared instance, so programs can be copied and saved freely.
+- **One engine per process.** ``LlamaEngine.shared()`` is a process-wide singleton;
+  ``__deepcopy__`` returns self, ``dump_state()`` is ``{}`` and ``load_state`` returns the shared
+  instance, so programs can be copied and saved freely. Loaded models are shared the same way
+  (one per file per process, see ``llama_models``).
 - **Dispatch on ``request.model``**: ``embedded/<catalog key>`` serves a base model; names
   registered with ``register_finetuned(name, artifact_dir)`` serve the fine-tuned artifact
   described by ``artifact_dir/meta.json`` (``kind`` ``merged``: a GGUF loaded as its own model;
@@ -14,196 +18,56 @@ Design, in short:
 - **Prompts** are rendered by ``catalog.render_prompt`` (the function the fine-tuning provider
   uses for training rows). **Output** is constrained by a grammar built from the ChatAdapter
   system message (``core.lms.grammar``), so zero-shot answers parse.
-- **Prefix reuse**: generation goes through ``Llama.generate`` on the same instance, which keeps
-  the KV cache of the longest common token prefix with the previous call: consecutive calls that
-  share the system message and demos only evaluate the new suffix.
-- **Cancel.** A run passes its ``threading.Event`` with ``with cancel_scope(event): ...``. The
-  scope stores the event in DSPy's context (``dspy.context(studio_cancel_event=event)``), because
-  DSPy's ParallelExecutor copies DSPy's context overrides into its worker threads but not other
-  contextvars: the event therefore reaches every evaluation thread of the run, and only that
-  run's calls. ``LlamaEngine.cancel_event`` (an attribute of the engine) is a process-wide
-  switch as well. The engine checks both between generated tokens and, through llama.cpp's abort
-  callback, between prompt-evaluation steps, and raises ``core.errors.RunCancelled`` (a
-  BaseException that passes DSPy's ``except Exception`` layers).
+- **Cancel.** Besides a run's ``cancel_scope`` event, ``LlamaEngine.cancel_event`` (an attribute
+  of the engine) is a process-wide switch, and ``cancel_checks`` are extra callables; any of them
+  makes the running calls raise ``core.errors.RunCancelled`` (see ``core.lms.generation``).
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
-import os
 import threading
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import dspy
 from dspy.clients.engines.base import validate_request
 from dspy.lm15 import Message, Request, Response, TextPart, Usage, response_to_events
 
 from core.errors import LMError, RunCancelled
 from core.lms import catalog, grammar
 from core.lms.call_cache import active_cache
-from core.lms.cpu import threads_for_native_code
+from core.lms.generation import (
+    CANCEL_SETTING,
+    CancelWatcher,
+    Generation,
+    cancel_scope,
+    run_generation,
+    scoped_cancel_event,
+)
+from core.lms.llama_models import (
+    ARTIFACT_KINDS,
+    DEFAULT_N_CTX,
+    DEFAULT_SEED,
+    FinetunedArtifact,
+    LoadedModel,
+    add_finetuned,
+    finetuned,
+    finetuned_names,
+    load_finetuned,
+    load_model,
+    loaded_models,
+    n_ctx,
+    n_threads,
+    read_artifact,
+)
+
+# llama_models' names, not the module: with ``from core.lms import llama_models`` here the loaded models lived into the
+# interpreter's teardown, where llama_cpp's ``__del__`` ran after its bindings were cleared (a TypeError at exit).
 
 logger = logging.getLogger(__name__)
 
 MODEL_PREFIX = catalog.MODEL_PREFIX
-CANCEL_SETTING = "studio_cancel_event"
-DEFAULT_SEED = 1234
-DEFAULT_N_CTX = 2048
-# create_completion's sampling defaults (used when temperature > 0)
-TOP_K, TOP_P, MIN_P = 40, 0.95, 0.05
-
-
-def _env_int(name: str, default: int) -> int:
-    value = os.environ.get(name)
-    if not value:
-        return default
-    try:
-        return int(value)
-    except ValueError as e:
-        raise LMError(f"{name}={value!r} must be an integer") from e
-
-
-def n_threads() -> int:
-    """Threads per llama.cpp context: env ``STUDIO_LLAMA_THREADS``, else 2, or 1 when the CPU is already
-    busy at load time (see ``core.lms.cpu``: spinning OpenMP threads on a busy CPU are 60x slower)."""
-    return threads_for_native_code("STUDIO_LLAMA_THREADS")
-
-
-def n_ctx() -> int:
-    """Context length of a loaded model: env ``STUDIO_LLAMA_CTX`` (default 2048)."""
-    return _env_int("STUDIO_LLAMA_CTX", DEFAULT_N_CTX)
-
-
-# --- loaded models --------------------------------------------------------------------------------
-
-
-@dataclass
-class LoadedModel:
-    """A ``llama_cpp.Llama`` with its lock and the catalogue key whose prompt format it uses."""
-
-    key: str
-    path: Path
-    lora_path: Path | None
-    llama: Any
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    calls: int = 0
-    abort_flag: threading.Event = field(default_factory=threading.Event)
-    _abort_callback: Any = None  # keeps the ctypes callback alive
-
-
-_loaded: dict[tuple[str, str], LoadedModel] = {}
-_loaded_lock = threading.Lock()
-
-
-def _load(key: str, path: Path, lora_path: Path | None = None) -> LoadedModel:
-    """The process-wide loaded model for (path, lora_path); loads it on first use."""
-    registry_key = (str(path), str(lora_path or ""))
-    with _loaded_lock:
-        loaded = _loaded.get(registry_key)
-        if loaded is not None:
-            return loaded
-        import llama_cpp
-
-        started = time.monotonic()
-        try:
-            llama = llama_cpp.Llama(
-                model_path=str(path),
-                lora_path=str(lora_path) if lora_path else None,
-                n_ctx=n_ctx(),
-                n_threads=n_threads(),
-                n_threads_batch=n_threads(),
-                seed=DEFAULT_SEED,
-                verbose=False,
-            )
-        except Exception as e:
-            raise LMError(f"cannot load the GGUF model {path} (lora {lora_path}): {e}") from e
-        loaded = LoadedModel(key=key, path=path, lora_path=lora_path, llama=llama)
-        _install_abort_callback(loaded)
-        _loaded[registry_key] = loaded
-        logger.info("loaded %s%s in %.1f s", path.name, f" + {lora_path.name}" if lora_path else "",
-                    time.monotonic() - started)
-        return loaded
-
-
-def _install_abort_callback(loaded: LoadedModel) -> None:
-    """Let a cancel interrupt llama.cpp's prompt evaluation (``llama_decode``) as well."""
-    import llama_cpp
-
-    flag = loaded.abort_flag
-
-    @llama_cpp.ggml_abort_callback
-    def should_abort(_data: Any) -> bool:
-        return flag.is_set()
-
-    llama_cpp.llama_set_abort_callback(loaded.llama._ctx.ctx, should_abort, None)
-    loaded._abort_callback = should_abort
-
-
-def loaded_models() -> list[LoadedModel]:
-    """Models loaded in this process (for diagnostics and tests)."""
-    with _loaded_lock:
-        return list(_loaded.values())
-
-
-# --- fine-tuned artifacts ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class FinetunedArtifact:
-    """A fine-tuned model as described by ``meta.json`` in its artifact folder."""
-
-    name: str
-    directory: Path
-    base: str
-    kind: str
-    file: str
-
-
-_finetuned: dict[str, FinetunedArtifact] = {}
-_finetuned_lock = threading.Lock()
-ARTIFACT_KINDS = ("merged", "lora")
-
-
-def _read_artifact(model_name: str, artifact_dir: Path) -> FinetunedArtifact:
-    meta_path = Path(artifact_dir) / "meta.json"
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise LMError(f"cannot read {meta_path} for fine-tuned model {model_name!r}: {e}") from e
-    base, kind, file = meta.get("base"), meta.get("kind"), meta.get("file")
-    catalog.get_model(base)  # LMError naming the allowed keys
-    if kind not in ARTIFACT_KINDS:
-        raise LMError(f"{meta_path}: kind {kind!r} is not one of {', '.join(ARTIFACT_KINDS)}")
-    if not isinstance(file, str) or not (Path(artifact_dir) / file).is_file():
-        raise LMError(f"{meta_path}: file {file!r} does not exist in {artifact_dir}")
-    return FinetunedArtifact(model_name, Path(artifact_dir), base, kind, file)
-
-
-# --- cancel -------------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def cancel_scope(event: threading.Event) -> Iterator[threading.Event]:
-    """Make every embedded call inside the block (and in DSPy worker threads it starts) cancellable.
-
-    Setting ``event`` makes the running and the following calls raise ``RunCancelled``.
-    """
-    with dspy.context(**{CANCEL_SETTING: event}):
-        yield event
-
-
-def _scoped_cancel_event() -> threading.Event | None:
-    event = dspy.settings.get(CANCEL_SETTING)
-    return event if isinstance(event, threading.Event) else None
-
-
-# --- the engine -------------------------------------------------------------------------------------
 
 
 class LlamaEngine:
@@ -248,46 +112,42 @@ class LlamaEngine:
         """Serve ``model_name`` from the artifact in ``artifact_dir`` (``meta.json`` + GGUF)."""
         if model_name in {MODEL_PREFIX + key for key in catalog.MODELS}:
             raise LMError(f"fine-tuned model name {model_name!r} is the name of a base model")
-        artifact = _read_artifact(model_name, Path(artifact_dir))
-        with _finetuned_lock:
-            _finetuned[model_name] = artifact
+        artifact = read_artifact(model_name, Path(artifact_dir))
+        add_finetuned(artifact)
         logger.info("registered fine-tuned model %s (%s on %s)", model_name, artifact.kind, artifact.base)
 
     def artifact_dir(self, model_name: str) -> Path | None:
         """Folder of a registered fine-tuned model; None for base models and unknown names."""
-        with _finetuned_lock:
-            artifact = _finetuned.get(model_name)
+        artifact = finetuned(model_name)
         return artifact.directory if artifact else None
 
     def known_models(self) -> list[str]:
         """Every model name this engine serves."""
-        with _finetuned_lock:
-            tuned = sorted(_finetuned)
-        return [MODEL_PREFIX + key for key in catalog.MODELS] + tuned
+        return [MODEL_PREFIX + key for key in catalog.MODELS] + finetuned_names()
 
     def resolve(self, model_name: str) -> LoadedModel:
         """The loaded model serving ``model_name`` (loading it on first use)."""
         if model_name.startswith(MODEL_PREFIX) and model_name[len(MODEL_PREFIX) :] in catalog.MODELS:
             key = model_name[len(MODEL_PREFIX) :]
-            return _load(key, catalog.gguf_path(key))
-        with _finetuned_lock:
-            artifact = _finetuned.get(model_name)
+            return load_model(key, catalog.gguf_path(key))
+        artifact = finetuned(model_name)
         if artifact is None:
             raise ValueError(
                 f"the embedded engine does not serve model {model_name!r}; known models are: "
                 f"{', '.join(self.known_models())}"
             )
-        file = artifact.directory / artifact.file
-        if artifact.kind == "merged":
-            return _load(artifact.base, file)
-        return _load(artifact.base, catalog.gguf_path(artifact.base), lora_path=file)
+        return load_finetuned(artifact)
 
     # -- cancel
     def cancelled(self) -> bool:
         """Whether the current call should stop now."""
-        scoped = _scoped_cancel_event()
+        scoped = scoped_cancel_event()
         if scoped is not None and scoped.is_set():
             return True
+        return self._cancelled_process_wide()
+
+    def _cancelled_process_wide(self) -> bool:
+        """The engine's own switches: ``cancel_event`` and ``cancel_checks`` (any thread)."""
         if self.cancel_event is not None and self.cancel_event.is_set():
             return True
         return any(check() for check in self.cancel_checks)
@@ -361,124 +221,15 @@ class LlamaEngine:
             loaded.calls += 1
             if temperature > 0:
                 llama.set_seed(seed if seed is not None else DEFAULT_SEED + loaded.calls)
-            watcher = _CancelWatcher(self, loaded.abort_flag)
+            watcher = CancelWatcher(loaded.abort_flag, self._cancelled_process_wide)
             try:
                 with watcher:
-                    return _run_generation(llama, tokens, compiled, max_tokens, temperature, stop, watcher)
+                    return run_generation(llama, tokens, grammar=compiled, max_tokens=max_tokens,
+                                          temperature=temperature, stop=stop, watcher=watcher)
             except RuntimeError as e:
                 if watcher.fired:  # llama_decode aborted by the cancel
                     raise RunCancelled("the run was cancelled") from e
                 raise
-
-
-@dataclass(frozen=True)
-class Generation:
-    text: str
-    finish_reason: str
-    input_tokens: int
-    output_tokens: int
-
-
-class _CancelWatcher:
-    """Watches the cancel state while one call runs; raises llama.cpp's abort flag when set.
-
-    A small thread polls every ``interval`` seconds so that a cancel also interrupts a long
-    prompt evaluation (inside ``llama_decode``, where no Python code runs between tokens).
-    """
-
-    def __init__(self, engine: LlamaEngine, abort_flag: threading.Event, interval: float = 0.05) -> None:
-        self.engine = engine
-        self.abort_flag = abort_flag
-        self.interval = interval
-        self.fired = False
-        self._scoped = _scoped_cancel_event()  # read in the caller's thread (DSPy context)
-        self._done = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def _requested(self) -> bool:
-        engine = self.engine
-        return (
-            (self._scoped is not None and self._scoped.is_set())
-            or (engine.cancel_event is not None and engine.cancel_event.is_set())
-            or any(check() for check in engine.cancel_checks)
-        )
-
-    def check(self) -> bool:
-        """Whether the call must stop (sets the abort flag the first time it is true)."""
-        if not self.fired and self._requested():
-            self.fired = True
-            self.abort_flag.set()
-        return self.fired
-
-    def _poll(self) -> None:
-        while not self._done.wait(self.interval):
-            if self.check():
-                return
-
-    def __enter__(self) -> _CancelWatcher:
-        self.abort_flag.clear()
-        self._thread = threading.Thread(target=self._poll, name="llama-cancel-watch", daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._done.set()
-        if self._thread is not None:
-            self._thread.join()
-        self.abort_flag.clear()
-
-
-def _run_generation(
-    llama: Any,
-    tokens: list[int],
-    compiled: Any,
-    max_tokens: int,
-    temperature: float,
-    stop: list[str],
-    watcher: _CancelWatcher,
-) -> Generation:
-    """Token-by-token generation on ``llama`` (prefix-cached), stopping on EOG, stop strings, limits."""
-    import llama_cpp
-
-    vocab = llama._model.vocab
-    out_tokens: list[int] = []
-    text = b""
-    stop_bytes = [s.encode("utf-8") for s in stop if s]
-    finish_reason = "length"
-    greedy = temperature <= 0
-    generator = llama.generate(
-        tokens,
-        top_k=1 if greedy else TOP_K,
-        top_p=1.0 if greedy else TOP_P,
-        min_p=0.0 if greedy else MIN_P,
-        temp=0.0 if greedy else temperature,
-        repeat_penalty=1.0,
-        grammar=compiled,
-    )
-    try:
-        for token in generator:
-            if watcher.check():
-                raise RunCancelled("the run was cancelled")
-            if llama_cpp.llama_vocab_is_eog(vocab, token):
-                finish_reason = "stop"
-                break
-            out_tokens.append(token)
-            text += llama.detokenize([token], prev_tokens=tokens + out_tokens[:-1], special=True)
-            cut = _first_stop(text, stop_bytes)
-            if cut is not None:
-                text = text[:cut]
-                finish_reason = "stop"
-                break
-            if len(out_tokens) >= max_tokens:
-                break
-    finally:
-        generator.close()
-    return Generation(text.decode("utf-8", errors="ignore"), finish_reason, len(tokens), len(out_tokens))
-
-
-def _first_stop(text: bytes, stops: list[bytes]) -> int | None:
-    positions = [i for i in (text.find(s) for s in stops) if i >= 0]
-    return min(positions) if positions else None
 
 
 def request_messages(request: Request) -> list[dict]:
@@ -505,3 +256,26 @@ def register_finetuned(model_name: str, artifact_dir: Path) -> None:
 def artifact_dir(model_name: str) -> Path | None:
     """Folder of a registered fine-tuned model (what the export copies), else None."""
     return LlamaEngine.shared().artifact_dir(model_name)
+
+
+__all__ = [
+    # the engine
+    "MODEL_PREFIX",
+    "LlamaEngine",
+    "artifact_dir",
+    "register_finetuned",
+    "request_messages",
+    # re-exported from core.lms.generation
+    "CANCEL_SETTING",
+    "Generation",
+    "cancel_scope",
+    # re-exported from core.lms.llama_models
+    "ARTIFACT_KINDS",
+    "DEFAULT_N_CTX",
+    "DEFAULT_SEED",
+    "FinetunedArtifact",
+    "LoadedModel",
+    "loaded_models",
+    "n_ctx",
+    "n_threads",
+]
