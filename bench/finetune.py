@@ -42,7 +42,7 @@ sys.path.insert(0, str(REPO_ROOT))
 import dspy  # noqa: E402
 from dspy.clients.utils_finetune import TrainDataFormat  # noqa: E402
 
-from core.lms import catalog, local_finetune  # noqa: E402
+from core.lms import catalog, lora  # noqa: E402
 
 logger = logging.getLogger("bench.finetune")
 
@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> dict:
         "finetune_seconds": round(finetune_seconds, 1),
         "first_loss": round(train_meta["first_loss"], 4),
         "final_loss": round(train_meta["final_loss"], 4),
-        "peak_rss_mb": local_finetune.peak_rss_mb(),
+        "peak_rss_mb": lora.peak_rss_mb(),
         "parse_rate_before": before["parse_rate"],
         "parse_rate_after": after["parse_rate"],
         "accuracy_before": before["accuracy"],

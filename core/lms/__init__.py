@@ -1,4 +1,14 @@
-"""LM back-ends: the embedded llama.cpp models, their catalogue, the scripted test LM and providers.
+"""LM back-ends: the embedded llama.cpp models, their catalogue, hosted LMs, the scripted test LM and
+the fine-tuning providers.
 
-``runtime`` holds how a run calls each LM (parallel-call limit, grammar), found by model name.
+Public modules (imported by name; this package imports none of them, so that loading the catalogue
+never loads llama.cpp or torch):
+
+- ``catalog``: the embedded models and every name rule (``embedded/<key>``, ``:ft-`` fine-tunes);
+- ``registry``: builds ``dspy.LM`` objects from the configuration's LM specs, wiring engine and provider;
+- ``embedded`` (engine), ``llama_models`` (loading, fine-tuned artifacts), ``generation`` (the
+  cancellable token loop), ``grammar`` (GBNF from ChatAdapter messages), ``call_cache``, ``cpu``;
+- ``runtime``: how a run calls each LM (parallel-call limit, grammar), found by model name;
+- ``lora`` (LoRA fine-tuning on the CPU), ``gguf_export``, ``hosted`` (LiteLLM errors, prices, OpenAI
+  fine-tuning), ``scripted`` (the test LM).
 """
