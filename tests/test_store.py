@@ -469,6 +469,7 @@ def test_recover_interrupted_by_heartbeat_age(store: Store) -> None:
     store.db.execute("update runs set heartbeat_at = null where id = ?", [never])
     store.add_round(_round(dead_running, 0, 0.3))
     store.add_round(_round(dead_running, 1, 0.6))
+    store.mark_best(dead_running, 1)  # as the run's recorder does after each round
 
     marked = store.recover_interrupted(now=now)
     assert marked == [dead_running, dead_queued, never]
