@@ -151,3 +151,20 @@ def test_chain_of_thought_gold_rows_get_a_rationalized_reasoning(tmp_path: Path)
         answer = row.messages[-1]["content"]
         assert answer.index("[[ ## reasoning ## ]]") < answer.index("[[ ## label ## ]]")
         assert "correct_answer" not in row.messages[-2]["content"]  # the hint is not in the training prompt
+
+
+def test_training_rows_do_not_depend_on_the_trainset_order(tmp_path: Path) -> None:
+    """BetterTogether shuffles the trainset before each step; the same examples in another order must
+    give the same training rows in the same order (and so the same fine-tune for a seed)."""
+    trainset = _examples({"red": 5, "green": 3, "blue": 2})
+    shuffled = list(reversed(trainset))
+    evidence = []
+    for examples in (trainset, shuffled):
+        large, small = make_lm("large", tag="order"), make_lm("small", tag="order")
+        rows: dict = {}
+        with dspy.context(lm=large, adapter=ADAPTER):
+            _step(tmp_path, [], rows, trace_source="gold", balance="cap").compile(
+                _program(large, small), trainset=examples)
+        evidence.append([(r.messages[-2]["content"], r.outputs) for r in rows["scripted/small"]])
+    assert len(evidence[0]) == 9  # capped at ceil(10 / 3) = 4 rows per label value: red 4, green 3, blue 2
+    assert evidence[0] == evidence[1]
