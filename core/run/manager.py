@@ -73,9 +73,9 @@ class RunManager:
             raise StoreError(f"run {run_id} is {run.status.value}; only {allowed} runs can be resumed")
         row = self.store.db.execute("select base_dir from runs where id = ?", [run_id]).fetchone()
         base_dir = Path(row[0]) if row and row[0] else None
-        config = run.require_config()
-        keys = {name: key for name, key in (api_keys or {}).items() if key and name in config.lms}
-        prepared = prepare_run(config.with_api_keys(keys), base_dir=base_dir)
+        config = run.require_config().with_api_keys(api_keys or {})
+        keys = config.typed_api_keys()  # only the LMs that take a key keep one
+        prepared = prepare_run(config, base_dir=base_dir)
         rounds = self.store.list_rounds(run_id)
         self.store.reopen_run(run_id, local_cpu=prepared.uses_local_cpu)
         self.store.add_event(run_id, "status", f"resume requested after {len(rounds)} recorded round(s)",

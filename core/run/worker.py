@@ -59,19 +59,6 @@ class WorkerJob:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def config_with_keys(self) -> dict[str, Any]:
-        """The run's config with the API keys typed in the app put back (they are never stored)."""
-        return with_api_keys(self.config, self.api_keys)
-
-
-def with_api_keys(config: dict[str, Any], api_keys: dict[str, str]) -> dict[str, Any]:
-    """A copy of a config document with typed API keys (LM name -> key) on its LMs."""
-    doc = json.loads(json.dumps(config))
-    for name, key in api_keys.items():
-        if key and name in doc.get("lms", {}):
-            doc["lms"][name]["api_key"] = key
-    return doc
-
 
 class WorkerProcess:
     """The supervisor's handle on a worker (the few ``multiprocessing.Process`` verbs it needs)."""
@@ -137,9 +124,11 @@ def worker_main(job_dict: dict[str, Any]) -> None:
     if job.studio_home:
         os.environ["STUDIO_HOME"] = job.studio_home
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
-    from core.store.secrets import install_log_redaction
+    from core.store.secrets import install_log_redaction, register_secret
 
     install_log_redaction()  # log lines never carry a key
+    for key in job.api_keys.values():
+        register_secret(key)  # nor any message or stored error, whatever the key looks like
     for name in ("dspy", "LiteLLM", "litellm", "httpx", "urllib3"):
         logging.getLogger(name).setLevel(logging.ERROR)
     from core.store import Store
@@ -175,7 +164,8 @@ def _run(job: WorkerJob, store: Any, cancel: threading.Event, finishing: threadi
 
     run_id = job.run_id
     try:
-        config = parse_config(job.config_with_keys())
+        # the JSON document crossed the pipe: parsed once here; typed keys join only the LMs that take one
+        config = parse_config(job.config).with_api_keys(job.api_keys)
         prepared = prepare_run(config, base_dir=Path(job.base_dir) if job.base_dir else None)
         outcome = execute_run(prepared, store, run_id, cancel, resume=job.resume)
         finishing.set()
