@@ -279,8 +279,8 @@ class LMRebuilder:
         from core.lms import catalog
         from core.lms.registry import make_embedded_lm
 
-        key = model.removeprefix(catalog.MODEL_PREFIX)
-        if model.startswith(catalog.MODEL_PREFIX) and key in catalog.MODELS:
+        key = catalog.shipped_key(model)
+        if key is not None:
             return make_embedded_lm(key, temperature=temperature, max_tokens=max_tokens)
         if self.finetuned.get(model) != "embedded":
             raise ExportError(f"predictor {predictor!r} uses the model {model!r}, which is neither an embedded model "

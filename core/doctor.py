@@ -287,7 +287,7 @@ def measure_generation(key: str, tokens: int = GENERATE_TOKENS) -> dict[str, Any
 
     key = catalog.get_model(key).key  # LMError naming the allowed models
     started = time.monotonic()
-    loaded = LlamaEngine.shared().resolve(f"embedded/{key}")
+    loaded = LlamaEngine.shared().resolve(catalog.model_name(key))
     load_s = round(time.monotonic() - started, 2)
     prompt = catalog.render_prompt(key, [{"role": "user", "content": "Count from 1 to 50, separated by commas."}])
     llama = loaded.llama

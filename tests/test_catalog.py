@@ -31,6 +31,29 @@ def test_unknown_key_names_the_allowed_ones():
         catalog.get_model("llama-70b")
 
 
+def test_name_rules_for_shipped_models():
+    assert catalog.model_name("smollm2-135m") == "embedded/smollm2-135m"
+    assert catalog.shipped_model_names() == [f"embedded/{key}" for key in catalog.MODELS]
+    assert catalog.shipped_key("embedded/gemma3-270m") == "gemma3-270m"
+    # a fine-tune, an unknown key, another engine's name and a non-string are not shipped models
+    for name in ("embedded/gemma3-270m:ft-1a2b3c4d", "embedded/llama-70b", "scripted/base", "gemma3-270m", None):
+        assert catalog.shipped_key(name) is None
+    assert catalog.model_key("embedded/gemma3-270m:ft-1a2b3c4d") == "gemma3-270m"
+    with pytest.raises(LMError, match="allowed models are"):
+        catalog.model_key("embedded/llama-70b")
+
+
+def test_finetune_marker_rule_is_the_same_for_every_engine():
+    assert catalog.finetuned_name("smollm2-135m", "1a2b3c4d") == "embedded/smollm2-135m:ft-1a2b3c4d"
+    # the scripted test LM's names follow the same rule, and a fine-tune of a fine-tune is named after the base
+    assert catalog.finetune_of("scripted/base", "0f") == "scripted/base:ft-0f"
+    assert catalog.finetune_of("scripted/base:ft-0f", "9e") == "scripted/base:ft-9e"
+    assert catalog.base_model_name("scripted/base:ft-0f") == "scripted/base"
+    assert catalog.base_model_name("openai/gpt-4o-mini") == "openai/gpt-4o-mini"
+    assert catalog.is_finetuned_name("embedded/smollm2-135m:ft-1a2b3c4d")
+    assert not catalog.is_finetuned_name("embedded/smollm2-135m") and not catalog.is_finetuned_name(None)
+
+
 @pytest.mark.parametrize("key", sorted(catalog.MODELS))
 def test_gguf_paths_exist(key):
     assert catalog.is_installed(key)

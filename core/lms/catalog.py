@@ -1,4 +1,4 @@
-"""Catalogue of the embedded models: what ships, where the GGUF file is, how prompts look.
+"""Catalogue of the embedded models (what ships, where the GGUF file is, how prompts look) and the model-name rules.
 
 Two small models ship as pip packages and run offline on a CPU with llama.cpp:
 
@@ -110,8 +110,10 @@ _assemble_lock = threading.Lock()
 
 
 # --- model names --------------------------------------------------------------------------------
-# The one place for the naming rules of embedded models: ``embedded/<key>`` for a shipped model,
-# ``embedded/<key>:ft-<8 hex>`` for a fine-tune of it.
+# The one place for the model-name rules: ``embedded/<key>`` for a shipped model, and for any engine
+# that fine-tunes locally (embedded, and the scripted test LM's ``scripted/<name>``) ``<base>:ft-<8 hex>``
+# for a fine-tune of ``<base>``. OpenAI names its own fine-tunes (``openai/ft:...``): that rule is the
+# provider's (``core.lms.hosted.base_model_of``).
 
 MODEL_PREFIX = "embedded/"
 FT_MARKER = ":ft-"
@@ -122,9 +124,33 @@ def model_name(key: str) -> str:
     return f"{MODEL_PREFIX}{key}"
 
 
+def shipped_model_names() -> list[str]:
+    """The served names of every shipped model (``embedded/<key>`` per catalogue key)."""
+    return [model_name(key) for key in MODELS]
+
+
+def shipped_key(model: object) -> str | None:
+    """Catalogue key of a shipped model's name ``embedded/<key>``; None for any other name (fine-tunes too)."""
+    if not is_embedded_name(model):
+        return None
+    key = model[len(MODEL_PREFIX) :]  # type: ignore[index]
+    return key if key in MODELS else None
+
+
+def is_finetuned_name(model: object) -> bool:
+    """True for a fine-tuned name ``<base>:ft-<suffix>`` (any engine: embedded, scripted)."""
+    return isinstance(model, str) and FT_MARKER in model
+
+
+def finetune_of(model: str, suffix: str) -> str:
+    """The name of a new fine-tune of ``model``: ``<base>:ft-<suffix>``, with ``<base>`` the model's own base
+    (a fine-tune of a fine-tune is named after the base, as it is trained from the base weights)."""
+    return f"{base_model_name(model)}{FT_MARKER}{suffix}"
+
+
 def finetuned_name(key: str, suffix: str) -> str:
     """The served name of a fine-tune of ``key`` (``embedded/<key>:ft-<suffix>``)."""
-    return f"{MODEL_PREFIX}{key}{FT_MARKER}{suffix}"
+    return finetune_of(model_name(key), suffix)
 
 
 def is_embedded_name(model: object) -> bool:
@@ -133,7 +159,7 @@ def is_embedded_name(model: object) -> bool:
 
 
 def base_model_name(model: str) -> str:
-    """A fine-tuned name without its ``:ft-...`` suffix (any provider's naming); others unchanged."""
+    """A fine-tuned name without its ``:ft-...`` suffix (embedded, scripted); other names unchanged."""
     return model.split(FT_MARKER)[0]
 
 

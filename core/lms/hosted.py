@@ -22,6 +22,7 @@ from dspy.clients.provider import Provider, TrainingJob
 from dspy.utils import exceptions as dspy_errors
 
 from core.errors import LMError, StepCancelled
+from core.lms import catalog
 from core.store.secrets import redact
 
 logger = logging.getLogger(__name__)
@@ -76,11 +77,13 @@ def price_per_token(model: str, price_in_per_1m: float | None = None,
 
 
 def base_model_of(model: str) -> str:
-    """``openai/ft:gpt-4o-mini-2024-07-18:org::id`` -> ``openai/gpt-4o-mini-2024-07-18``."""
+    """The model a fine-tune was trained from: OpenAI's own naming
+    (``openai/ft:gpt-4o-mini-2024-07-18:org::id`` -> ``openai/gpt-4o-mini-2024-07-18``), else the catalogue's
+    ``<base>:ft-<suffix>`` rule (``catalog.base_model_name``); other names unchanged."""
     if "ft:" in model:
         prefix = model.split("ft:")[0]
         return prefix + model.split("ft:")[1].split(":")[0]
-    return model.split(":ft-")[0]
+    return catalog.base_model_name(model)
 
 
 # --- OpenAI fine-tuning ----------------------------------------------------------------------------

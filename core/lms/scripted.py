@@ -41,11 +41,12 @@ from dspy.clients.provider import Provider, TrainingJob
 from dspy.lm15 import Message, Response, TextPart, Usage
 
 from core.errors import LMError, StepCancelled
+from core.lms import catalog
 from core.lms.grammar import literal_choices
 
 _FIELD_RE = re.compile(r"\[\[ ## (\w+) ## \]\]")
 _WORD_RE = re.compile(r"\w+")
-MODEL_PREFIX = "scripted/"
+SCRIPTED_PREFIX = "scripted/"  # the test LM's names: scripted/<name>; fine-tunes follow catalog's :ft- rule
 
 
 def parse_sections(text: str) -> dict[str, str]:
@@ -230,7 +231,7 @@ class ScriptedEngine:
             text = "Sure! Here is my answer, in no particular format."
             return Response(id=None, model=request.model, message=Message.assistant([TextPart(text)]),
                             finish_reason="stop", usage=Usage(input_tokens=1, output_tokens=9))
-        if ":ft-" in request.model and request.model not in self._finetuned:
+        if catalog.is_finetuned_name(request.model) and request.model not in self._finetuned:
             raise LMError(f"unknown fine-tuned model {request.model!r}; known: {sorted(self._finetuned)}")
         system = request.system if isinstance(request.system, str) else ""
         turns = [(m.role, m.text or "") for m in request.messages]
@@ -322,7 +323,7 @@ class ScriptedProvider(Provider):
 
     @staticmethod
     def is_provider_model(model: str) -> bool:
-        return model.startswith(MODEL_PREFIX)
+        return model.startswith(SCRIPTED_PREFIX)
 
     def finetune(
         self, job: Any, model: str, train_data: list[dict], train_data_format: Any, train_kwargs: dict
@@ -345,8 +346,8 @@ class ScriptedProvider(Provider):
                 time.sleep(self.train_step_delay)
             if progress:
                 progress(step, steps, round(2.0 / (1 + step), 4))
-        base = model.split(":ft-")[0]
-        new_name = f"{base}:ft-{uuid.uuid4().hex[:8]}"
+        base = catalog.base_model_name(model)
+        new_name = catalog.finetune_of(model, uuid.uuid4().hex[:8])
         folder = Path(output_dir) / new_name.replace("/", "_").replace(":", "_")
         folder.mkdir(parents=True, exist_ok=True)
         rows = []
@@ -386,4 +387,4 @@ def make_lm(
         crash_marker=crash_marker,
     )
     provider = ScriptedProvider(train_step_delay=train_step_delay)
-    return dspy.LM(f"{MODEL_PREFIX}{name}", engine=engine, provider=provider, cache=False, num_retries=0)
+    return dspy.LM(f"{SCRIPTED_PREFIX}{name}", engine=engine, provider=provider, cache=False, num_retries=0)
