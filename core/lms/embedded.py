@@ -3,7 +3,7 @@
 This module is the engine only: the DSPy engine contract (``complete``, ``stream``, state,
 copies) and the dispatch of a request onto a loaded model. Loading models and fine-tuned
 artifacts live in ``core.lms.llama_models``; the cancellable token loop and ``cancel_scope`` in
-``core.lms.generation``. The names other modules used from here are re-exported (``__all__``).
+``core.lms.generation``. The few of their names other modules reach through here are re-exported (``__all__``).
 
 Design, in short:
 
@@ -38,7 +38,6 @@ from core.errors import LMError, RunCancelled
 from core.lms import catalog, grammar
 from core.lms.call_cache import active_cache
 from core.lms.generation import (
-    CANCEL_SETTING,
     CancelWatcher,
     Generation,
     cancel_scope,
@@ -46,17 +45,13 @@ from core.lms.generation import (
     scoped_cancel_event,
 )
 from core.lms.llama_models import (
-    ARTIFACT_KINDS,
-    DEFAULT_N_CTX,
     DEFAULT_SEED,
-    FinetunedArtifact,
     LoadedModel,
     add_finetuned,
     finetuned,
     finetuned_names,
     load_finetuned,
     load_model,
-    loaded_models,
     n_ctx,
     n_threads,
     read_artifact,
@@ -66,8 +61,6 @@ from core.lms.llama_models import (
 # interpreter's teardown, where llama_cpp's ``__del__`` ran after its bindings were cleared (a TypeError at exit).
 
 logger = logging.getLogger(__name__)
-
-MODEL_PREFIX = catalog.MODEL_PREFIX
 
 
 class LlamaEngine:
@@ -110,7 +103,7 @@ class LlamaEngine:
     # -- fine-tuned models
     def register_finetuned(self, model_name: str, artifact_dir: Path) -> None:
         """Serve ``model_name`` from the artifact in ``artifact_dir`` (``meta.json`` + GGUF)."""
-        if model_name in {MODEL_PREFIX + key for key in catalog.MODELS}:
+        if catalog.shipped_key(model_name) is not None:
             raise LMError(f"fine-tuned model name {model_name!r} is the name of a base model")
         artifact = read_artifact(model_name, Path(artifact_dir))
         add_finetuned(artifact)
@@ -123,12 +116,12 @@ class LlamaEngine:
 
     def known_models(self) -> list[str]:
         """Every model name this engine serves."""
-        return [MODEL_PREFIX + key for key in catalog.MODELS] + finetuned_names()
+        return catalog.shipped_model_names() + finetuned_names()
 
     def resolve(self, model_name: str) -> LoadedModel:
         """The loaded model serving ``model_name`` (loading it on first use)."""
-        if model_name.startswith(MODEL_PREFIX) and model_name[len(MODEL_PREFIX) :] in catalog.MODELS:
-            key = model_name[len(MODEL_PREFIX) :]
+        key = catalog.shipped_key(model_name)
+        if key is not None:
             return load_model(key, catalog.gguf_path(key))
         artifact = finetuned(model_name)
         if artifact is None:
@@ -260,22 +253,13 @@ def artifact_dir(model_name: str) -> Path | None:
 
 __all__ = [
     # the engine
-    "MODEL_PREFIX",
     "LlamaEngine",
     "artifact_dir",
     "register_finetuned",
     "request_messages",
-    # re-exported from core.lms.generation
-    "CANCEL_SETTING",
-    "Generation",
+    # re-exported because callers reach them through the engine's module: cancel_scope (tests/test_embedded.py),
+    # n_ctx (core.optimizers.stratify), n_threads (tests/test_cpu_threads.py, bench/inference.py)
     "cancel_scope",
-    # re-exported from core.lms.llama_models
-    "ARTIFACT_KINDS",
-    "DEFAULT_N_CTX",
-    "DEFAULT_SEED",
-    "FinetunedArtifact",
-    "LoadedModel",
-    "loaded_models",
     "n_ctx",
     "n_threads",
 ]
