@@ -108,6 +108,59 @@ def test_replayed_rounds_keep_the_best_on_a_replayed_round(tmp_path: Path) -> No
     assert [e.data for e in store.list_events(run_id, kinds=["status"])] == [{"replayed": 2}]
 
 
+def test_a_resumed_round_below_the_replayed_best_adds_no_second_best_program(tmp_path: Path) -> None:
+    """best.json already holds the replayed best: a new, lower round neither rewrites it nor records it
+    again as a best_program artifact (one artifact per change of the best)."""
+    store = Store(tmp_path / "runs.db")
+    config = parse_config(scripted_config_dict("analyze_classify", tag="replayed-best-artifact"))
+    run_id = store.create_run("replayed-best-artifact", config)
+    folder = tmp_path / "run"
+    programs = [dspy.Predict(dspy.Signature("question -> answer", f"round {i}")) for i in range(4)]
+
+    def recorder() -> RoundRecorder:
+        cancel = threading.Event()
+        return RoundRecorder(store, run_id, config, RunObserver(cancel), folder, cancel)
+
+    def best_rounds() -> list[int]:
+        return [a.meta["round"] for a in store.list_artifacts(run_id, "best_program")]
+
+    earlier = recorder()
+    earlier.round_finished(0, "", 40.0, programs[0])
+    earlier.round_finished(1, "p", 70.0, programs[1])
+    assert best_rounds() == [0, 1]
+    saved_at = (folder / "best.json").stat().st_mtime_ns
+    resumed = recorder()
+    resumed.replayed([ReplayedRound(0, "", 40.0, programs[0]), ReplayedRound(1, "p", 70.0, programs[1])])
+    resumed.round_finished(2, "p -> w", 55.0, programs[2])
+    assert best_rounds() == [0, 1]
+    assert (folder / "best.json").stat().st_mtime_ns == saved_at
+    resumed.round_finished(3, "p -> w -> p", 80.0, programs[3])  # a new best is still saved
+    assert best_rounds() == [0, 1, 3]
+    assert json.loads((folder / "best.json").read_text()) == json.loads((folder / "rounds" / "3.json").read_text())
+
+
+def test_a_resume_saves_the_replayed_best_the_earlier_attempt_did_not(tmp_path: Path) -> None:
+    """An attempt that died after recording a round but before saving it as best.json: the resumed
+    attempt's next round saves the replayed best."""
+    store = Store(tmp_path / "runs.db")
+    config = parse_config(scripted_config_dict("analyze_classify", tag="replayed-best-unsaved"))
+    run_id = store.create_run("replayed-best-unsaved", config)
+    folder = tmp_path / "run"
+    programs = [dspy.Predict(dspy.Signature("question -> answer", f"round {i}")) for i in range(3)]
+    cancel = threading.Event()
+    earlier = RoundRecorder(store, run_id, config, RunObserver(cancel), folder, cancel)
+    earlier.round_finished(0, "", 40.0, programs[0])
+    # round 1 reached the store and its snapshot the disk, but not best.json
+    (folder / "rounds").mkdir(exist_ok=True)
+    programs[1].save(str(folder / "rounds" / "1.json"))
+    store.add_round(Round(run_id=run_id, index=1, strategy="p", step_key="p", score=70.0))
+    resumed = RoundRecorder(store, run_id, config, RunObserver(cancel), folder, cancel)
+    resumed.replayed([ReplayedRound(0, "", 40.0, programs[0]), ReplayedRound(1, "p", 70.0, programs[1])])
+    resumed.round_finished(2, "p -> w", 55.0, programs[2])
+    assert [a.meta["round"] for a in store.list_artifacts(run_id, "best_program")] == [0, 1]
+    assert json.loads((folder / "best.json").read_text()) == json.loads((folder / "rounds" / "1.json").read_text())
+
+
 def test_resume_from_the_command_line(manager: RunManager, tmp_path: Path) -> None:
     run_id = _crashed_run(manager, tmp_path, 2)
     out = subprocess.run([sys.executable, "-m", "core", "--db", str(manager.store.path), "resume", str(run_id)],

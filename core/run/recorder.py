@@ -144,9 +144,10 @@ class RoundRecorder:
     # steps
     def replayed(self, rounds: Sequence[ReplayedRound]) -> None:
         """A resumed run replays these rounds of its earlier attempt (baseline first): they count for
-        the best round, and are not recorded again."""
+        the best round, and are not recorded again (nor their best saved again when ``best.json`` holds it)."""
         self._scores = [r.score for r in rounds]
         self._strategies = [r.strategy for r in rounds]
+        self._saved_best = self._best_on_disk(best_index(self._scores))
         self.event("status", f"resuming after round {len(rounds) - 1}: rounds 0-{len(rounds) - 1} are replayed "
                              "from disk, not run again" if rounds else "resuming: no round was finished; "
                              "starting from the baseline", {"replayed": len(rounds)})
@@ -286,6 +287,14 @@ class RoundRecorder:
         if evaluated:
             phases["evaluation"] = round(now - self._eval_clock, 2)
         return phases
+
+    def _best_on_disk(self, index: int | None) -> int | None:
+        """``index`` if ``best.json`` already holds round ``index`` (the last best_program artifact names it),
+        else None: an earlier attempt that died between recording a round and saving it left an older best."""
+        if index is None or not (self._folder / "best.json").is_file():
+            return None
+        saved = self._store.list_artifacts(self._run_id, "best_program")
+        return index if saved and saved[-1].meta.get("round") == index else None
 
     def _save_best_so_far(self, best: BestRound) -> None:
         """Make the best round's program the run's ``best.json`` (atomically) and record which round it is."""
