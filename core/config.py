@@ -327,6 +327,29 @@ def _format_validation_error(error: ValidationError) -> str:
     return "invalid run configuration: " + "; ".join(lines)
 
 
+def validation_message(error: ValidationError, where: str = "", *, location: bool = True, show_input: bool = True,
+                       limit: int = 1) -> str:
+    """One line for the user about an edit of part of the document that failed validation.
+
+    ``where`` names the part (``"data.split"``, ``"step 'p'"``) and is followed by each error's own
+    field (``location``; with neither, the model's name); then pydantic's rule and, with
+    ``show_input``, the bad value when it is a plain one (never a whole object). The first
+    ``limit`` errors are joined by ``"; "``.
+    """
+    details = []
+    for item in error.errors()[:limit]:
+        detail = item["msg"].removeprefix("Value error, ")
+        bad = item.get("input")
+        if show_input and item["type"] != "missing" and not isinstance(bad, dict | list):
+            detail += f" (got {bad!r})"
+        field = ".".join(map(str, item["loc"])) if location else ""
+        details.append(f"{field}: {detail}" if field else detail)
+    text = "; ".join(details)
+    if not where:
+        return text if location and error.errors()[0]["loc"] else f"{error.title}: {text}"
+    return f"{where}, {text}" if location and error.errors()[0]["loc"] else f"{where}: {text}"
+
+
 def parse_config(data: dict[str, Any]) -> RunConfig:
     """Validate a configuration document (a dict)."""
     return _validated(RunConfig, data)

@@ -70,6 +70,19 @@ def test_edits_refuse_bad_values_with_one_line_naming_the_field_and_the_rule() -
         assert message in str(caught.value) and "\n" not in str(caught.value)
 
 
+def test_edit_messages_share_one_format_and_never_dump_a_whole_object() -> None:
+    draft = document.new_document()
+    with pytest.raises(ConfigError) as caught:
+        document.add_litellm(draft, "hosted", {"model": "", "api_base": "http://x"})  # the form's empty model
+    assert str(caught.value) == "LM 'hosted', model: Field required"
+    with pytest.raises(ConfigError) as caught:
+        document.use_sample(draft, "../secrets.csv")
+    assert str(caught.value).startswith("data.source: ") and str(caught.value).endswith("(got '../secrets.csv')")
+    with pytest.raises(StrategyError) as caught:
+        document.set_settings(draft, "w", {"trace_source": "nope"})
+    assert str(caught.value).startswith("step 'w', trace_source: Input should be 'auto', 'self'")
+
+
 def test_a_draft_holds_what_a_config_refuses_and_says_why_before_a_run() -> None:
     draft = document.use_scripted(document.new_document(), True)
     # a pipeline being fixed: each stage well formed, the order not (yet) resolvable

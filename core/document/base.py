@@ -18,6 +18,7 @@ from core.config import (
     parse_config,
     parse_config_text,
     parse_draft,
+    validation_message,
 )
 from core.defaults import DEFAULT_TEMPLATE, default_config_dict
 from core.errors import ConfigError, StudioError
@@ -40,10 +41,7 @@ def revise(model: M, **changes: Any) -> M:
     try:
         return type(model).model_validate({**dict(model), **changes})
     except ValidationError as e:
-        err = e.errors()[0]
-        where = ".".join(map(str, err["loc"])) or type(model).__name__
-        got = "" if isinstance(err.get("input"), dict | list) else f" (got {err.get('input')!r})"
-        raise ConfigError(f"{where}: {err['msg'].removeprefix('Value error, ')}{got}") from e
+        raise ConfigError(validation_message(e)) from e
 
 
 def draft_of(config: RunConfig) -> RunDraft:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from core.config import FileSource, RunDraft, SampleSource, SplitSpec
+from core.config import FileSource, RunDraft, SampleSource, SplitSpec, validation_message
 from core.data import (
     ALLOWED_EXTENSIONS,
     Table,
@@ -59,22 +59,16 @@ def load_document_table(doc: RunDraft) -> Table:
 
 def use_sample(doc: RunDraft, name: str) -> RunDraft:
     """Use a bundled sample (read now, to match fields to its columns)."""
-    source = _source({"kind": "sample", "name": name})
+    try:
+        source = SampleSource(kind="sample", name=name)
+    except ValidationError as e:
+        raise ConfigError(validation_message(e, "data.source", location=False)) from e
     return set_data_source(doc, source, load_table_from_path(sample_path(source.name)))
 
 
 def use_file(doc: RunDraft, path: Path | str, table: Table) -> RunDraft:
     """Use a file the user picked (``table``: its rows, already read and checked)."""
-    return set_data_source(doc, _source({"kind": "file", "path": str(path)}), table)
-
-
-def _source(value: dict[str, str]) -> SampleSource | FileSource:
-    model = SampleSource if value["kind"] == "sample" else FileSource
-    try:
-        return model.model_validate(value)
-    except ValidationError as e:
-        err = e.errors()[0]
-        raise ConfigError(f"data.source: {err['msg'].removeprefix('Value error, ')} (got {err.get('input')!r})") from e
+    return set_data_source(doc, FileSource(kind="file", path=str(path)), table)
 
 
 def set_data_source(doc: RunDraft, source: SampleSource | FileSource, table: Table) -> RunDraft:
@@ -112,7 +106,7 @@ def set_split(doc: RunDraft, train: float, val: float, test: float, seed: int) -
     try:
         split = SplitSpec(train=values[0], val=values[1], test=values[2], seed=int(seed))
     except ValidationError as e:
-        raise ConfigError(f"data.split: {e.errors()[0]['msg'].removeprefix('Value error, ')}") from e
+        raise ConfigError(validation_message(e, "data.split", location=False, show_input=False)) from e
     return revise(doc, data=revise(doc.data, split=split))
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from core.config import EmbeddedLMSpec, FactoryLMSpec, LiteLLMSpec, RunDraft
+from core.config import EmbeddedLMSpec, FactoryLMSpec, LiteLLMSpec, RunDraft, validation_message
 from core.defaults import SCRIPTED_HINTS
 from core.document.base import revise
 from core.errors import ConfigError
@@ -72,9 +72,7 @@ def add_litellm(doc: RunDraft, name: str, spec: dict[str, Any]) -> RunDraft:
     try:
         parsed = LiteLLMSpec.model_validate(clean)
     except ValidationError as e:
-        err = e.errors()[0]
-        field = ".".join(map(str, err["loc"])) or "spec"
-        raise ConfigError(f"LM {name!r}, {field}: {err['msg']} (got {err.get('input')!r})") from e
+        raise ConfigError(validation_message(e, f"LM {name!r}")) from e
     return revise(doc, lms={**doc.lms, name: parsed})
 
 

@@ -16,6 +16,7 @@ from core.config import (
     RunDraft,
     SampleSource,
     StagesDraft,
+    validation_message,
 )
 from core.document.base import revise
 from core.document.data import remap_columns, save_bytes
@@ -43,8 +44,7 @@ def program_spec(doc: RunDraft) -> Any:
     try:
         return _PROGRAM.validate_python(doc.program.model_dump())
     except ValidationError as e:
-        reasons = "; ".join(err["msg"].removeprefix("Value error, ") for err in e.errors()[:3])
-        raise ProgramError(f"program: {reasons}") from e
+        raise ProgramError(validation_message(e, "program", location=False, show_input=False, limit=3)) from e
 
 
 @dataclass(frozen=True)
@@ -197,8 +197,7 @@ def keep_stages(doc: RunDraft, stages: list[dict[str, Any]] | list[Stage]) -> Ru
     try:
         return revise(doc, program=StagesDraft(stages=list(stages)))
     except ValidationError as e:
-        reasons = "; ".join(err["msg"].removeprefix("Value error, ") for err in e.errors()[:3])
-        raise ProgramError(f"program: {reasons}") from e
+        raise ProgramError(validation_message(e, "program", location=False, show_input=False, limit=3)) from e
 
 
 def stages_of(doc: RunDraft) -> list[Stage]:

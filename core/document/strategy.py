@@ -14,6 +14,7 @@ from core.config import (
     WEIGHT_OPTIMIZERS,
     RunDraft,
     optimizer_kind,
+    validation_message,
 )
 from core.document.base import revise
 from core.errors import ConfigError, StrategyError
@@ -102,8 +103,7 @@ def set_settings(doc: RunDraft, key: str, values: dict[str, Any]) -> RunDraft:
     try:
         settings = SETTINGS_MODELS[step.type].model_validate({**step.settings.model_dump(), **values})
     except ValidationError as e:
-        err = e.errors()[0]
-        raise StrategyError(f"step {key!r}, {'.'.join(map(str, err['loc']))}: {err['msg']}") from e
+        raise StrategyError(validation_message(e, f"step {key!r}", show_input=False)) from e
     return revise(doc, optimizers={**doc.optimizers, key: STEP_MODELS[step.type](type=step.type, settings=settings)})
 
 
