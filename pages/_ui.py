@@ -36,8 +36,11 @@ def doc() -> RunDraft:
 
 def set_doc(new: RunDraft, *, structural: bool = False) -> None:
     """Replace the draft; ``structural`` resets keyed widgets (stages, steps) to the new values."""
-    if not isinstance(new, RunDraft):  # every edit goes through core.document, which returns a draft
-        raise TypeError(f"the session's run document must be a RunDraft, got {type(new).__name__}")
+    # every edit goes through core.document, which returns a draft; a RunConfig (a RunDraft subclass)
+    # would run the checks across fields on every later edit, so the exact type is required
+    if type(new) is not RunDraft:
+        raise TypeError(f"the session's run document must be a RunDraft (core.document.draft_of turns a "
+                        f"RunConfig into one), got {type(new).__name__}")
     st.session_state[DOC] = new
     if structural:
         st.session_state[REV] = st.session_state.get(REV, 0) + 1

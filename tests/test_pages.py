@@ -225,3 +225,14 @@ def test_pages_read_the_run_draft_by_attribute_never_by_raw_key():
                         isinstance(target, ast.Call) and isinstance(target.func, ast.Name) and target.func.id == "doc"):
                     found.append(f"{path.name}:{n.lineno}")
     assert found == []
+
+
+def test_the_session_document_must_be_exactly_a_draft_not_a_config():
+    """A ``RunConfig`` is a ``RunDraft`` subclass whose every later edit would run the checks across
+    fields; the session refuses it with a message naming the way to a draft."""
+    from pages._ui import set_doc
+
+    with pytest.raises(TypeError, match=r"must be a RunDraft \(core.document.draft_of .*got RunConfig"):
+        set_doc(scripted_config())
+    with pytest.raises(TypeError, match="got dict"):
+        set_doc(new_document().model_dump())
