@@ -3,13 +3,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import dspy
-from pydantic import TypeAdapter, ValidationError
+from pydantic import SecretStr
 
-from core.config import LiteLLMSpec, LMSpec
-from core.errors import ConfigError, LMError
+from core.config import EmbeddedLMSpec, FactoryLMSpec, LiteLLMSpec
+from core.errors import LMError
 from core.lms.hosted import check_endpoint
 from core.lms.registry import build_lm, resolve_api_key
 from core.store.secrets import redact
@@ -17,29 +15,28 @@ from core.store.secrets import redact
 PROBE_PROMPT = "Reply with the single word: ok"
 
 
-def check_connection(name: str, spec: dict[str, Any], api_key: str | None = None, *,
+def check_connection(name: str, spec: EmbeddedLMSpec | LiteLLMSpec | FactoryLMSpec, api_key: str | None = None, *,
                      allow_user_code: bool = False) -> str:
     """The LM's reply to a one-word prompt; ``LMError`` with the provider's message when it fails.
 
-    A self-hosted endpoint (``api_base``) is first asked for its model list, which names an
-    unreachable server, a rejected key or an unknown model plainly. A factory of user code runs
-    only with ``allow_user_code`` (the configuration's opt-in).
+    ``api_key``, a key typed in this session, joins a LiteLLM spec as a ``SecretStr`` on a copy (the
+    caller's spec is left as it was). A self-hosted endpoint (``api_base``) is first asked for its
+    model list, which names an unreachable server, a rejected key or an unknown model plainly. A
+    factory of user code runs only with ``allow_user_code`` (the configuration's opt-in).
     """
-    spec = dict(spec)
-    if api_key and spec.get("kind") == "litellm":
-        spec["api_key"] = api_key
-    try:
-        parsed = TypeAdapter(LMSpec).validate_python(spec)
-    except ValidationError as e:
-        raise ConfigError(f"LM {name!r}: {e.errors()[0]['msg']}") from e
-    if isinstance(parsed, LiteLLMSpec) and parsed.api_base:
-        check_endpoint(parsed.model, parsed.api_base, resolve_api_key(parsed))
-    lm = build_lm(name, parsed, allow_user_code=allow_user_code)
+    if not isinstance(spec, EmbeddedLMSpec | LiteLLMSpec | FactoryLMSpec):
+        raise TypeError(f"LM {name!r}: check_connection takes a typed LM spec, got {type(spec).__name__}")
+    if api_key and isinstance(spec, LiteLLMSpec):
+        spec = spec.model_copy(update={"api_key": SecretStr(api_key)})
+    if isinstance(spec, LiteLLMSpec) and spec.api_base:
+        check_endpoint(spec.model, spec.api_base, resolve_api_key(spec))
+    lm = build_lm(name, spec, allow_user_code=allow_user_code)
+    model = spec.factory if isinstance(spec, FactoryLMSpec) else spec.model
     try:
         with dspy.context(lm=lm):
-            outputs = lm(PROBE_PROMPT, max_tokens=8) if spec.get("kind") == "litellm" else lm(PROBE_PROMPT)
+            outputs = lm(PROBE_PROMPT, max_tokens=8) if isinstance(spec, LiteLLMSpec) else lm(PROBE_PROMPT)
     except Exception as e:  # noqa: BLE001 - any provider failure is a message for the user
-        raise LMError(redact(f"LM {name!r} ({spec.get('model', spec.get('factory'))}) did not answer: "
-                             f"{type(e).__name__}: {e}")) from e
+        raise LMError(redact(f"LM {name!r} ({model}) did not answer: {type(e).__name__}: {e}",
+                             extra=[api_key or ""])) from e
     reply = outputs[0] if outputs else ""
     return reply["text"] if isinstance(reply, dict) else str(reply)

@@ -79,7 +79,7 @@ def lm_table(current: RunDraft) -> None:
     if c2.button("Test connection", icon=":material/cable:"):
         with st.spinner(f"Calling {name} (loading a local model can take a few seconds)..."):
             try:
-                reply = check_connection(name, current.lms.get(name).model_dump(), api_keys().get(name),
+                reply = check_connection(name, current.lms[name], api_keys().get(name),
                                          allow_user_code=current.allow_user_code)
                 st.success(f"{name} answered: {reply!r}")
             except Exception as e:  # noqa: BLE001 - shown to the user
