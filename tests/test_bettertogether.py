@@ -1,27 +1,59 @@
-"""Candidates of BetterTogether as records: DSPy's dict entries read as frozen ``Candidate`` s, in DSPy's order."""
+"""Candidates of BetterTogether as records: a real compile of ``StudioBetterTogether`` on the scripted LM
+gives one frozen ``Candidate`` per recorded round, each with the program and score of that round."""
 
 from __future__ import annotations
 
 import dataclasses
+import threading
+from pathlib import Path
 
 import dspy
 import pytest
 
-from core.run.bettertogether import Candidate, candidates_of
+from core.config import parse_config
+from core.defaults import scripted_config_dict
+from core.prepare import prepare_run
+from core.run.bettertogether import StudioBetterTogether, candidates_of
+from core.run.build import build_optimizers, make_adapter
+from core.run.observer import RunObserver
+from core.run.recorder import RoundRecorder
+from core.store import Store
 
 
-def test_candidates_are_read_from_dspy_entries_best_first() -> None:
-    baseline, prompted, tuned = (dspy.Predict("question -> answer") for _ in range(3))
-    compiled = prompted.deepcopy()
-    # DSPy's BetterTogether.compile attaches its sorted list: best score first, None last
-    compiled.candidate_programs = [
-        {"score": 0.8, "program": prompted, "strategy": "p"},
-        {"score": 0.5, "program": baseline, "strategy": ""},
-        {"score": None, "program": tuned, "strategy": "p -> w"},
-    ]
-    candidates = candidates_of(compiled)
-    assert [(c.strategy, c.score) for c in candidates] == [("p", 0.8), ("", 0.5), ("p -> w", None)]
-    assert [c.program for c in candidates] == [prompted, baseline, tuned]
-    assert candidates[1] == Candidate(program=baseline, strategy="", score=0.5)
+def test_candidates_of_a_real_compile_are_the_recorded_rounds(tmp_path: Path) -> None:
+    config = parse_config(scripted_config_dict("analyze_classify", tag="candidates"))
+    prepared = prepare_run(config)
+    store = Store(tmp_path / "runs.db")
+    run_id = store.create_run("candidates", config)
+    cancel = threading.Event()
+    observer = RunObserver(cancel, prepared.runtimes)
+    recorder = RoundRecorder(store, run_id, config, observer, tmp_path / "run", cancel)
+    adapter = make_adapter(prepared.runtimes)
+    with recorder.evidence, dspy.context(lm=prepared.context_lm, adapter=adapter, callbacks=[observer]):
+        optimizer = StudioBetterTogether(prepared.metric, recorder,
+                                         **build_optimizers(prepared, recorder.weight_hooks(), adapter))
+        compiled = optimizer.compile(prepared.program, trainset=list(prepared.split.train),
+                                     valset=list(prepared.split.val), num_threads=1, seed=config.seed,
+                                     strategy=config.strategy)
+
+    candidates = {c.strategy: c for c in candidates_of(compiled)}
+    rounds = store.list_rounds(run_id)
+    assert [r.strategy for r in rounds] == ["", "p", "p -> w", "p -> w -> p"]
+    assert sorted(candidates) == sorted(r.strategy for r in rounds)
+    for round_ in rounds:  # each candidate is the program and score of the round with its strategy
+        candidate = candidates[round_.strategy]
+        assert candidate.score == round_.score
+        predictors = candidate.program.named_predictors()
+        assert {n: p.lm.model for n, p in predictors} == round_.predictor_models
+        assert {n: len(p.demos) for n, p in predictors} == round_.demos
+    # the rounds differ where the checks above look: a fine-tuned model and a new score after the weight step
+    assert not any(":ft-" in m for m in rounds[1].predictor_models.values())
+    assert any(":ft-" in m for m in rounds[2].predictor_models.values())
+    assert rounds[0].score != rounds[2].score
+    # what execute_run does with them: the candidate of the recorder's best round is the program DSPy returned
+    best = candidates[recorder.best.strategy]
+    assert best.score == max(r.score for r in rounds)
+    assert {n: p.lm.model for n, p in compiled.named_predictors()} == {
+        n: p.lm.model for n, p in best.program.named_predictors()}
     with pytest.raises(dataclasses.FrozenInstanceError):
-        candidates[0].score = 1.0  # type: ignore[misc]
+        candidates[""].score = 1.0  # type: ignore[misc]

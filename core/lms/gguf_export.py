@@ -1,6 +1,6 @@
 """Write Hugging Face weights back into a GGUF that llama.cpp serves, and quantize it.
 
-The fine-tuning provider (``core.lms.local_finetune``) trains on the *dequantized* weights of a
+The fine-tuning provider (``core.lms.lora``) trains on the *dequantized* weights of a
 shipped GGUF. To serve the result on llama.cpp's fast path, the merged weights go back into a
 GGUF that is a copy of the shipped one in everything but the tensor values:
 

@@ -41,8 +41,9 @@ class Candidate:
 
 
 def candidates_of(compiled: dspy.Module) -> list[Candidate]:
-    """The candidates BetterTogether attached to its compiled program, in DSPy's order: best score
-    first, the earlier program winning a tie."""
+    """The candidates BetterTogether attached to its compiled program (``candidate_programs``), one per
+    evaluated program, as records. Callers find a candidate by its strategy; the list keeps DSPy's order,
+    which nothing here relies on."""
     return [Candidate.from_dspy(entry) for entry in compiled.candidate_programs]
 
 

@@ -1,8 +1,11 @@
 """Observing LM calls: calls, errors and tokens per model, a parallel-call limit per LM, and cooperative cancel.
 
 The limit is the configured LM's ``parallel_calls`` (its ``LMRuntime``, found from the called LM's
-model name in the run's ``LMRuntimes``): a semaphore per configured LM name, so that a fine-tuned
-copy of an LM counts against the same limit as the LM it was trained from.
+endpoint in the run's ``LMRuntimes``): one semaphore per runtime record, keyed by the record's name.
+That is one per configured LM, except that LMs at one endpoint (same model name and ``api_base``)
+share one record, named after the first of them with the smaller limit, and so share one semaphore
+(their calls reach the same server). A fine-tuned copy of an LM counts against the same limit as the
+LM it was trained from.
 """
 
 from __future__ import annotations

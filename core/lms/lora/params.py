@@ -2,7 +2,7 @@
 ``train_kwargs``, quantization, threads.
 
 ``PARAMS`` is the provider's contract, valid for any caller of ``lm.finetune(train_kwargs=...)``;
-the run configuration (``core.config.FinetuneSettings``) builds its fields from the same table, so
+the run configuration (``core.optimizers.finetune.FinetuneSettings``) builds its fields from the same table, so
 a default or a range is written once and the dashboard, the config and the provider cannot disagree.
 """
 
