@@ -88,8 +88,8 @@ def _program_state(index: int, model: str) -> dict:
 
 def make_big_run(store, folder: Path, examples: int, rounds: int) -> int:
     """A run with ``rounds`` validation evaluations and a test one, each of ``examples`` examples."""
-    from core.records import RunOutcome, RunStatus
-    from core.store.evidence import ExampleResult, LMCall, NewEvaluation, TrainingRow, add_evaluation, add_training_rows
+    from core.records import RunOutcome, RunStatus, TrainingRow
+    from core.store.evidence import ExampleResult, LMCall, NewEvaluation, add_evaluation, add_training_rows
 
     strategies = _strategies(rounds)
     run_id = store.create_run("big run", _config(strategies[-1], "big"), RunStatus.RUNNING)

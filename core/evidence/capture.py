@@ -32,8 +32,9 @@ from typing import Any
 from dspy.utils.callback import BaseCallback
 from dspy.utils.exceptions import AdapterParseError
 
+from core.records import TrainingRow
 from core.store import Store, now_iso
-from core.store.evidence import ExampleResult, LMCall, NewEvaluation, TrainingRow, add_evaluation, add_training_rows
+from core.store.evidence import ExampleResult, LMCall, NewEvaluation, add_evaluation, add_training_rows
 from core.store.secrets import redact
 
 logger = logging.getLogger(__name__)

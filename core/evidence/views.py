@@ -8,8 +8,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from core.records import Event
-from core.store.evidence import Cell, Evaluation, ExampleResult, MatrixPage, TrainingRow
+from core.records import Event, TrainingRow
+from core.store.evidence import Cell, Evaluation, ExampleResult, MatrixPage
 
 # Text symbols, not emoji: they render with any font (a headless browser, an old terminal).
 PASS, FAIL, MISSING, WARN = "✓", "✗", "·", "⚠"
