@@ -63,13 +63,14 @@ class TraceStats:
 
 @dataclass(frozen=True)
 class FinetuneJob:
-    """One fine-tuning job of the weight step: a small LM, the predictors it serves, and what it trains on."""
+    """One fine-tuning job of the weight step: a small LM, the predictors it serves, and what it trains on.
+    Built once, when every row is known."""
 
     model: str  # the LM's model name (one job per name)
     lm: Any  # the dspy.LM whose ``finetune`` runs the job
-    predictors: list[Any] = field(default_factory=list)  # small predictors served by ``lm``
-    rows: list[dict] = field(default_factory=list)  # chat rows, as the adapter formats them
-    evidence: list[TrainingRow] = field(default_factory=list)  # the same rows with their source, for the run
+    predictors: tuple[Any, ...]  # small predictors served by ``lm``
+    rows: tuple[dict, ...]  # chat rows, as the adapter formats them
+    evidence: tuple[TrainingRow, ...]  # the same rows with their source, for the run
 
 
 @dataclass
@@ -128,7 +129,7 @@ class RoleAwareFinetune(Teleprompter):
         traces, stats = self._collect_rows(student, small, trainset)
         self.hooks.on_phase("trace collection", time.monotonic() - started)
         for job in self._jobs_by_model(traces, small, stats).values():
-            self.hooks.on_rows(job.model, job.evidence)
+            self.hooks.on_rows(job.model, list(job.evidence))
             new_lm = self._finetune(job)
             for predictor in job.predictors:
                 predictor.lm = new_lm
@@ -183,23 +184,29 @@ class RoleAwareFinetune(Teleprompter):
         """One job per small LM (by model name), with the chat rows of its own predictors' traces;
         reports the statistics (``hooks.on_traces``) and refuses a step with nothing to train on."""
         adapter = self.adapter or dspy.settings.adapter or dspy.ChatAdapter()
-        jobs: dict[str, FinetuneJob] = {}
+        lms: dict[str, Any] = {}  # model name -> the LM of the first predictor it serves
+        predictors: dict[str, list[Any]] = {}
         for _, predictor in small.values():
             model = predictor.lm.model
-            jobs.setdefault(model, FinetuneJob(model, predictor.lm)).predictors.append(predictor)
+            lms.setdefault(model, predictor.lm)
+            predictors.setdefault(model, []).append(predictor)
+        rows: dict[str, list[dict]] = {model: [] for model in lms}
+        evidence: dict[str, list[TrainingRow]] = {model: [] for model in lms}
         by_name = {name: predictor for name, predictor in small.values()}
         for item in traces:
             predictor = by_name[item.predictor]
-            job = jobs[predictor.lm.model]
+            model = predictor.lm.model
             demos = [] if self.settings.exclude_demos else predictor.demos
             row = adapter.format_finetune_data(
                 signature=predictor.signature, demos=demos, inputs=item.inputs, outputs=item.outputs
             )
-            job.rows.append(row)
-            job.evidence.append(TrainingRow(
+            evidence[model].append(TrainingRow(
                 predictor=item.predictor, messages=list(row.get("messages", [])),
-                outputs=dict(item.outputs), source=item.source, index=len(job.rows) - 1,
+                outputs=dict(item.outputs), source=item.source, index=len(rows[model]),
             ))
+            rows[model].append(row)
+        jobs = {model: FinetuneJob(model, lm, tuple(predictors[model]), tuple(rows[model]), tuple(evidence[model]))
+                for model, lm in lms.items()}
         stats = replace(stats, rows={model: len(job.rows) for model, job in jobs.items()})
         self.last_stats = stats
         self.hooks.on_traces(stats)
@@ -235,7 +242,7 @@ class RoleAwareFinetune(Teleprompter):
             report(step, total, loss)
 
         train_kwargs["progress"] = progress
-        training = job.lm.finetune(train_data=rows, train_data_format=TrainDataFormat.CHAT, train_kwargs=train_kwargs)
+        training = job.lm.finetune(train_data=list(rows), train_data_format=TrainDataFormat.CHAT, train_kwargs=train_kwargs)
         result = training.result()
         if training.thread is not None:
             training.thread.join()
