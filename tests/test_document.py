@@ -146,3 +146,91 @@ def test_data_edits_follow_the_table(studio_home: Path) -> None:
     assert back.data.source.kind == "sample" and back.data.mapping["document"] == "document"
     with pytest.raises(StudioError, match="data.source"):
         document.use_sample(draft, "../secrets.csv")
+
+
+def _register(monkeypatch: pytest.MonkeyPatch, key: str, settings: type) -> None:
+    """A row of the table of optimizers for ``settings`` (only its settings are read here)."""
+    from core.optimizers.entry import Optimizer, StepCost
+    from core.optimizers.table import OPTIMIZERS
+
+    monkeypatch.setitem(OPTIMIZERS, key, Optimizer(key=key, kind="prompt", summary="a test row", settings=settings,
+                                                   build=lambda s, ctx: None, estimate=lambda s, ctx: StepCost(1)))
+
+
+def test_settings_fields_give_the_form_kind_of_every_annotation_a_settings_model_may_have(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from typing import Literal, Optional
+
+    from pydantic import Field
+
+    from core.optimizers.entry import Settings
+
+    class Wide(Settings):
+        instruction: str = Field("Answer carefully.", description="set on every predictor")
+        note: str | None = None
+        temperature: float | None = Field(None, ge=0.0, le=2.0)
+        ratio: float = 0.5
+        count: int = Field(3, ge=1, le=9)
+        cap: Optional[int] = None  # noqa: UP045 - the typing spelling is read like ``int | None``
+        style: Literal["short", "long"] = "short"
+        level: Literal["low", "high"] | None = None
+        flag: bool = False
+        maybe: bool | None = None
+        judge_lm: str | None = Field(None, json_schema_extra={"choices": "lms", "unset": "no judge"})
+
+    _register(monkeypatch, "wide", Wide)
+    fields = {f.name: f for f in document.settings_fields("wide")}
+    assert {name: f.kind for name, f in fields.items()} == {
+        "instruction": "text", "note": "optional_text", "temperature": "optional_float", "ratio": "float",
+        "count": "int", "cap": "optional_int", "style": "choice", "level": "optional_choice", "flag": "bool",
+        "maybe": "optional_bool", "judge_lm": "optional_choice"}
+    assert {f.kind.removeprefix("optional_") for f in fields.values()} == set(document.SETTING_KINDS)
+    assert (fields["count"].minimum, fields["count"].maximum, fields["temperature"].maximum) == (1, 9, 2.0)
+    assert fields["instruction"].default == "Answer carefully." and fields["instruction"].help == "set on every predictor"
+    assert fields["style"].options == ("short", "long") and fields["level"].options == ("low", "high")
+    draft = document.use_scripted(document.new_document(), True)
+    judge = fields["judge_lm"]
+    assert (judge.choices, judge.unset, judge.optional) == ("lms", "no judge", True)
+    assert document.setting_options(draft, judge) == tuple(draft.lms) == ("large", "small")
+    assert document.setting_options(draft, fields["style"]) == ("short", "long")
+
+
+def test_the_real_optimizers_settings_have_form_kinds_and_the_teacher_lm_is_an_lm_name() -> None:
+    for key in document.SETTINGS_MODELS:
+        assert document.settings_fields(key), key  # raises for a setting the page cannot show
+    teacher = next(f for f in document.settings_fields("finetune") if f.name == "teacher_lm")
+    assert (teacher.kind, teacher.choices, teacher.unset) == ("optional_choice", "lms", "large role")
+
+
+def test_a_setting_the_page_cannot_show_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pydantic import Field
+
+    from core.optimizers.entry import Settings
+
+    class Tags(Settings):
+        tags: list[str] = Field(default_factory=list)
+
+    class Union2(Settings):
+        size: int | float = 1
+
+    class BadSource(Settings):
+        judge: str | None = Field(None, json_schema_extra={"choices": "models"})
+
+    class NotText(Settings):
+        judge: int = Field(1, json_schema_extra={"choices": "lms"})
+
+    for key, settings, message in [
+        ("tags", Tags, "optimizer 'tags', setting 'tags': the Strategy page cannot show a setting of type list[str]; "
+                       "allowed: bool, int, float, str, a Literal of values, or one of them | None"),
+        ("union2", Union2, "optimizer 'union2', setting 'size': the Strategy page cannot show a setting of type "
+                           "int | float"),
+        ("bad_source", BadSource, "optimizer 'bad_source', setting 'judge': choices 'models' is not a source of "
+                                  "values; allowed: lms"),
+        ("not_text", NotText, "setting 'judge': choices 'lms' names text values; annotate the setting str"),
+    ]:
+        _register(monkeypatch, key, settings)
+        with pytest.raises(StrategyError) as caught:
+            document.settings_fields(key)
+        assert message in str(caught.value), str(caught.value)
+    with pytest.raises(StrategyError, match="optimizer 'nope' is unknown; allowed: random_search, mipro, finetune"):
+        document.settings_fields("nope")

@@ -64,7 +64,10 @@ from core.document.program import (
     stages_of,
 )
 from core.document.strategy import (
+    CHOICE_SOURCES,
     OPTIMIZER_LABELS,
+    OPTIMIZER_SUMMARIES,
+    SETTING_KINDS,
     SETTINGS_MODELS,
     SettingField,
     add_optimizer,
@@ -74,6 +77,7 @@ from core.document.strategy import (
     set_settings,
     set_steps,
     set_strategy_text,
+    setting_options,
     settings_fields,
     step_kind,
     step_label,
@@ -81,10 +85,13 @@ from core.document.strategy import (
 )
 
 __all__ = [
+    "CHOICE_SOURCES",
     "DataCheck",
     "OPTIMIZER_LABELS",
+    "OPTIMIZER_SUMMARIES",
     "PredictorRow",
     "SCRIPTED_FACTORY",
+    "SETTING_KINDS",
     "SETTINGS_MODELS",
     "SettingField",
     "add_litellm",
@@ -131,6 +138,7 @@ __all__ = [
     "set_strategy_text",
     "set_template",
     "set_user_file",
+    "setting_options",
     "settings_fields",
     "stages_of",
     "step_kind",

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Literal, get_args, get_origin
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic import ValidationError
+from pydantic.fields import FieldInfo
 
 from core.config import (
     PROMPT_OPTIMIZERS,
@@ -23,6 +25,7 @@ from core.strategy import SEPARATOR, STEP_KEY_PATTERN, normalize_strategy
 
 SETTINGS_MODELS = {key: row.settings for key, row in OPTIMIZERS.items()}
 OPTIMIZER_LABELS = {key: row.label for key, row in OPTIMIZERS.items()}
+OPTIMIZER_SUMMARIES = {key: row.summary for key, row in OPTIMIZERS.items()}
 
 
 def strategy_steps(doc: RunDraft) -> list[str]:
@@ -66,34 +69,89 @@ def step_label(doc: RunDraft, key: str) -> str:
     return OPTIMIZER_LABELS.get(kind, kind)
 
 
+SETTING_KINDS = ("bool", "int", "float", "text", "choice")
+"""What a setting can be on the Strategy page; each also as ``optional_<kind>`` (the annotation ``| None``)."""
+
+CHOICE_SOURCES = ("lms",)
+"""Where a setting marked ``json_schema_extra={"choices": ...}`` takes its allowed values from the
+document: ``"lms"``, the names of its LMs."""
+
+_BASIC_KINDS: dict[Any, str] = {bool: "bool", int: "int", float: "float", str: "text"}
+
+
 @dataclass(frozen=True)
 class SettingField:
     """One setting of an optimizer, for a generated form."""
 
     name: str
-    kind: str  # "int", "float", "bool", "optional_int", "choice"
+    kind: str  # one of SETTING_KINDS, or "optional_" + one of them (None allowed: "not set")
     default: Any
     minimum: float | None
     maximum: float | None
     help: str | None
-    options: tuple[str, ...] = ()  # the allowed values of a "choice"
+    options: tuple[Any, ...] = ()  # the allowed values of a "choice" declared by a Literal
+    choices: str | None = None  # the allowed values come from the document instead (one of CHOICE_SOURCES)
+    unset: str = "not set"  # how an optional setting's None reads on the page
+
+    @property
+    def optional(self) -> bool:
+        return self.kind.startswith("optional_")
 
 
 def settings_fields(optimizer: str) -> list[SettingField]:
-    """The settings of ``optimizer`` from its pydantic model (types, bounds, descriptions)."""
-    model = SETTINGS_MODELS[optimizer]
-    out = []
-    for name, info in model.model_fields.items():
-        annotation = info.annotation
-        options = tuple(get_args(annotation)) if get_origin(annotation) is Literal else ()
-        kind = "choice" if options else {int: "int", float: "float", bool: "bool"}.get(annotation, "optional_int")
-        lo = hi = None
-        for meta in info.metadata:
-            lo = getattr(meta, "ge", None) if getattr(meta, "ge", None) is not None else lo
-            lo = getattr(meta, "gt", None) if getattr(meta, "gt", None) is not None else lo
-            hi = getattr(meta, "le", None) if getattr(meta, "le", None) is not None else hi
-        out.append(SettingField(name, kind, info.default, lo, hi, info.description, options))
-    return out
+    """The settings of ``optimizer`` from its pydantic model in the table of optimizers (types, bounds,
+    descriptions, marks); ``StrategyError`` naming the setting when its type cannot be shown."""
+    row = OPTIMIZERS.get(optimizer)
+    if row is None:
+        raise StrategyError(f"optimizer {optimizer!r} is unknown; allowed: {', '.join(OPTIMIZERS)}")
+    return [_setting_field(optimizer, name, info) for name, info in row.settings.model_fields.items()]
+
+
+def _setting_field(optimizer: str, name: str, info: FieldInfo) -> SettingField:
+    where = f"optimizer {optimizer!r}, setting {name!r}"
+    kind, options = _kind_of(info.annotation, where)
+    mark = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+    choices = mark.get("choices")
+    if choices is not None:
+        if choices not in CHOICE_SOURCES:
+            raise StrategyError(f"{where}: choices {choices!r} is not a source of values; allowed: "
+                                f"{', '.join(CHOICE_SOURCES)}")
+        if kind not in ("text", "optional_text"):
+            raise StrategyError(f"{where}: choices {choices!r} names text values; annotate the setting str or "
+                                "str | None")
+        kind = kind.replace("text", "choice")
+    lo = hi = None
+    for meta in info.metadata:
+        lo = getattr(meta, "ge", None) if getattr(meta, "ge", None) is not None else lo
+        lo = getattr(meta, "gt", None) if getattr(meta, "gt", None) is not None else lo
+        hi = getattr(meta, "le", None) if getattr(meta, "le", None) is not None else hi
+    return SettingField(name, kind, info.default, lo, hi, info.description, options, choices,
+                        str(mark.get("unset", "not set")))
+
+
+def _kind_of(annotation: Any, where: str) -> tuple[str, tuple[Any, ...]]:
+    """The form kind of a settings annotation and a Literal's values; ``StrategyError`` otherwise."""
+    args = get_args(annotation)
+    optional = get_origin(annotation) in (Union, UnionType) and type(None) in args
+    inner = [a for a in args if a is not type(None)] if optional else [annotation]
+    kind, options = "", ()
+    if len(inner) == 1 and get_origin(inner[0]) is Literal:
+        options = tuple(v for v in get_args(inner[0]) if v is not None)
+        optional = optional or None in get_args(inner[0])
+        kind = "choice"
+    elif len(inner) == 1 and inner[0] in _BASIC_KINDS:
+        kind = _BASIC_KINDS[inner[0]]
+    if not kind:
+        shown = annotation.__name__ if isinstance(annotation, type) else str(annotation).replace("typing.", "")
+        raise StrategyError(f"{where}: the Strategy page cannot show a setting of type {shown}; allowed: "
+                            "bool, int, float, str, a Literal of values, or one of them | None")
+    return ("optional_" + kind if optional else kind), options
+
+
+def setting_options(doc: RunDraft, field: SettingField) -> tuple[Any, ...]:
+    """The values a "choice" setting may take in ``doc`` (a Literal's values, or the document's LM names
+    for a setting marked ``choices="lms"``), without None."""
+    return tuple(doc.lms) if field.choices == "lms" else field.options
 
 
 def set_settings(doc: RunDraft, key: str, values: dict[str, Any]) -> RunDraft:

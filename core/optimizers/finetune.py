@@ -46,7 +46,10 @@ class FinetuneSettings(Settings):
     trace_source: TraceSource = Field(
         "auto", description="training rows: self, teacher, gold, or auto (gold for label predictors, else self/teacher)"
     )
-    teacher_lm: str | None = Field(None, description="LM serving the small predictors for 'teacher' (default: large role)")
+    teacher_lm: str | None = Field(
+        None, description="LM serving the small predictors for 'teacher' (default: large role)",
+        json_schema_extra={"choices": "lms", "unset": "large role"},  # one of the run's LM names
+    )
     balance: Literal["cap", "upsample", "off"] = Field("cap", description="rows per label value balanced")
 
     def train_kwargs(self) -> dict[str, Any]:
