@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 import pandas as pd
 import streamlit as st
@@ -76,7 +77,9 @@ def new_key(current: RunDraft) -> None:
             c1, c2 = st.columns(2)
             key = c1.text_input("Key", "p2", help="lowercase letters, digits, _")
             optimizer = c2.selectbox("Optimizer", list(document.SETTINGS_MODELS),
-                                     format_func=lambda t: document.OPTIMIZER_LABELS[t])
+                                     format_func=lambda t: document.OPTIMIZER_LABELS[t],
+                                     help="\n".join(f"- **{document.OPTIMIZER_LABELS[t]}**: {summary}"
+                                                    for t, summary in document.OPTIMIZER_SUMMARIES.items()))
             if st.form_submit_button("Define"):
                 rerun_with(document.add_optimizer(current, key.strip(), optimizer), structural=True)
 
@@ -86,33 +89,46 @@ def settings_forms(current: RunDraft) -> None:
     used = set(document.strategy_steps(current))
     for key, spec in current.optimizers.items():
         label = f"{key}: {document.step_label(current, key)}" + ("" if key in used else " (not in the strategy)")
-        with st.expander(label), st.form(f"settings_{key}_{rev()}"):
-            values = {}
-            cols = st.columns(3)
-            for i, field in enumerate(document.settings_fields(spec.type)):
-                value = getattr(spec.settings, field.name, field.default)
-                col = cols[i % 3]
-                if field.name == "teacher_lm":  # an LM of this configuration; none = the large-role LM
-                    options = ["(large role)", *current.lms]
-                    picked = col.selectbox(field.name, options, help=field.help,
-                                           index=options.index(value) if value in options else 0)
-                    values[field.name] = None if picked == options[0] else picked
-                elif field.kind == "bool":
-                    values[field.name] = col.checkbox(field.name, bool(value), help=field.help)
-                elif field.kind == "choice":
-                    values[field.name] = col.selectbox(field.name, field.options, help=field.help,
-                                                       index=field.options.index(value) if value in field.options else 0)
-                elif field.kind == "float":
-                    values[field.name] = col.number_input(field.name, value=float(value), format="%g",
-                                                          help=field.help)
-                else:
-                    values[field.name] = col.number_input(
-                        field.name, value=None if value is None else int(value), step=1,
-                        min_value=int(field.minimum) if field.minimum is not None else None,
-                        max_value=int(field.maximum) if field.maximum is not None else None, help=field.help,
-                        placeholder="not set" if field.kind == "optional_int" else None)
-            if st.form_submit_button("Save settings"):
-                rerun_with(document.set_settings(current, key, values), structural=True)
+        with st.expander(label):
+            try:
+                fields = document.settings_fields(spec.type)
+            except StudioError as e:  # a settings model this page cannot show: say so, keep the other steps
+                st.error(str(e))
+                continue
+            with st.form(f"settings_{key}_{rev()}"):
+                values = {}
+                cols = st.columns(3)
+                for i, field in enumerate(fields):
+                    value = getattr(spec.settings, field.name, field.default)
+                    values[field.name] = setting_input(cols[i % 3], field, value,
+                                                       document.setting_options(current, field))
+                if st.form_submit_button("Save settings"):
+                    rerun_with(document.set_settings(current, key, values), structural=True)
+
+
+def setting_input(col: Any, field: document.SettingField, value: Any, options: tuple[Any, ...]) -> Any:
+    """The widget of one setting (``field.kind``, see ``core.document.SETTING_KINDS``) in ``col``; returns
+    the value it holds (None for an optional setting left unset)."""
+    kind = field.kind.removeprefix("optional_")
+    unset = f"({field.unset})"
+    if kind == "bool" and not field.optional:
+        return col.checkbox(field.name, bool(value), help=field.help)
+    if kind in ("bool", "choice"):
+        values = [None, *(options or (True, False))] if field.optional else list(options)
+        return col.selectbox(field.name, values, index=values.index(value) if value in values else 0,
+                             format_func=lambda v: unset if v is None else str(v), help=field.help)
+    if kind == "text":
+        text = col.text_input(field.name, "" if value is None else str(value), help=field.help,
+                              placeholder=unset if field.optional else None)
+        return None if field.optional and not text else text
+    if kind == "float":
+        return col.number_input(field.name, value=None if value is None else float(value), format="%g",
+                                help=field.help, placeholder=field.unset if field.optional else None)
+    return col.number_input(
+        field.name, value=None if value is None else int(value), step=1,
+        min_value=int(field.minimum) if field.minimum is not None else None,
+        max_value=int(field.maximum) if field.maximum is not None else None, help=field.help,
+        placeholder=field.unset if field.optional else None)
 
 
 def metric(current: RunDraft) -> None:

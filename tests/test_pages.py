@@ -236,3 +236,102 @@ def test_the_session_document_must_be_exactly_a_draft_not_a_config():
         set_doc(scripted_config())
     with pytest.raises(TypeError, match="got dict"):
         set_doc(new_document().model_dump())
+
+
+WIDE_OPTIMIZER = '''
+"""A test optimizer whose settings use every kind of setting the Strategy page shows (it changes nothing)."""
+from typing import Literal
+
+from pydantic import Field
+
+from core.optimizers.entry import Optimizer, Settings, StepCost
+
+
+class WideSettings(Settings):
+    instruction: str = Field("Answer carefully.", max_length=200, description="set on every predictor")
+    note: str | None = None
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    style: Literal["short", "long"] = "short"
+    flag: bool = False
+    judge_lm: str | None = Field(None, json_schema_extra={"choices": "lms", "unset": "no judge"})
+
+
+class Keep:
+    def compile(self, student, **kwargs):
+        return student
+
+
+OPTIMIZER = Optimizer(key="wide", kind="prompt", summary="keeps the program; has every kind of setting",
+                      settings=WideSettings, build=lambda s, ctx: Keep(),
+                      estimate=lambda s, ctx: StepCost(ctx.predictors * ctx.val))
+'''
+
+WIDE_PAGE = '''
+import json
+from pathlib import Path
+
+from streamlit.testing.v1 import AppTest
+
+from core import document
+
+draft = document.add_optimizer(document.use_scripted(document.new_document(), True), "t", "wide")
+draft = document.set_steps(draft, ["t", "w", "p"])
+at = AppTest.from_file(str(Path.cwd() / "pages" / "strategy.py"), default_timeout=60)
+at.session_state["config_doc"] = draft
+at.session_state["doc_rev"] = 0
+at.run()
+out = {"exceptions": [e.value for e in at.exception], "errors": [e.value for e in at.error],
+       "metrics": [m.label for m in at.metric],
+       "help": next(s.help for s in at.selectbox if s.label == "Optimizer")}
+form = "settings_t_0"
+widgets = {w.label: w for kind in ("text_input", "number_input", "selectbox", "checkbox") for w in at.get(kind)
+           if w.form_id == form}
+out["widgets"] = sorted(widgets)
+out["judge_options"] = widgets["judge_lm"].options
+widgets["instruction"].set_value("Pick the label.")
+widgets["note"].set_value("")
+widgets["temperature"].set_value(0.3)
+widgets["style"].set_value("long")
+widgets["flag"].check()
+widgets["judge_lm"].set_value("small")
+next(b for b in at.button if b.form_id == form).click()
+at.run()
+out["exceptions"] += [e.value for e in at.exception]
+out["saved"] = at.session_state["config_doc"].optimizers["t"].settings.model_dump()
+print(json.dumps(out))
+'''
+
+
+def test_strategy_page_shows_and_saves_text_choice_and_optional_settings_of_a_new_optimizer(tmp_path: Path):
+    """In a copy of the code with one more optimizer (one module, one row in the table, so the config's
+    step union has it): the Strategy page renders its str / str | None / float | None / Literal / bool /
+    LM-name settings with the real widgets, and saving the form stores typed values."""
+    import json
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    repo = tmp_path / "repo"
+    for folder in ("core", "pages", "data"):
+        shutil.copytree(ROOT / folder, repo / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    (repo / "core" / "optimizers" / "wide.py").write_text(WIDE_OPTIMIZER)
+    table = repo / "core" / "optimizers" / "table.py"
+    text = table.read_text()
+    rows = "(random_search.OPTIMIZER, mipro.OPTIMIZER, finetune.OPTIMIZER)"
+    assert text.count(rows) == 1 and text.count("import finetune, mipro, random_search\n") == 1
+    table.write_text(text.replace("import finetune, mipro, random_search\n", "import finetune, mipro, random_search, wide\n")
+                     .replace(rows, "(random_search.OPTIMIZER, mipro.OPTIMIZER, finetune.OPTIMIZER, wide.OPTIMIZER)"))
+    (tmp_path / "page.py").write_text(WIDE_PAGE)
+    done = subprocess.run([sys.executable, str(tmp_path / "page.py")], cwd=repo, capture_output=True, text=True,
+                          timeout=240, env={**os.environ, "PYTHONPATH": str(repo)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["exceptions"] == [] and out["errors"] == [], out
+    assert "LM calls" in out["metrics"]  # the estimate priced the new step too
+    assert "**prompt · wide**: keeps the program; has every kind of setting" in out["help"]
+    assert "**weight · finetune**: fine-tunes the small predictors' LM" in out["help"]
+    assert out["widgets"] == ["flag", "instruction", "judge_lm", "note", "style", "temperature"]
+    assert out["judge_options"] == ["(no judge)", "large", "small"]
+    assert out["saved"] == {"instruction": "Pick the label.", "note": None, "temperature": 0.3, "style": "long",
+                            "flag": True, "judge_lm": "small"}
