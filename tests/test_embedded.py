@@ -117,7 +117,7 @@ def test_chain_of_thought_parses(roomy_lm):
 
 def test_free_text_answers_are_about_the_input_not_the_format(roomy_lm):
     """Unconstrained, SmolLM2 answered most of these analyses with the format's placeholder
-    (``{analysis}``), code fences or ``#`` headings: free text starts with a letter or a quote."""
+    (``{analysis}``), code fences, ``#`` headings or numbered sections: free text starts with a letter."""
     analyze = dspy.ChainOfThought("document -> analysis: str, key_findings: list[str]")
     with (catalog.REPO_ROOT / "data" / "documents.csv").open(newline="") as f:
         documents = [row["document"] for row in csv.DictReader(f)][:6]
@@ -125,10 +125,10 @@ def test_free_text_answers_are_about_the_input_not_the_format(roomy_lm):
         answers = [analyze(document=d) for d in documents]
     for answer in answers:
         for text in (answer.reasoning, answer.analysis):
-            assert text[0].isalpha() or text[0] == '"', text
-            assert "{" not in text[:2] and not text.startswith(("```", "#"))
+            assert text[:1].isalpha() or text[:1] == '"', text
     documents_words = [set(d.lower().split()) for d in documents]
-    about = sum(len(set(a.analysis.lower().split()) & words) >= 3 for a, words in zip(answers, documents_words, strict=True))
+    about = sum(len(set(a.analysis.lower().split()) & words) >= 3
+                for a, words in zip(answers, documents_words, strict=True))
     assert about >= len(answers) - 1
 
 

@@ -121,3 +121,33 @@ def test_real_chatadapter_grammars_compile(vocab_llama):
 def test_invalid_grammar_is_refused(vocab_llama):
     with pytest.raises(ValueError, match="cannot parse"):
         check_grammar("root ::= undefined_rule", vocab_llama)
+
+
+def test_free_text_never_starts_like_markup_or_a_list(vocab_llama):
+    """The text rule, run by llama.cpp's own grammar engine over candidate answers."""
+    import ctypes
+
+    text = build_grammar([OutputField("analysis", "str")])
+    check_grammar(text, vocab_llama)
+
+    def accepts(value: str) -> bool:
+        sampler = llama_cpp.llama_sampler_init_grammar(vocab_llama._model.vocab, text.encode(), b"root")
+        try:
+            answer = f"[[ ## analysis ## ]]\n{value}\n\n[[ ## completed ## ]]"
+            for token in vocab_llama.tokenize(answer.encode(), add_bos=False, special=False):
+                data = (llama_cpp.llama_token_data * 1)(llama_cpp.llama_token_data(token, 0.0, 0.0))
+                array = llama_cpp.llama_token_data_array(data, 1, -1, False)
+                llama_cpp.llama_sampler_apply(sampler, ctypes.byref(array))
+                if array.data[0].logit == float("-inf"):
+                    return False
+                llama_cpp.llama_sampler_accept(sampler, token)
+            return True
+        finally:
+            llama_cpp.llama_sampler_free(sampler)
+
+    for good in ("Sales fell 55% in the quarter.", "\"Quoted\" start", "Über alles", "Ünal's 3 items"):
+        assert accepts(good), good
+    for bad in ("{analysis}", "```python", "# Heading", "1. [## 1]", "2) second", "1.1.1.1", " leading space",
+                "* bullet", "> quote", "[## x]", "| table |",
+                "42", "$120 refund"):  # the price: numbers belong in int/float fields
+        assert not accepts(bad), bad
