@@ -24,11 +24,6 @@ from pydantic import (
 
 from core.errors import ConfigError, StrategyError
 from core.optimizers.entry import Optimizer
-from core.optimizers.finetune import TRACE_SOURCES as TRACE_SOURCES
-from core.optimizers.finetune import FinetuneSettings as FinetuneSettings
-from core.optimizers.finetune import TraceSource as TraceSource
-from core.optimizers.mipro import MiproSettings as MiproSettings
-from core.optimizers.random_search import RandomSearchSettings as RandomSearchSettings
 from core.optimizers.table import OPTIMIZERS, keys_of_kind
 from core.optimizers.table import optimizer_kind as optimizer_kind
 from core.programs import MAX_STAGES, ProgramSpec, Stage, TemplateProgram, UserFileProgram
@@ -180,11 +175,6 @@ PROMPT_OPTIMIZERS = keys_of_kind("prompt")
 WEIGHT_OPTIMIZERS = keys_of_kind("weight")
 
 
-def step_kind(spec: Any) -> str:
-    """'prompt' or 'weight' for a configured step (the table of optimizers says which)."""
-    return optimizer_kind(spec.type)
-
-
 def default_optimizers() -> dict[str, Any]:
     return {"p": STEP_MODELS["random_search"](type="random_search"), "w": STEP_MODELS["finetune"](type="finetune")}
 
@@ -276,7 +266,7 @@ class RunConfig(RunDraft):
             raise ValueError(
                 "program.kind 'user_file' runs your Python file; set allow_user_code to true to allow it"
             )
-        uses_weights = any(step_kind(self.optimizers[k]) == "weight" for k in self.strategy.split(" -> "))
+        uses_weights = any(optimizer_kind(self.optimizers[k].type) == "weight" for k in self.step_keys())
         if uses_weights and not any(a.role == "small" for a in self.predictors.values()):
             raise ValueError(
                 f"strategy {self.strategy!r} has a weight step but no predictor has the role 'small'; "

@@ -7,10 +7,10 @@ from pathlib import Path
 import dspy
 import pytest
 
-from core.config import FinetuneSettings
 from core.errors import LMError, StudioError
 from core.lms.scripted import ScriptedEngine, make_lm
 from core.metrics import make_metric
+from core.optimizers.finetune import FinetuneSettings
 from core.optimizers.prompt import KeepLMsRandomSearch
 from core.optimizers.weights import RoleAwareFinetune, TraceStats, WeightStepHooks
 from core.programs import Stage, StagedPipeline

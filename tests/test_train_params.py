@@ -13,11 +13,12 @@ from pathlib import Path
 import dspy
 import pytest
 
-from core.config import FinetuneSettings, parse_config
+from core.config import parse_config
 from core.errors import ConfigError, LMError
 from core.lms.lora.params import FLAGS, PARAMS, TrainParams, parse_train_kwargs
 from core.lms.scripted import make_lm
 from core.metrics import make_metric
+from core.optimizers.finetune import FinetuneSettings
 from core.optimizers.weights import RoleAwareFinetune, WeightStepHooks
 from core.programs import Stage, StagedPipeline
 

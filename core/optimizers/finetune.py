@@ -15,7 +15,6 @@ from pydantic import Field
 from core.lms.lora.params import PARAMS as TRAIN_PARAMS
 from core.optimizers.entry import BuildContext, EstimateContext, Optimizer, Settings, StepCost
 
-TRACE_SOURCES = ("auto", "self", "teacher", "gold")
 TraceSource = Literal["auto", "self", "teacher", "gold"]
 
 

@@ -23,9 +23,8 @@ def get_optimizer(key: str) -> Optimizer:
 
 
 def optimizer_kind(key: str) -> str:
-    """'prompt' or 'weight' for an optimizer key (an unknown key counts as a prompt step)."""
-    row = OPTIMIZERS.get(key)
-    return row.kind if row else "prompt"
+    """'prompt' or 'weight' for an optimizer key (configurations only hold keys of the table)."""
+    return get_optimizer(key).kind
 
 
 def keys_of_kind(kind: str) -> tuple[str, ...]:
