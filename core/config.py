@@ -24,7 +24,7 @@ from pydantic import (
 
 from core.errors import ConfigError, StrategyError
 from core.optimizers.entry import Optimizer
-from core.optimizers.table import OPTIMIZERS, keys_of_kind
+from core.optimizers.table import OPTIMIZERS
 from core.optimizers.table import optimizer_kind as optimizer_kind
 from core.programs import MAX_STAGES, ProgramSpec, Stage, TemplateProgram, UserFileProgram
 from core.strategy import normalize_strategy
@@ -171,8 +171,6 @@ def _step_model(row: Optimizer) -> type[BaseModel]:
 STEP_MODELS: dict[str, type[BaseModel]] = {key: _step_model(row) for key, row in OPTIMIZERS.items()}
 """One step model per row of the table of optimizers (``core.optimizers.table``)."""
 OptimizerSpec = Annotated[Union[tuple(STEP_MODELS.values())], Field(discriminator="type")]  # noqa: UP007
-PROMPT_OPTIMIZERS = keys_of_kind("prompt")
-WEIGHT_OPTIMIZERS = keys_of_kind("weight")
 
 
 def default_optimizers() -> dict[str, Any]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from core.config import PROMPT_OPTIMIZERS, STEP_MODELS, WEIGHT_OPTIMIZERS, optimizer_kind, parse_config
+from core.config import STEP_MODELS, optimizer_kind, parse_config
 from core.defaults import scripted_config_dict
 from core.document import OPTIMIZER_LABELS, SETTINGS_MODELS
 from core.estimate import estimate
@@ -25,7 +25,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_every_consumer_reads_the_table() -> None:
     assert set(STEP_MODELS) == set(SETTINGS_MODELS) == set(OPTIMIZER_LABELS) == set(OPTIMIZERS)
-    assert set(PROMPT_OPTIMIZERS) | set(WEIGHT_OPTIMIZERS) == set(OPTIMIZERS)
     for key, row in OPTIMIZERS.items():
         assert optimizer_kind(key) == row.kind and SETTINGS_MODELS[key] is row.settings
         assert OPTIMIZER_LABELS[key] == f"{row.kind} · {key}"

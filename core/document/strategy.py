@@ -11,9 +11,7 @@ from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 
 from core.config import (
-    PROMPT_OPTIMIZERS,
     STEP_MODELS,
-    WEIGHT_OPTIMIZERS,
     RunDraft,
     optimizer_kind,
     validation_message,
@@ -163,10 +161,6 @@ def set_settings(doc: RunDraft, key: str, values: dict[str, Any]) -> RunDraft:
     except ValidationError as e:
         raise StrategyError(validation_message(e, f"step {key!r}", show_input=False)) from e
     return revise(doc, optimizers={**doc.optimizers, key: STEP_MODELS[step.type](type=step.type, settings=settings)})
-
-
-def prompt_and_weight_types() -> tuple[tuple[str, ...], tuple[str, ...]]:
-    return PROMPT_OPTIMIZERS, WEIGHT_OPTIMIZERS
 
 
 def set_metric(doc: RunDraft, name: str) -> RunDraft:
