@@ -1,6 +1,6 @@
 """Optimizers used as BetterTogether steps, and the table that declares them.
 
-Public surface: the table (``OPTIMIZERS``, ``get_optimizer``, ``optimizer_kind``, ``keys_of_kind``) and
+Public surface: the table (``OPTIMIZERS``, ``get_optimizer``, ``optimizer_kind``) and
 what a row declares (``Optimizer``, ``Settings``, ``BuildContext``, ``EstimateContext``, ``StepCost``).
 One module per optimizer (``random_search``, ``mipro``, ``finetune``); their machinery: ``prompt``
 (prompt steps that keep per-predictor LMs), ``stratify`` (label-covering demo sets), ``traces``
@@ -8,7 +8,7 @@ One module per optimizer (``random_search``, ``mipro``, ``finetune``); their mac
 """
 
 from core.optimizers.entry import BuildContext, EstimateContext, Optimizer, Settings, StepCost
-from core.optimizers.table import OPTIMIZERS, get_optimizer, keys_of_kind, optimizer_kind
+from core.optimizers.table import OPTIMIZERS, get_optimizer, optimizer_kind
 
 __all__ = [
     "OPTIMIZERS",
@@ -18,6 +18,5 @@ __all__ = [
     "Settings",
     "StepCost",
     "get_optimizer",
-    "keys_of_kind",
     "optimizer_kind",
 ]

@@ -25,7 +25,3 @@ def get_optimizer(key: str) -> Optimizer:
 def optimizer_kind(key: str) -> str:
     """'prompt' or 'weight' for an optimizer key (configurations only hold keys of the table)."""
     return get_optimizer(key).kind
-
-
-def keys_of_kind(kind: str) -> tuple[str, ...]:
-    return tuple(k for k, o in OPTIMIZERS.items() if o.kind == kind)
