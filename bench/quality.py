@@ -15,6 +15,7 @@ of issue 11. Progress goes to stderr; the last line of stdout is one JSON object
     python bench/quality.py --quick               # CI-sized smoke run: tiny splits, 1 seed, 2 LoRA steps
     python bench/quality.py --tasks support_triage --seeds 0
     python bench/quality.py --task my.csv:my_config.json
+    python bench/quality.py --merge a.json b.json  # one table from runs already measured (e.g. one seed each)
 """
 
 from __future__ import annotations
@@ -235,6 +236,23 @@ def targets(table: dict[str, Any], results: list[dict[str, Any]]) -> dict[str, A
     }
 
 
+def merge(paths: list[str], out: str | None) -> int:
+    """One table from the runs of several ``--out`` files (the same tasks, different seeds)."""
+    documents = [json.loads(Path(p).read_text(encoding="utf-8")) for p in paths]
+    results = [run for d in documents for run in d.get("runs", [])]
+    tasks = list(dict.fromkeys(r["task"] for r in results))
+    table = summarize(results, tasks)
+    merged = {"bench": "quality", "quick": any(d.get("quick") for d in documents),
+              "seeds": sorted({r["seed"] for r in results}),
+              "test_examples": sorted({d.get("test_examples") for d in documents}, key=str),
+              "merged_from": paths, "table": table, "targets": targets(table, results), "runs": results,
+              "wall_seconds": round(sum(d.get("wall_seconds") or 0 for d in documents), 1)}
+    if out:
+        Path(out).write_text(json.dumps(merged, indent=1), encoding="utf-8")
+    print(json.dumps(merged))
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="CI-sized smoke run (tiny splits, 1 seed)")
@@ -243,8 +261,12 @@ def main() -> int:
     parser.add_argument("--seeds", nargs="*", type=int, default=None, help="default: 0 1 2 (--quick: 0)")
     parser.add_argument("--test", type=int, default=None,
                         help="test examples per task (default: the task's own split; the README table uses 40)")
+    parser.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                        help="summarize the runs of earlier --out files (seeds run in separate processes) instead")
     parser.add_argument("--out", default=None, help="also write the JSON (and partial results) to this file")
     args = parser.parse_args()
+    if args.merge:
+        return merge(args.merge, args.out)
     seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1, 2])
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     for name in ("dspy", "LiteLLM", "litellm", "httpx"):
