@@ -46,6 +46,12 @@ def _shot(page, folder: Path, name: str, height: int = 1500) -> None:
     page.set_viewport_size({"width": 1280, "height": 800})
 
 
+def _wait_idle(page) -> None:
+    """Until the app has no script run in progress (Streamlit shows its status widget while running)."""
+    page.wait_for_function("() => document.querySelector('[data-testid=\"stStatusWidget\"]') === null",
+                           timeout=60_000)
+
+
 def test_trace_from_the_matrix_and_report_download(page, server, screenshots, tmp_path):
     run_id = _run(server.home, tmp_path)
     store = Store(server.home / "studio.db")
@@ -99,8 +105,11 @@ def test_trace_from_the_matrix_and_report_download(page, server, screenshots, tm
 
     # the report: download, then open from disk with no server
     page.get_by_role("tab", name="Export").click()
+    button = page.get_by_role("button", name="Download report (.html)")
+    button.wait_for()
+    _wait_idle(page)  # a click during a rerun (the matrix selection reruns the page) can hit a replaced button
     with page.expect_download(timeout=120_000) as download_info:
-        page.get_by_role("button", name="Download report (.html)").click()
+        button.click()
     report = tmp_path / "report.html"
     download_info.value.save_as(report)
     offline = page.context.new_page()
