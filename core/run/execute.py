@@ -14,7 +14,7 @@ import dspy
 
 from core.errors import RunCancelled, StoreError
 from core.evidence.capture import CallbackTee, UsageTap, evidence_scope
-from core.lms.call_cache import CallCache
+from core.lms.call_cache import run_cache
 from core.paths import run_dir
 from core.prepare import PreparedRun
 from core.records import RunOutcome, RunStatus
@@ -68,7 +68,7 @@ def execute_run(prepared: PreparedRun, store: Store, run_id: int, cancel: thread
     evidence = recorder.evidence
     adapter = make_adapter(prepared.runtimes)
     threads = effective_threads(prepared)
-    call_cache = CallCache()  # deterministic calls answered once per run
+    call_cache = run_cache()  # deterministic calls answered once per run (STUDIO_CALL_CACHE=0: off)
     with evidence, dspy.context(lm=prepared.context_lm, adapter=adapter,
                                 callbacks=[CallbackTee(observer, evidence)], usage_tracker=UsageTap(observer, evidence),
                                 num_threads=threads, studio_cancel_event=cancel, studio_call_cache=call_cache):
@@ -117,8 +117,10 @@ def execute_run(prepared: PreparedRun, store: Store, run_id: int, cancel: thread
                              evaluate_score(best, test, prepared.metric, threads, recorder, "best"))
             except RunCancelled:
                 cancelled = True
+        stats = call_cache.stats()
         recorder.event("cache", "repeated deterministic LM calls answered from the run's cache: "
-                                f"{call_cache.stats()['hits']}", call_cache.stats())
+                                f"{stats['hits']}" if stats["enabled"] else
+                                f"the run's call cache was off (STUDIO_CALL_CACHE): {stats['misses']} calls made", stats)
         if cancelled:
             status, error = RunStatus.CANCELLED, "cancelled by the user; the best program so far was kept"
         elif flagged or best_candidate.score is None:
