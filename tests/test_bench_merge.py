@@ -14,7 +14,7 @@ STRATEGIES = ["baseline", "p", "w", "p -> w", "p -> w -> p"]
 
 
 def _run_doc(task: str, seed: int, scores: list[float], run_seconds: float) -> dict:
-    return {"task": task, "seed": seed, "scores": dict(zip(STRATEGIES, scores)),
+    return {"task": task, "seed": seed, "scores": dict(zip(STRATEGIES, scores, strict=True)),
             "seconds": dict.fromkeys(STRATEGIES, 10.0), "phases": {},
             "default_run": {"run_seconds": run_seconds}, "estimate": {"error_pct": 5.0}}
 
