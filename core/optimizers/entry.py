@@ -65,6 +65,7 @@ class StepCost:
     calls: int
     cached: int = 0  # calls the call cache answers (counted in calls, not in time)
     train_steps: int = 0
+    train_rows: int = 0  # rows passed through the model while training (steps x batch size)
     extra_seconds: float = 0.0
 
 

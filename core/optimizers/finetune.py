@@ -84,7 +84,8 @@ def estimate(s: FinetuneSettings, ctx: EstimateContext) -> StepCost:
     gold = s.trace_source in ("auto", "gold") and ctx.labelled
     calls = (ctx.upstream if gold else p) * n + p * v
     cached = ctx.upstream * v if ctx.cached else 0
-    return StepCost(int(calls), int(cached), training_steps(s, n), ctx.export_seconds)
+    steps = training_steps(s, n)
+    return StepCost(int(calls), int(cached), steps, steps * s.batch_size, ctx.export_seconds)
 
 
 OPTIMIZER = Optimizer(
