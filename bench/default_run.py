@@ -54,6 +54,7 @@ def main() -> int:
 
     from core.config import parse_config
     from core.defaults import default_config_dict, with_smoke_budget
+    from core.estimate import estimate
     from core.paths import db_path
     from core.run import RunManager
     from core.store import Store
@@ -78,6 +79,7 @@ def main() -> int:
         doc["optimizers"][step].setdefault("settings", {})[setting] = value
         overrides[target] = value
     config = parse_config(doc)
+    predicted = estimate(config).seconds  # what the Strategy page shows before the run
     manager = RunManager(Store(db_path()))
     started = time.monotonic()
     with contextlib.redirect_stdout(sys.stderr):
@@ -105,6 +107,8 @@ def main() -> int:
         "error": run.error,
         "wall_seconds": round(wall, 1),
         "goal_seconds": 300,  # issue 11: the default run in 5 minutes on 2 cores
+        "estimate_seconds": round(predicted, 1),
+        "estimate_error_pct": round(100 * (predicted - wall) / wall, 1) if wall else None,
         "baseline_val": run.baseline_score,
         "best_val": run.best_score,
         "best_strategy": run.best_strategy,

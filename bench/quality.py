@@ -242,6 +242,7 @@ def targets(table: dict[str, Any], results: list[dict[str, Any]],
         "pwp_beats_p_and_w_on_2_tasks": sum(beats_parts.values()) >= 2,
         "default_run_seconds": default_seconds,
         "default_run_measured_by": source,
+        "default_run_estimate_error_pct": [d.get("estimate_error_pct") for d in default_runs or []],
         "default_run_within_300s": bool(default_seconds) and max(default_seconds) <= 300,
     }
 
@@ -266,8 +267,21 @@ def default_run_measurements(paths: list[str]) -> list[dict[str, Any]]:
         if problems:
             raise SystemExit(f"--default-run {path}: {problems[0]}; expected the JSON of a plain "
                              "`python bench/default_run.py`")
+        if doc.get("estimate_seconds") is None:  # an output from before default_run.py printed the estimate
+            from core.defaults import default_config
+
+            config = default_config(doc["template"]) if doc.get("template") else default_config()
+            doc["estimate_seconds"] = round(estimate_seconds(config), 1)
+            doc["estimate_error_pct"] = round(100 * (doc["estimate_seconds"] - doc["wall_seconds"])
+                                              / doc["wall_seconds"], 1)
         runs.append(doc)
     return runs
+
+
+def estimate_seconds(config: Any) -> float:
+    from core.estimate import estimate
+
+    return estimate(config).seconds
 
 
 def merge(paths: list[str], out: str | None, default_runs: list[dict[str, Any]] | None = None) -> int:

@@ -63,6 +63,8 @@ def test_merge_with_default_run_outputs_judges_the_target_on_them(tmp_path) -> N
     assert targets["default_run_seconds"] == [250.0, 290.0]
     assert targets["default_run_measured_by"] == "bench/default_run.py"
     assert targets["default_run_within_300s"] is True
+    errors = targets["default_run_estimate_error_pct"]  # the Strategy page's estimate of the default run
+    assert len(errors) == 2 and errors[0] > errors[1]  # the same estimate against 250 s and 290 s
     slow = _default_run(tmp_path / "d3.json", wall_seconds=301.0)
     out = _bench("--merge", *_outs(tmp_path), "--default-run", runs[0], slow)
     assert json.loads(out.stdout.strip().splitlines()[-1])["targets"]["default_run_within_300s"] is False
