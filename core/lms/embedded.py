@@ -215,10 +215,13 @@ class LlamaEngine:
             if temperature > 0:
                 llama.set_seed(seed if seed is not None else DEFAULT_SEED + loaded.calls)
             watcher = CancelWatcher(loaded.abort_flag, self._cancelled_process_wide)
+            loaded.prefix_states.restore(llama, tokens)  # another prompt family's call may have come between
             try:
                 with watcher:
-                    return run_generation(llama, tokens, grammar=compiled, max_tokens=max_tokens,
-                                          temperature=temperature, stop=stop, watcher=watcher)
+                    result = run_generation(llama, tokens, grammar=compiled, max_tokens=max_tokens,
+                                            temperature=temperature, stop=stop, watcher=watcher)
+                loaded.prefix_states.remember(llama)
+                return result
             except RuntimeError as e:
                 if watcher.fired:  # llama_decode aborted by the cancel
                     raise RunCancelled("the run was cancelled") from e

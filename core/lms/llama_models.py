@@ -30,6 +30,7 @@ from typing import Any
 from core.errors import LMError
 from core.lms import catalog
 from core.lms.cpu import threads_for_native_code
+from core.lms.prefix_states import PrefixStates
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +77,7 @@ class LoadedModel:
     lock: threading.Lock = field(default_factory=threading.Lock)
     calls: int = 0
     abort_flag: threading.Event = field(default_factory=threading.Event)
+    prefix_states: PrefixStates = field(default_factory=PrefixStates)  # KV states of recent prompt families
     _abort_callback: Any = None  # keeps the ctypes callback alive
 
 
