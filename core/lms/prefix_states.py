@@ -5,7 +5,8 @@ on the same instance only. A program whose predictors share one model (the defau
 and ``classify`` on SmolLM2) alternates between their prompts, and evaluation threads interleave the
 examples, so the previous call is almost always the other predictor's: every call evaluated its whole
 prompt (measured on the default run: the base model's ``classify`` calls took 2.0 s for a 388-token
-prompt, the fine-tuned model's, which only ``classify`` uses, 0.6 s for the same prompt).
+prompt; the fine-tuned model's, which only ``classify`` uses and whose calls therefore follow each other,
+0.6 s for the same prompt and a slightly shorter answer).
 
 ``PrefixStates`` keeps the llama.cpp state (the KV cells in use, a few MB for a few hundred tokens of
 SmolLM2) after each call, one per prompt family: a new state replaces a saved one that shares half its
