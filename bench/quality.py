@@ -269,19 +269,14 @@ def default_run_measurements(paths: list[str]) -> list[dict[str, Any]]:
                              "`python bench/default_run.py`")
         if doc.get("estimate_seconds") is None:  # an output from before default_run.py printed the estimate
             from core.defaults import default_config
+            from core.estimate import estimate
 
             config = default_config(doc["template"]) if doc.get("template") else default_config()
-            doc["estimate_seconds"] = round(estimate_seconds(config), 1)
+            doc["estimate_seconds"] = round(estimate(config).seconds, 1)
             doc["estimate_error_pct"] = round(100 * (doc["estimate_seconds"] - doc["wall_seconds"])
                                               / doc["wall_seconds"], 1)
         runs.append(doc)
     return runs
-
-
-def estimate_seconds(config: Any) -> float:
-    from core.estimate import estimate
-
-    return estimate(config).seconds
 
 
 def merge(paths: list[str], out: str | None, default_runs: list[dict[str, Any]] | None = None) -> int:

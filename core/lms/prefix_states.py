@@ -109,8 +109,5 @@ class PrefixStates:
         self._states[self._next] = SavedState(ids, bytes(memoryview(buffer)[:written]))
         self._next += 1
 
-    def clear(self) -> None:
-        self._states.clear()
-
     def __len__(self) -> int:
         return len(self._states)
