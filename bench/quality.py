@@ -141,9 +141,25 @@ def round_phases(rounds: list[Any]) -> dict[str, float]:
     return total
 
 
+def earlier_w_runs(paths: list[str]) -> dict[tuple[str, int, Any], dict[str, Any]]:
+    """(task, seed, test examples) -> the ``w`` measurement of that seed in earlier ``--out`` files, with
+    the file it came from. A ``w`` run has no prompt step, so a change to prompt steps leaves it as it was."""
+    found: dict[tuple[str, int, Any], dict[str, Any]] = {}
+    for path in paths:
+        document = json.loads(Path(path).read_text(encoding="utf-8"))
+        for run in document.get("runs", []):
+            if run.get("scores", {}).get("w") is None:
+                continue
+            key = (run["task"], run["seed"], document.get("test_examples"))
+            found[key] = {"score": run["scores"]["w"], "phases": run["phases"].get("w", {}),
+                          "seconds": run["seconds"].get("w"), "from": str(path)}
+    return found
+
+
 def measure_task(manager: Any, name: str, doc: dict[str, Any], seed: int, quick: bool,
-                 test: int | None = None) -> dict[str, Any]:
-    """One seed of one task: a p -> w -> p run (4 strategies) and a w run."""
+                 test: int | None = None, earlier_w: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One seed of one task: a p -> w -> p run (4 strategies) and a w run (or ``earlier_w``, the same
+    seed's ``w`` measured before, see ``--reuse-w``)."""
     from core.config import parse_config
     from core.estimate import estimate
 
@@ -182,6 +198,13 @@ def measure_task(manager: Any, name: str, doc: dict[str, Any], seed: int, quick:
     result["estimate"] = {"predicted_seconds": round(predicted.seconds, 1), "measured_seconds": run_seconds,
                           "error_pct": round(100 * (predicted.seconds - run_seconds) / run_seconds, 1)
                           if run_seconds else None}
+    if earlier_w is not None:
+        result["scores"]["w"] = earlier_w["score"]
+        result["phases"]["w"] = earlier_w["phases"]
+        result["seconds"]["w"] = earlier_w["seconds"]
+        result["w_reused_from"] = earlier_w["from"]
+        _log(f"{name} seed {seed}: w reused from {earlier_w['from']}; test scores {result['scores']}")
+        return result
     w_doc = sized(doc, seed, "w", quick, test)
     w_id = run_config(manager, w_doc)
     w_run = store.get_run(w_id)
@@ -309,6 +332,9 @@ def main() -> int:
                         help="summarize the runs of earlier --out files (seeds run in separate processes) instead")
     parser.add_argument("--default-run", nargs="+", default=None, metavar="JSON",
                         help="outputs of bench/default_run.py (timed alone) to judge the 5-minute target on")
+    parser.add_argument("--reuse-w", nargs="+", default=[], metavar="JSON",
+                        help="take each task and seed's w score from these earlier --out files instead of running w "
+                             "again (w has no prompt step: for a change to prompt steps)")
     parser.add_argument("--out", default=None, help="also write the JSON (and partial results) to this file")
     args = parser.parse_args()
     default_runs = default_run_measurements(args.default_run) if args.default_run else None
@@ -326,11 +352,13 @@ def main() -> int:
 
     manager = RunManager(Store(db_path()))
     docs = task_documents(args)
+    reuse = earlier_w_runs(args.reuse_w)
     results: list[dict[str, Any]] = []
     started = time.monotonic()
     for seed in seeds:  # seed-major: every task gets a first seed before any gets a second
         for name, doc in docs.items():
-            results.append(measure_task(manager, name, doc, seed, args.quick, None if args.quick else args.test))
+            test = None if args.quick else args.test
+            results.append(measure_task(manager, name, doc, seed, args.quick, test, reuse.get((name, seed, args.test))))
             table = summarize(results, list(docs))
             partial = {"bench": "quality", "quick": args.quick, "seeds": seeds, "test_examples": args.test,
                        "table": table,

@@ -82,27 +82,30 @@ def split_sizes(config: RunConfig, n_rows: int | None) -> tuple[int, int, int]:
     return max(n - val - test if abs(sum(sizes) - 1) < 1e-6 else round(sizes[0] * n), 0), val, test
 
 
-def label_predictor_count(config: RunConfig) -> int:
+def label_predictors_of(config: RunConfig) -> list[str]:
     """Predictors whose outputs are all label fields (stratified demos, gold rows); for a program that
     cannot be inspected without running user code, the last predictor."""
     from core.programs import build_program
 
     labels = set(config.data.labels)
     if config.program.kind == "user_file":
-        return 1
+        return list(config.predictors)[-1:]
     program = build_program(config.program)
-    count = 0
-    for _, predictor in program.named_predictors():
+    out = []
+    for name, predictor in program.named_predictors():
         outputs = [n for n in predictor.signature.output_fields if n != "reasoning"]
-        count += bool(outputs) and all(n in labels for n in outputs)
-    return count
+        if outputs and all(n in labels for n in outputs):
+            out.append(name)
+    return out
 
 
 def estimate(config: RunConfig, n_rows: int | None = None) -> Estimate:
     """Estimate calls, time and cost of running ``config`` (``n_rows``: dataset size, for ratio splits)."""
     n, v, t = split_sizes(config, n_rows)
     p = len(config.predictors)
-    labelled = min(label_predictor_count(config), p)
+    label_names = label_predictors_of(config)
+    labelled = min(len(label_names), p)
+    small_labelled = sum(1 for name in label_names if getattr(config.predictors.get(name), "role", None) == "small")
     upstream = p - labelled
     share = {name: sum(1 for a in config.predictors.values() if a.lm == name) / p for name in config.lms}
     kinds = {name: lm_kind(spec) for name, spec in config.lms.items()}
@@ -123,14 +126,17 @@ def estimate(config: RunConfig, n_rows: int | None = None) -> Estimate:
     steps = [StepEstimate("baseline", "evaluation", p * v, seconds_for(p * v))]
     done: list[str] = []
     prompted = False
+    served = 0  # label predictors fine-tuned without demos: later stratified prompt steps leave them as trained
     for key in config.step_keys():
         done.append(key)
         spec = config.optimizers[key]
         row = get_optimizer(spec.type)
         context = EstimateContext(predictors=p, train=n, val=v, labelled=labelled, cached=cache, prompted=prompted,
-                                  export_seconds=SECONDS_PER_EXPORT[small_kind])
+                                  export_seconds=SECONDS_PER_EXPORT[small_kind], served=served)
         cost = row.estimate(spec.settings, context)
         prompted = prompted or row.kind == "prompt"
+        if row.kind == "weight" and getattr(spec.settings, "exclude_demos", False):
+            served = small_labelled
         seconds = (seconds_for(cost.calls - cost.cached) + cost.train_rows * SECONDS_PER_TRAIN_ROW[small_kind]
                    + cost.extra_seconds)
         steps.append(StepEstimate(" -> ".join(done), spec.type, cost.calls, seconds, cost.train_steps, cost.cached))

@@ -108,3 +108,24 @@ def test_the_default_runs_estimate_is_near_its_measured_idle_time():
     assert abs(result.seconds - 259.5) / 259.5 < 0.15
     weight = next(s for s in result.steps if s.optimizer == "finetune")
     assert weight.train_steps == 32
+
+
+def test_a_prompt_step_after_a_weight_step_without_demos_prices_the_upstream_search():
+    """The label predictor was fine-tuned without demos: the last prompt step runs the program over training
+    examples until k x (C + 1) pass (~1.5 runs each; the cache answers the upstream predictor, asked the same
+    during the gold trace collection), then evaluates C sets of upstream demos; the current program's
+    evaluation is answered by the cache. With no upstream predictor (one-module classifier) it costs nothing.
+    Trained with demos, the step searches stratified demo sets again."""
+    from core.defaults import default_config_dict
+
+    doc = default_config_dict()  # support triage: extract -> classify, k = 2 demos, C = 2 sets, 10 validation
+    final = estimate(parse_config(doc)).steps[-1]
+    assert final.label == "p -> w -> p"
+    assert (final.calls, final.cached) == (9 * 2 + 4 * 2 * 10, 2 * 2 * 10 + 9)
+    single = estimate(parse_config(default_config_dict("classifier"))).steps[-1]
+    assert single.calls == single.cached and single.seconds == 0.0
+    doc["optimizers"] = {**doc["optimizers"], "w": {**doc["optimizers"]["w"],
+                                                     "settings": {**doc["optimizers"]["w"]["settings"],
+                                                                  "exclude_demos": False}}}
+    searched = estimate(parse_config(doc)).steps[-1]
+    assert (searched.calls, searched.cached) != (final.calls, final.cached) and searched.seconds > 0

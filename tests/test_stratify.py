@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import json
+import threading
 from collections import Counter
+from pathlib import Path
 
 import dspy
 
+from core.config import parse_config
 from core.data import categorical_labels, split_examples
+from core.defaults import EMBEDDED_OPTIMIZERS, scripted_config_dict
 from core.lms.scripted import make_lm
 from core.metrics import make_metric
-from core.optimizers.prompt import KeepLMsRandomSearch
+from core.optimizers.prompt import KeepLMsRandomSearch, passing_demos, served_as_trained
 from core.optimizers.stratify import cover_examples, estimate_prompt_tokens, fit_demos, label_predictors
+from core.prepare import prepare_run
 from core.programs import Stage, StagedPipeline, apply_label_choices
+from core.run.bettertogether import StudioBetterTogether, candidates_of
+from core.run.build import build_optimizers, make_adapter
+from core.run.observer import RunObserver
+from core.run.recorder import RoundRecorder
+from core.store import Store
 
 STAGES = [
     Stage(name="extract", module="Predict", signature="text -> summary: str"),
@@ -65,6 +76,49 @@ def test_stratified_search_gives_label_predictors_demos_covering_every_label() -
     assert all(d.get("summary") for d in demos)  # inputs from the upstream trace, not "not supplied"
     assert tuned.extract.demos == []  # upstream predictors keep theirs
     assert tuned.classify.lm.model == "scripted/small"  # LMs kept
+
+
+def test_served_as_trained_means_a_fine_tune_without_demos() -> None:
+    program = _program("st5")
+    assert served_as_trained(program, ["extract", "classify"]) == []  # base models: searched
+    program.classify.lm = make_lm("small:ft-0123abcd", tag="st5")
+    assert served_as_trained(program, ["extract", "classify"]) == ["classify"]
+    program.classify.demos = [dspy.Example(summary="note", color="red", size="small")]
+    assert served_as_trained(program, ["classify"]) == []  # trained with demos: searched as before
+
+
+def test_the_prompt_step_after_a_weight_step_without_demos_searches_upstream_demos(tmp_path: Path) -> None:
+    """p -> w -> p on the scripted support-ticket pipeline with the embedded defaults (classify learns gold
+    rows without demos): the last prompt step leaves the fine-tuned classify without demos and tries
+    bootstrapped demo sets for extract, taken from training examples the fine-tuned program gets right."""
+    doc = scripted_config_dict("support_triage", tag="st6")
+    doc["optimizers"] = json.loads(json.dumps(EMBEDDED_OPTIMIZERS))
+    doc["optimizers"]["w"]["settings"].update({"epochs": 1})
+    config = parse_config(doc)
+    prepared = prepare_run(config)
+    store = Store(tmp_path / "runs.db")
+    run_id = store.create_run("upstream", config)
+    cancel = threading.Event()
+    observer = RunObserver(cancel, prepared.runtimes)
+    recorder = RoundRecorder(store, run_id, config, observer, tmp_path / "run", cancel)
+    adapter = make_adapter(prepared.runtimes)
+    train = list(prepared.split.train)
+    with recorder.evidence, dspy.context(lm=prepared.context_lm, adapter=adapter, callbacks=[observer]):
+        optimizers = build_optimizers(prepared, recorder.weight_hooks(), adapter)
+        compiled = StudioBetterTogether(prepared.metric, recorder, **optimizers).compile(
+            prepared.program, trainset=train, valset=list(prepared.split.val), num_threads=1, seed=config.seed,
+            strategy=config.strategy)
+        rounds = store.list_rounds(run_id)
+        assert [r.strategy for r in rounds] == ["", "p", "p -> w", "p -> w -> p"]
+        assert rounds[1].demos["classify"] > 0  # the first prompt step gave the base model demos
+        assert ":ft-" in rounds[3].predictor_models["classify"] and rounds[3].demos["classify"] == 0
+        assert len(optimizers["p"].candidate_scores) == 3  # the program and 2 sets of extract demos
+        fine_tuned = candidates_of(compiled)[-2].program
+        pool = passing_demos(fine_tuned, ["extract"], train, prepared.metric, wanted=4, seed=0)
+        passed = {ex.ticket for ex in train if prepared.metric(ex, fine_tuned(**ex.inputs())) == 1.0}
+    assert len(pool["extract"]) == 4 and len(passed) < len(train)
+    for demo in pool["extract"]:  # what extract answered on a training ticket the fine-tuned program gets right
+        assert demo.ticket in passed and demo.summary and demo.product_area
 
 
 def test_demos_are_trimmed_to_the_prompt_budget() -> None:

@@ -51,6 +51,7 @@ class EstimateContext:
     cached: bool  # the run's call cache answers repeated deterministic calls (embedded models)
     prompted: bool  # a prompt step ran before this one
     export_seconds: float  # merging and loading a fine-tuned model, per weight step
+    served: int = 0  # label predictors fine-tuned without demos before this step (served as trained)
 
     @property
     def upstream(self) -> int:

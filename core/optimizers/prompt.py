@@ -13,11 +13,24 @@ model's context. Candidates are the current program, the same without demos on t
 predictors (when it has some: a model fine-tuned without demos may do best without them) and
 ``num_candidate_programs`` stratified sets; the best on the validation set wins (ties keep the
 earlier one, the current program first).
+
+A label predictor whose LM is a fine-tune and that holds no demos (a weight step trained it without
+demos, ``exclude_demos``) is served as it was trained: the stratified sets leave it without demos.
+Measured on the saved ``p -> w`` programs (test split of 40, bench/results/final_prompt_step.json):
+19 stratified sets on the fine-tuned label predictor of the support tickets and the classifier all
+scored at or below the program without demos, by up to 62.5 points; the set the search kept on
+support triage (seed 2) won on the 10 validation examples (50 against 40) and lost on test (47.5
+against 62.5). When every label predictor is served as trained, the step
+searches the prompted predictors upstream of them instead (``_upstream_search``): C sets of
+bootstrapped demos taken from training examples the fine-tuned program now gets right, the paper's
+prompt step after a weight step. The current program competes; with no upstream predictor (a
+one-module program) or no passing example, the program is kept.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import threading
 from contextlib import contextmanager
 from typing import Any
@@ -59,8 +72,10 @@ def keep_predictor_lms():
 class KeepLMsRandomSearch(BootstrapFewShotWithRandomSearch):
     """Random search over few-shot sets (stratified labeled sets by default), every predictor on its LM."""
 
-    def __init__(self, *args: Any, stratify: bool = False, max_prompt_tokens: int | None = None, **kwargs: Any):
+    def __init__(self, *args: Any, stratify: bool = False, max_prompt_tokens: int | None = None, seed: int = 0,
+                 **kwargs: Any):
         super().__init__(*args, **kwargs)
+        self.seed = seed
         self.stratify = stratify
         self.max_prompt_tokens = max_prompt_tokens
         self.candidate_scores: list[float | None] = []
@@ -70,10 +85,41 @@ class KeepLMsRandomSearch(BootstrapFewShotWithRandomSearch):
     ) -> dspy.Module:
         with keep_predictor_lms():
             if self.stratify:
-                targets = label_predictors(student, trainset)
+                labelled = label_predictors(student, trainset)
+                kept = served_as_trained(student, labelled)
+                targets = {name: fields for name, fields in labelled.items() if name not in kept}
                 if targets:
                     return self._stratified_search(student, targets, trainset, valset or trainset)
+                if kept:
+                    logger.info("prompt step: %s fine-tuned without demos, served as trained", ", ".join(kept))
+                    return self._upstream_search(student, list(labelled), trainset, valset or trainset)
             return super().compile(student, teacher=teacher, trainset=trainset, valset=valset)
+
+    def _upstream_search(self, student: dspy.Module, labelled: list[str], trainset: list,
+                         valset: list) -> dspy.Module:
+        """Bootstrapped demos for the prompted predictors upstream of the label predictors, from training
+        traces the current program gets right; the current program competes (ties keep it). With no
+        such predictor or no passing trace, the program is kept."""
+        named = dict(student.named_predictors())
+        upstream = [n for n in named if n not in labelled and not served_as_trained(student, [n])]
+        k = self.max_num_samples
+        self.candidate_scores = []
+        if not upstream or k < 1:
+            return student.deepcopy()
+        pool = passing_demos(student, upstream, trainset, self.metric, wanted=k * (self.num_candidate_sets + 1),
+                             seed=self.seed)
+        if not any(pool.values()):
+            logger.info("prompt step: no training trace passed; program kept")
+            return student.deepcopy()
+        candidates = [student.deepcopy()]
+        for seed in range(self.num_candidate_sets):
+            program = student.deepcopy()
+            rng = random.Random(self.seed + seed)
+            for name, predictor in program.named_predictors():
+                if pool.get(name):
+                    predictor.demos = rng.sample(pool[name], min(k, len(pool[name])))
+            candidates.append(program)
+        return self._pick(candidates, valset, "upstream search")
 
     def _stratified_search(self, student: dspy.Module, targets: dict[str, list[str]], trainset: list,
                            valset: list) -> dspy.Module:
@@ -88,6 +134,10 @@ class KeepLMsRandomSearch(BootstrapFewShotWithRandomSearch):
         for seed in range(self.num_candidate_sets):
             candidates.append(stratified_candidate(student, targets, trainset, seed=seed,
                                                    max_prompt_tokens=self.max_prompt_tokens, sample=valset[0]))
+        return self._pick(candidates, valset, "stratified search")
+
+    def _pick(self, candidates: list[dspy.Module], valset: list, what: str) -> dspy.Module:
+        """The candidate with the best validation score (ties keep the earlier one, the current program first)."""
         evaluate = dspy.Evaluate(devset=valset, metric=self.metric, num_threads=self.num_threads,
                                  display_progress=False, display_table=False, max_errors=len(valset) + 1,
                                  provide_traceback=False)
@@ -96,14 +146,60 @@ class KeepLMsRandomSearch(BootstrapFewShotWithRandomSearch):
             try:
                 self.candidate_scores.append(float(evaluate(program).score))
             except Exception as e:  # noqa: BLE001 - one broken candidate does not end the search
-                logger.warning("a stratified candidate failed to evaluate: %s", e)
+                logger.warning("a prompt candidate failed to evaluate: %s", e)
                 self.candidate_scores.append(None)
         scored = [(s, i) for i, s in enumerate(self.candidate_scores) if s is not None]
         if not scored:
             raise StudioError(f"every one of the {len(candidates)} prompt candidates failed to evaluate")
         best = max(scored, key=lambda t: (t[0], -t[1]))[1]
-        logger.info("stratified search: scores %s, kept candidate %d", self.candidate_scores, best)
+        logger.info("%s: scores %s, kept candidate %d", what, self.candidate_scores, best)
         return candidates[best]
+
+
+def passing_demos(program: dspy.Module, names: list[str], trainset: list, metric: Any, *, wanted: int,
+                  seed: int) -> dict[str, list[dspy.Example]]:
+    """Demos of the predictors ``names`` from training examples the program gets fully right (metric
+    score 1), in a seeded order, until ``wanted`` examples passed: what each predictor was asked and
+    answered on the way to a right final answer."""
+    named = dict(program.named_predictors())
+    by_id = {id(named[n]): n for n in names}
+    pool: dict[str, list[dspy.Example]] = {n: [] for n in names}
+    order = list(trainset)
+    random.Random(seed).shuffle(order)
+    passed = 0
+    for example in order:
+        if passed >= wanted:
+            break
+        try:
+            with dspy.context(trace=[]):
+                prediction = program(**example.inputs())
+                trace = list(dspy.settings.trace)
+            score = float(metric(example, prediction))
+        except Exception as e:  # noqa: BLE001 - an example that fails gives no demo
+            logger.debug("bootstrapping: example failed: %s", e)
+            continue
+        if score < 1.0:
+            continue
+        passed += 1
+        for predictor, inputs, outputs in trace:
+            name = by_id.get(id(predictor))
+            if name is not None:
+                pool[name].append(dspy.Example(augmented=True, **inputs, **dict(outputs)))
+    logger.info("bootstrapping: %d of %d examples passed", passed, len(order))
+    return pool
+
+
+def served_as_trained(program: dspy.Module, names: Any) -> list[str]:
+    """The predictors among ``names`` whose LM is a fine-tune and that hold no demos: a weight step
+    trained them without demos, and demos would change the prompts they learned."""
+    from core.lms.hosted import base_model_of
+
+    out = []
+    for name, predictor in program.named_predictors():
+        model = getattr(getattr(predictor, "lm", None), "model", None)
+        if name in names and isinstance(model, str) and base_model_of(model) != model and not predictor.demos:
+            out.append(name)
+    return out
 
 
 class SmallValsetMIPRO(MIPROv2):

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from pydantic import Field
@@ -38,6 +39,7 @@ def build(s: RandomSearchSettings, ctx: BuildContext) -> Any:
         num_threads=ctx.threads,
         stratify=s.stratify,
         max_prompt_tokens=s.max_prompt_tokens,
+        seed=ctx.seed,
     )
 
 
@@ -50,6 +52,16 @@ def search_calls(s: RandomSearchSettings, p: int, n: int, v: int) -> int:
 
 def estimate(s: RandomSearchSettings, ctx: EstimateContext) -> StepCost:
     p, n, v = ctx.predictors, ctx.train, ctx.val
+    if s.stratify and ctx.labelled and ctx.served >= ctx.labelled:
+        # every label predictor was fine-tuned without demos: C sets of bootstrapped demos for the upstream
+        # predictors, from the training examples run until k x (C + 1) passed (~1.5 runs per pass), and the
+        # current program, whose evaluation the cache answers (the weight step evaluated it)
+        if not ctx.upstream or not s.max_bootstrapped_demos:
+            return StepCost(p * v, p * v if ctx.cached else 0)
+        boot = min(n, math.ceil(1.5 * s.max_bootstrapped_demos * (s.num_candidate_programs + 1)))
+        calls = boot * p + (s.num_candidate_programs + 2) * p * v
+        cached = 2 * p * v + (ctx.upstream * boot if ctx.cached else 0)
+        return StepCost(calls, cached if ctx.cached else 0)
     if s.stratify and ctx.labelled:
         # the current program, the same without demos (after a first prompt step) and C stratified sets;
         # the cache answers the unchanged upstream predictors once
