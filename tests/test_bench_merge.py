@@ -77,3 +77,20 @@ def test_a_default_run_with_a_lever_switched_off_is_refused_by_name(tmp_path) ->
         out = _bench("--merge", *_outs(tmp_path), "--default-run", _default_run(tmp_path / "d.json", **fields))
         assert out.returncode != 0
         assert words in out.stderr and "Traceback" not in out.stderr
+
+
+def test_reuse_w_finds_each_task_and_seeds_earlier_w_measurement(tmp_path: Path) -> None:
+    """--reuse-w: a change to prompt steps leaves a w run as it was; its score comes from the earlier file of the
+    same task, seed and test size, and the file is named in the result."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import quality
+
+    first, second = _outs(tmp_path)
+    other_size = tmp_path / "q20.json"
+    other_size.write_text(json.dumps({"bench": "quality", "test_examples": 20, "runs": [
+        _run_doc("support_triage", 0, [0.0, 0.0, 11.0, 0.0, 0.0], 1.0)]}), encoding="utf-8")
+    found = quality.earlier_w_runs([first, second, str(other_size)])
+    assert found[("support_triage", 1, 40)]["score"] == 60.0 and found[("support_triage", 1, 40)]["from"] == second
+    assert found[("classifier", 0, 40)]["score"] == 90.0
+    assert found[("support_triage", 0, 20)]["score"] == 11.0  # another test size is another measurement
+    assert ("support_triage", 2, 40) not in found
