@@ -16,7 +16,8 @@ The tiny-model path is modelled too: a stratified prompt step evaluates the curr
 same without demos (after the first prompt step) and C stratified sets, but only the label
 predictors' calls cost time, since the run's call cache answers the unchanged upstream
 predictors once; a weight step whose label predictors learn from ``gold`` rows runs only the
-upstream predictors over the training set. ``bench/quality.py`` prints this estimate's error
+upstream predictors over the training set; a stratified prompt step after a weight step without demos
+bootstraps upstream demos (the program over a few training examples) and evaluates C sets of them. ``bench/quality.py`` prints this estimate's error
 against the measured wall time.
 """
 
