@@ -4,37 +4,20 @@ gives one frozen ``Candidate`` per recorded round, each with the program and sco
 from __future__ import annotations
 
 import dataclasses
-import threading
 from pathlib import Path
 
-import dspy
 import pytest
 
 from core.config import parse_config
 from core.defaults import scripted_config_dict
-from core.prepare import prepare_run
-from core.run.bettertogether import StudioBetterTogether, candidates_of
-from core.run.build import build_optimizers, make_adapter
-from core.run.observer import RunObserver
-from core.run.recorder import RoundRecorder
-from core.store import Store
+from core.run.bettertogether import candidates_of
+from tests.compile_helpers import compile_recorded
 
 
 def test_candidates_of_a_real_compile_are_the_recorded_rounds(tmp_path: Path) -> None:
-    config = parse_config(scripted_config_dict("analyze_classify", tag="candidates"))
-    prepared = prepare_run(config)
-    store = Store(tmp_path / "runs.db")
-    run_id = store.create_run("candidates", config)
-    cancel = threading.Event()
-    observer = RunObserver(cancel, prepared.runtimes)
-    recorder = RoundRecorder(store, run_id, config, observer, tmp_path / "run", cancel)
-    adapter = make_adapter(prepared.runtimes)
-    with recorder.evidence, dspy.context(lm=prepared.context_lm, adapter=adapter, callbacks=[observer]):
-        optimizer = StudioBetterTogether(prepared.metric, recorder,
-                                         **build_optimizers(prepared, recorder.weight_hooks(), adapter))
-        compiled = optimizer.compile(prepared.program, trainset=list(prepared.split.train),
-                                     valset=list(prepared.split.val), num_threads=1, seed=config.seed,
-                                     strategy=config.strategy)
+    run = compile_recorded(parse_config(scripted_config_dict("analyze_classify", tag="candidates")), tmp_path,
+                           "candidates")
+    store, run_id, recorder, compiled = run.store, run.run_id, run.recorder, run.program
 
     candidates = {c.strategy: c for c in candidates_of(compiled)}
     rounds = store.list_rounds(run_id)
