@@ -14,9 +14,9 @@ from core.config import RunConfig, parse_config
 from core.programs import TEMPLATES, StagedPipeline
 
 # The first-run template: a two-module pipeline (extract on the large role, classify on the small
-# one) whose whole p -> w -> p fits the 15-minute budget on 2 CPU cores (bench/default_run.py). The
-# tutorial's analyze -> classify pipeline (ChainOfThought) is about twice as slow on the embedded
-# models: measured ~67 s per baseline evaluation of 15 examples and 2-3 min per prompt candidate.
+# one) whose whole p -> w -> p fits the 5-minute goal on 2 CPU cores (bench/default_run.py: 258-269 s).
+# The tutorial's analyze -> classify pipeline (ChainOfThought) is slower on the embedded models (its
+# default run: 385 s) and stays near chance on its sample (bench/quality.py).
 DEFAULT_TEMPLATE = "support_triage"
 
 # Budgets sized for the embedded models on 2 CPU cores (see bench/quality.py and bench/default_run.py):

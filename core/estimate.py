@@ -9,8 +9,9 @@ and trains. Each step ends with the evaluation of its program. Times use a per-c
 kind (embedded ~0.7 s, scripted ~0, hosted ~1 s divided by its parallel calls) and ~0.75 s per
 training row on the CPU (a step of batch size B costs B rows; measured on the default run: 32 steps
 of 4 rows without demos, about 460 tokens each, in 93 s on 2 cores). Costs are known only for
-hosted LMs with prices. Not modelled: a ChainOfThought predictor's longer answers (its calls take
-several times longer on the embedded models) and longer training rows when demos are kept.
+hosted LMs with prices. A ChainOfThought predictor's calls cost ``COT_CALL_FACTOR`` times a Predict
+call on the embedded models (the estimate uses the program's mean per call). Not modelled: longer
+training rows (long upstream outputs, demos kept), and ChainOfThought on hosted LMs.
 
 The tiny-model path is modelled too: a stratified prompt step evaluates the current program, the
 same without demos (after the first prompt step) and C stratified sets, but only the label
@@ -30,6 +31,10 @@ from core.optimizers.entry import EstimateContext
 from core.optimizers.table import get_optimizer
 
 SECONDS_PER_CALL = {"embedded": 0.7, "scripted": 0.002, "litellm": 1.0, "factory": 1.0}
+# A ChainOfThought call on the embedded models against a Predict call: it writes a reasoning first. Measured in
+# the gold trace collection of the default runs (idle, 30 November 2026): 30 `analyze` calls (ChainOfThought) in
+# 37.1 s, 30 `extract` calls (Predict) in 22.1 s.
+COT_CALL_FACTOR = 1.7
 SECONDS_PER_TRAIN_ROW = {"embedded": 0.75, "scripted": 0.0025, "litellm": 0.0, "factory": 0.25}
 SECONDS_PER_EXPORT = {"embedded": 20.0, "scripted": 0.0, "litellm": 0.0, "factory": 0.0}  # merge + GGUF + load
 TOKENS_PER_CALL = (400, 80)  # assumed input/output tokens of one call, for costs
@@ -86,25 +91,34 @@ def split_sizes(config: RunConfig, n_rows: int | None) -> tuple[int, int, int]:
 def label_predictors_of(config: RunConfig) -> list[str]:
     """Predictors whose outputs are all label fields (stratified demos, gold rows); for a program that
     cannot be inspected without running user code, the last predictor."""
+    return _program_facts(config)[0]
+
+
+def _program_facts(config: RunConfig) -> tuple[list[str], float]:
+    """The label predictors, and the mean time of one call of the program's predictors relative to a
+    ``Predict`` call on an embedded model (a ChainOfThought predictor's calls cost ``COT_CALL_FACTOR``).
+    A program that cannot be inspected without running user code: its last predictor, factor 1."""
     from core.programs import build_program
 
     labels = set(config.data.labels)
     if config.program.kind == "user_file":
-        return list(config.predictors)[-1:]
+        return list(config.predictors)[-1:], 1.0
     program = build_program(config.program)
-    out = []
+    out, weights = [], []
     for name, predictor in program.named_predictors():
-        outputs = [n for n in predictor.signature.output_fields if n != "reasoning"]
+        fields = list(predictor.signature.output_fields)
+        outputs = [n for n in fields if n != "reasoning"]
         if outputs and all(n in labels for n in outputs):
             out.append(name)
-    return out
+        weights.append(COT_CALL_FACTOR if "reasoning" in fields else 1.0)
+    return out, (sum(weights) / len(weights) if weights else 1.0)
 
 
 def estimate(config: RunConfig, n_rows: int | None = None) -> Estimate:
     """Estimate calls, time and cost of running ``config`` (``n_rows``: dataset size, for ratio splits)."""
     n, v, t = split_sizes(config, n_rows)
     p = len(config.predictors)
-    label_names = label_predictors_of(config)
+    label_names, call_factor = _program_facts(config)
     labelled = min(len(label_names), p)
     small_labelled = sum(1 for name in label_names if getattr(config.predictors.get(name), "role", None) == "small")
     upstream = p - labelled
@@ -116,7 +130,7 @@ def estimate(config: RunConfig, n_rows: int | None = None) -> Estimate:
         for name, fraction in share.items():
             spec = config.lms[name]
             parallel = spec.num_threads if isinstance(spec, LiteLLMSpec) else 1
-            per_call = SECONDS_PER_CALL[kinds[name]]
+            per_call = SECONDS_PER_CALL[kinds[name]] * (call_factor if kinds[name] == "embedded" else 1.0)
             if kinds[name] == "scripted":
                 per_call += float(spec.options.get("delay", 0.0))
             total += calls * fraction * per_call / parallel
