@@ -18,8 +18,8 @@ same without demos (after the first prompt step) and C stratified sets, but only
 predictors' calls cost time, since the run's call cache answers the unchanged upstream
 predictors once; a weight step whose label predictors learn from ``gold`` rows runs only the
 upstream predictors over the training set; a stratified prompt step after a weight step without demos
-bootstraps upstream demos (the program over a few training examples) and evaluates C sets of them. ``bench/quality.py`` prints this estimate's error
-against the measured wall time.
+bootstraps upstream demos (the program over a few training examples) and evaluates C sets of them.
+``bench/quality.py`` prints this estimate's error against the measured wall time.
 """
 
 from __future__ import annotations
@@ -86,12 +86,6 @@ def split_sizes(config: RunConfig, n_rows: int | None) -> tuple[int, int, int]:
     n = n_rows or 100
     val, test = round(sizes[1] * n), round(sizes[2] * n)
     return max(n - val - test if abs(sum(sizes) - 1) < 1e-6 else round(sizes[0] * n), 0), val, test
-
-
-def label_predictors_of(config: RunConfig) -> list[str]:
-    """Predictors whose outputs are all label fields (stratified demos, gold rows); for a program that
-    cannot be inspected without running user code, the last predictor."""
-    return _program_facts(config)[0]
 
 
 def _program_facts(config: RunConfig) -> tuple[list[str], float]:
