@@ -43,6 +43,7 @@ from dspy.teleprompt import BootstrapFewShotWithRandomSearch, MIPROv2
 
 from core.errors import StudioError
 from core.optimizers.stratify import label_predictors, stratified_candidate
+from core.optimizers.traces import TraceRow, collect_rows
 
 logger = logging.getLogger(__name__)
 
@@ -102,14 +103,15 @@ class KeepLMsRandomSearch(BootstrapFewShotWithRandomSearch):
         """Bootstrapped demos for the prompted predictors upstream of the label predictors, from training
         traces the current program gets right; the current program competes (ties keep it). With no
         such predictor or no passing trace, the program is kept."""
-        named = dict(student.named_predictors())
-        upstream = [n for n in named if n not in labelled and not served_as_trained(student, [n])]
+        names = [n for n, _ in student.named_predictors() if n not in labelled]
+        kept = set(served_as_trained(student, names))
+        upstream = [n for n in names if n not in kept]
         k = self.max_num_samples
         self.candidate_scores = []
         if not upstream or k < 1:
             return student.deepcopy()
         pool = passing_demos(student, upstream, trainset, self.metric, wanted=k * (self.num_candidate_sets + 1),
-                             seed=self.seed)
+                             seed=self.seed, num_threads=self.num_threads)
         if not any(pool.values()):
             logger.info("prompt step: no training trace passed; program kept")
             return student.deepcopy()
@@ -159,35 +161,28 @@ class KeepLMsRandomSearch(BootstrapFewShotWithRandomSearch):
 
 
 def passing_demos(program: dspy.Module, names: list[str], trainset: list, metric: Any, *, wanted: int,
-                  seed: int) -> dict[str, list[dspy.Example]]:
-    """Demos of the predictors ``names`` from training examples the program gets fully right (metric
-    score 1), in a seeded order, until ``wanted`` examples passed: what each predictor was asked and
-    answered on the way to a right final answer."""
-    named = dict(program.named_predictors())
-    by_id = {id(named[n]): n for n in names}
-    pool: dict[str, list[dspy.Example]] = {n: [] for n in names}
+                  seed: int, num_threads: int | None = 1) -> dict[str, list[dspy.Example]]:
+    """Demos of the predictors ``names``: what each was asked and answered on the first ``wanted`` training
+    examples (in a seeded order) that the program gets fully right (metric score 1). The program runs in
+    chunks of ``wanted`` examples, as the weight step's ``self`` traces (``traces.collect_rows``), until
+    enough passed."""
     order = list(trainset)
     random.Random(seed).shuffle(order)
-    passed = 0
-    for example in order:
-        if passed >= wanted:
+    plan = dict.fromkeys(names, "self")
+    passing: list[list[TraceRow]] = []  # the rows of each passing example, in order
+    for start in range(0, len(order), max(wanted, 1)):
+        if len(passing) >= wanted:
             break
-        try:
-            with dspy.context(trace=[]):
-                prediction = program(**example.inputs())
-                trace = list(dspy.settings.trace)
-            score = float(metric(example, prediction))
-        except Exception as e:  # noqa: BLE001 - an example that fails gives no demo
-            logger.debug("bootstrapping: example failed: %s", e)
-            continue
-        if score < 1.0:
-            continue
-        passed += 1
-        for predictor, inputs, outputs in trace:
-            name = by_id.get(id(predictor))
-            if name is not None:
-                pool[name].append(dspy.Example(augmented=True, **inputs, **dict(outputs)))
-    logger.info("bootstrapping: %d of %d examples passed", passed, len(order))
+        chunk = order[start:start + wanted]
+        rows = collect_rows(program, chunk, plan=plan, metric=metric, min_score=1.0,
+                            num_threads=num_threads).rows
+        for index in sorted({row.example for row in rows}):
+            passing.append([row for row in rows if row.example == index])
+    pool: dict[str, list[dspy.Example]] = {n: [] for n in names}
+    for rows in passing[:wanted]:
+        for row in rows:
+            pool[row.predictor].append(dspy.Example(augmented=True, **row.inputs, **row.outputs))
+    logger.info("bootstrapping: %d of %d examples passed", min(len(passing), wanted), len(order))
     return pool
 
 

@@ -112,7 +112,6 @@ def plan_sources(requested: str, small: dict[str, Any], label_keys: set[str], te
 
 def collect_rows(
     student: dspy.Module,
-    small: dict[str, Any],
     trainset: Sequence[dspy.Example],
     *,
     plan: dict[str, str],
@@ -121,7 +120,7 @@ def collect_rows(
     teacher_lm: Any = None,
     num_threads: int | None = 1,
 ) -> Collected:
-    """Rows for every small predictor from the source ``plan`` gives it."""
+    """Rows for every predictor of ``plan`` from the source it gives it."""
     rows: list[TraceRow] = []
     failed_examples: set[int] = set()
     calls: dict[str, int] = {}

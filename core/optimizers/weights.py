@@ -162,7 +162,7 @@ class RoleAwareFinetune(Teleprompter):
         label_keys = set().union(*(set(ex.labels().keys()) for ex in trainset)) if trainset else set()
         plan = plan_sources(self.settings.trace_source, by_name, label_keys, self.teacher_lm)
         collected: Collected = collect_rows(
-            student, by_name, trainset, plan=plan, metric=self.metric, min_score=self.settings.min_score,
+            student, trainset, plan=plan, metric=self.metric, min_score=self.settings.min_score,
             teacher_lm=self.teacher_lm, num_threads=self.num_threads,
         )
         categorical = {name: categorical_fields(p) for name, p in by_name.items()}
