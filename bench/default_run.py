@@ -54,7 +54,7 @@ def main() -> int:
 
     from core.config import parse_config
     from core.defaults import default_config_dict, with_smoke_budget
-    from core.estimate import estimate
+    from core.estimate import estimate_from_source
     from core.paths import db_path
     from core.run import RunManager
     from core.store import Store
@@ -79,7 +79,7 @@ def main() -> int:
         doc["optimizers"][step].setdefault("settings", {})[setting] = value
         overrides[target] = value
     config = parse_config(doc)
-    predicted = estimate(config).seconds  # what the Strategy page shows before the run
+    predicted = estimate_from_source(config).seconds  # what the Strategy page shows before the run
     manager = RunManager(Store(db_path()))
     started = time.monotonic()
     with contextlib.redirect_stdout(sys.stderr):

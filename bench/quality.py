@@ -161,7 +161,7 @@ def measure_task(manager: Any, name: str, doc: dict[str, Any], seed: int, quick:
     """One seed of one task: a p -> w -> p run (4 strategies) and a w run (or ``earlier_w``, the same
     seed's ``w`` measured before, see ``--reuse-w``)."""
     from core.config import parse_config
-    from core.estimate import estimate
+    from core.estimate import estimate_from_source
 
     store = manager.store
     result: dict[str, Any] = {"task": name, "seed": seed, "scores": {}, "seconds": {}, "phases": {}}
@@ -193,7 +193,7 @@ def measure_task(manager: Any, name: str, doc: dict[str, Any], seed: int, quick:
         "traces": [r.details.get("traces") for r in rounds if r.details.get("traces")],
         "cache": next((e.data for e in store.list_events(run_id, kinds=["cache"])), None),
     }
-    predicted = estimate(parse_config(main_doc))
+    predicted = estimate_from_source(parse_config(main_doc))
     run_seconds = result["default_run"]["run_seconds"]
     result["estimate"] = {"predicted_seconds": round(predicted.seconds, 1), "measured_seconds": run_seconds,
                           "error_pct": round(100 * (predicted.seconds - run_seconds) / run_seconds, 1)
@@ -292,10 +292,10 @@ def default_run_measurements(paths: list[str]) -> list[dict[str, Any]]:
                              "`python bench/default_run.py`")
         if doc.get("estimate_seconds") is None:  # an output from before default_run.py printed the estimate
             from core.defaults import default_config
-            from core.estimate import estimate
+            from core.estimate import estimate_from_source
 
             config = default_config(doc["template"]) if doc.get("template") else default_config()
-            doc["estimate_seconds"] = round(estimate(config).seconds, 1)
+            doc["estimate_seconds"] = round(estimate_from_source(config).seconds, 1)
             doc["estimate_error_pct"] = round(100 * (doc["estimate_seconds"] - doc["wall_seconds"])
                                               / doc["wall_seconds"], 1)
         runs.append(doc)

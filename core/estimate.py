@@ -6,12 +6,16 @@ examples one evaluation costs P x V calls; random search evaluates its C candida
 fixed seeds on the validation set and bootstraps demos on the train set; MIPROv2 runs one full
 validation per trial plus its proposal and bootstrap calls; a weight step collects P x N traces
 and trains. Each step ends with the evaluation of its program. Times use a per-call time by LM
-kind (embedded ~0.7 s, scripted ~0, hosted ~1 s divided by its parallel calls) and ~0.75 s per
-training row on the CPU (a step of batch size B costs B rows; measured on the default run: 32 steps
-of 4 rows without demos, about 460 tokens each, in 93 s on 2 cores). Costs are known only for
-hosted LMs with prices. A ChainOfThought predictor's calls cost ``COT_CALL_FACTOR`` times a Predict
-call on the embedded models (the estimate uses the program's mean per call). Not modelled: longer
-training rows (long upstream outputs, demos kept), and ChainOfThought on hosted LMs.
+kind (embedded ~0.7 s, scripted ~0, hosted ~1 s divided by its parallel calls). Training on the CPU
+costs a fixed part per weight step (loading the base weights, setting up LoRA: ~20 s) and ~0.6 s per
+training row of 414 tokens, in proportion to the rows' length (a step of batch size B costs B rows).
+The length is that of the rows the run will train on: the small predictors' prompts formatted by the
+ChatAdapter, with their data fields as long as the data's own (mean per column), upstream outputs and
+labels as long as the embedded models write them, and the demos of the last prompt step when the
+weight step keeps demos. Costs are known only for hosted LMs with prices. A ChainOfThought
+predictor's calls cost ``COT_CALL_FACTOR`` times a Predict call on the embedded models (the estimate
+uses the program's mean per call). Not modelled: the length of prompts at inference (a call costs the
+same whatever its inputs), and ChainOfThought on hosted LMs.
 
 The tiny-model path is modelled too: a stratified prompt step evaluates the current program, the
 same without demos (after the first prompt step) and C stratified sets, but only the label
@@ -25,8 +29,11 @@ bootstraps upstream demos (the program over a few training examples) and evaluat
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from statistics import fmean
+from typing import Any
 
 from core.config import EmbeddedLMSpec, FactoryLMSpec, LiteLLMSpec, RunConfig
+from core.data import Table
 from core.optimizers.entry import EstimateContext
 from core.optimizers.table import get_optimizer
 
@@ -35,7 +42,21 @@ SECONDS_PER_CALL = {"embedded": 0.7, "scripted": 0.002, "litellm": 1.0, "factory
 # the gold trace collection of the default runs (idle, 30 November 2026): 30 `analyze` calls (ChainOfThought) in
 # 37.1 s, 30 `extract` calls (Predict) in 22.1 s.
 COT_CALL_FACTOR = 1.7
-SECONDS_PER_TRAIN_ROW = {"embedded": 0.75, "scripted": 0.0025, "litellm": 0.0, "factory": 0.25}
+# Training on the CPU, measured on the default run (bench/default_run.py, idle, 30 November 2026): 32 steps of 4
+# rows of 414 tokens (tokenized by the model), ~20 s from the start of training to its first step, then
+# 2.2-2.5 s per step; the training phase took 97.5-100.9 s. Time per row grows with the row's tokens.
+SECONDS_PER_TRAIN_ROW = {"embedded": 0.6, "scripted": 0.0025, "litellm": 0.0, "factory": 0.25}
+TRAIN_FIXED_SECONDS = {"embedded": 20.0, "scripted": 0.0, "litellm": 0.0, "factory": 0.0}
+REFERENCE_ROW_TOKENS = 414  # the rows SECONDS_PER_TRAIN_ROW was measured on
+CHARS_PER_TOKEN = 3.45  # SmolLM2's tokenizer on the training rows of the three sample tasks: 3.45-3.64
+# Field lengths (characters) of a training row where the data does not say: what the embedded models write as an
+# upstream output (mean over the training rows of the quality runs: support triage's summaries 67, the document
+# task's analyses 93), a ChainOfThought reasoning (bounded at 240 by the grammar), a label, and a data field
+# when no data is loaded.
+UPSTREAM_OUTPUT_CHARS = 80
+REASONING_CHARS = 200
+LABEL_CHARS = 8
+DATA_FIELD_CHARS = 200
 SECONDS_PER_EXPORT = {"embedded": 20.0, "scripted": 0.0, "litellm": 0.0, "factory": 0.0}  # merge + GGUF + load
 TOKENS_PER_CALL = (400, 80)  # assumed input/output tokens of one call, for costs
 SCRIPTED_FACTORY_PREFIX = "core.lms.scripted:"
@@ -88,16 +109,27 @@ def split_sizes(config: RunConfig, n_rows: int | None) -> tuple[int, int, int]:
     return max(n - val - test if abs(sum(sizes) - 1) < 1e-6 else round(sizes[0] * n), 0), val, test
 
 
-def _program_facts(config: RunConfig) -> tuple[list[str], float]:
+def inspected_program(config: RunConfig, table: Table | None) -> Any:
+    """The program as the run builds it, its label fields constrained to the data's values when the data is
+    given; None for a program from a user file, which is not run to be inspected."""
+    if config.program.kind == "user_file":
+        return None
+    from core.prepare import label_choices
+    from core.programs import apply_label_choices, build_program
+
+    program = build_program(config.program)
+    if table is not None:
+        apply_label_choices(program, label_choices(table, config))
+    return program
+
+
+def _program_facts(config: RunConfig, program: Any) -> tuple[list[str], float]:
     """The label predictors, and the mean time of one call of the program's predictors relative to a
     ``Predict`` call on an embedded model (a ChainOfThought predictor's calls cost ``COT_CALL_FACTOR``).
     A program that cannot be inspected without running user code: its last predictor, factor 1."""
-    from core.programs import build_program
-
     labels = set(config.data.labels)
-    if config.program.kind == "user_file":
+    if program is None:
         return list(config.predictors)[-1:], 1.0
-    program = build_program(config.program)
     out, weights = [], []
     for name, predictor in program.named_predictors():
         fields = list(predictor.signature.output_fields)
@@ -108,11 +140,50 @@ def _program_facts(config: RunConfig) -> tuple[list[str], float]:
     return out, (sum(weights) / len(weights) if weights else 1.0)
 
 
-def estimate(config: RunConfig, n_rows: int | None = None) -> Estimate:
-    """Estimate calls, time and cost of running ``config`` (``n_rows``: dataset size, for ratio splits)."""
+def _field_chars(config: RunConfig, table: Table | None) -> dict[str, float]:
+    """Mean characters of each data field (inputs and labels) over ``table``'s rows; defaults without data."""
+    out = {f: float(DATA_FIELD_CHARS) for f in config.data.inputs} | {f: float(LABEL_CHARS) for f in config.data.labels}
+    if table is not None and len(table):
+        for name in out:
+            column = config.data.mapping.get(name)
+            if column in table.columns:
+                out[name] = fmean(len(row.get(column, "").strip()) for row in table.rows)
+    return out
+
+
+def training_row_tokens(config: RunConfig, program: Any, table: Table | None, demos: int = 0) -> float:
+    """Tokens of one training row of the small predictors (their mean), formatted by the ChatAdapter as the
+    weight step formats them: data fields as long as in ``table``, other fields as the embedded models write
+    them, ``demos`` demos of the same size. ``REFERENCE_ROW_TOKENS`` for a program that cannot be inspected."""
+    if program is None:
+        return float(REFERENCE_ROW_TOKENS)
+    import dspy
+
+    chars = _field_chars(config, table)
+    adapter = dspy.ChatAdapter()
+    sizes = []
+    for name, predictor in program.named_predictors():
+        assignment = config.predictors.get(name)
+        if assignment is None or assignment.role != "small":
+            continue
+        signature = predictor.signature
+        inputs = {f: "x" * round(chars.get(f, UPSTREAM_OUTPUT_CHARS)) for f in signature.input_fields}
+        outputs = {f: "x" * round(chars.get(f, REASONING_CHARS if f == "reasoning" else UPSTREAM_OUTPUT_CHARS))
+                   for f in signature.output_fields}
+        row = adapter.format_finetune_data(signature, [{**inputs, **outputs}] * demos, inputs, outputs)
+        sizes.append(sum(len(m["content"]) for m in row["messages"]) / CHARS_PER_TOKEN)
+    return fmean(sizes) if sizes else float(REFERENCE_ROW_TOKENS)
+
+
+def estimate(config: RunConfig, n_rows: int | None = None, table: Table | None = None) -> Estimate:
+    """Estimate calls, time and cost of running ``config``. ``n_rows``: the dataset's size, for ratio splits;
+    ``table``: the loaded dataset, which gives its size and the length of the rows the weight steps train on."""
+    if table is not None:
+        n_rows = len(table)
     n, v, t = split_sizes(config, n_rows)
     p = len(config.predictors)
-    label_names, call_factor = _program_facts(config)
+    program = inspected_program(config, table)
+    label_names, call_factor = _program_facts(config, program)
     labelled = min(len(label_names), p)
     small_labelled = sum(1 for name in label_names if getattr(config.predictors.get(name), "role", None) == "small")
     upstream = p - labelled
@@ -136,6 +207,8 @@ def estimate(config: RunConfig, n_rows: int | None = None) -> Estimate:
     done: list[str] = []
     prompted = False
     served = 0  # label predictors fine-tuned without demos: later stratified prompt steps leave them as trained
+    demos = 0  # demos per predictor after the last prompt step (at most)
+    row_tokens: dict[int, float] = {}  # demos kept in the rows -> tokens per row
     for key in config.step_keys():
         done.append(key)
         spec = config.optimizers[key]
@@ -143,11 +216,19 @@ def estimate(config: RunConfig, n_rows: int | None = None) -> Estimate:
         context = EstimateContext(predictors=p, train=n, val=v, labelled=labelled, cached=cache, prompted=prompted,
                                   export_seconds=SECONDS_PER_EXPORT[small_kind], served=served)
         cost = row.estimate(spec.settings, context)
-        prompted = prompted or row.kind == "prompt"
+        seconds = seconds_for(cost.calls - cost.cached) + cost.extra_seconds
+        if cost.train_rows:
+            kept = 0 if getattr(spec.settings, "exclude_demos", False) else demos
+            if kept not in row_tokens:
+                row_tokens[kept] = training_row_tokens(config, program, table, kept)
+            seconds += TRAIN_FIXED_SECONDS[small_kind] + (
+                cost.train_rows * SECONDS_PER_TRAIN_ROW[small_kind] * row_tokens[kept] / REFERENCE_ROW_TOKENS)
+        if row.kind == "prompt":
+            prompted = True
+            demos = (getattr(spec.settings, "max_bootstrapped_demos", 0)
+                     + getattr(spec.settings, "max_labeled_demos", 0))
         if row.kind == "weight" and getattr(spec.settings, "exclude_demos", False):
-            served = small_labelled
-        seconds = (seconds_for(cost.calls - cost.cached) + cost.train_rows * SECONDS_PER_TRAIN_ROW[small_kind]
-                   + cost.extra_seconds)
+            served, demos = small_labelled, 0  # the fine-tuned predictors are served without demos
         steps.append(StepEstimate(" -> ".join(done), spec.type, cost.calls, seconds, cost.train_steps, cost.cached))
     test_calls = 2 * p * t
     test_cached = upstream * t if cache else 0
@@ -156,11 +237,27 @@ def estimate(config: RunConfig, n_rows: int | None = None) -> Estimate:
     calls_per_lm = {name: int(round(total_calls * fraction)) for name, fraction in share.items() if fraction}
     cost, notes = _cost(config, calls_per_lm)
     if any(k == "embedded" for k in kinds.values()):
-        notes.append("embedded models: ~0.7 s per call and ~0.75 s per training row on 2 CPU cores; repeated "
-                     "calls are answered from the run's cache")
+        trained = ", ".join(f"~{tokens:.0f} tokens" for tokens in row_tokens.values())
+        notes.append("embedded models: ~0.7 s per call and ~0.6 s per training row of ~400 tokens on 2 CPU cores"
+                     + (f" (this run's rows: {trained})" if trained else "")
+                     + "; repeated calls are answered from the run's cache")
     if any(k == "litellm" for k in kinds.values()):
         notes.append("hosted LMs: ~1 s per call, divided by their parallel calls")
     return Estimate(steps, test_calls, calls_per_lm, seconds, cost, (n, v, t), notes)
+
+
+def estimate_from_source(config: RunConfig) -> Estimate:
+    """``estimate`` with the configuration's data read from its source, as the Strategy page shows it once
+    the data is loaded; without the data when it cannot be read (the error is the run's to report)."""
+    from core.data import load_table_from_path
+    from core.errors import StudioError
+    from core.prepare import data_source_path
+
+    try:
+        table = load_table_from_path(data_source_path(config))
+    except (StudioError, OSError):
+        table = None
+    return estimate(config, table=table)
 
 
 def _cost(config: RunConfig, calls_per_lm: dict[str, int]) -> tuple[float | None, list[str]]:

@@ -146,16 +146,16 @@ def estimate_section(current: RunDraft) -> None:
     except StudioError as e:
         st.warning(f"No estimate while the configuration is incomplete: {e}")
         return
-    n_rows = None
+    table = None
     if (pending := trust.file_to_review(current, allowed_files())) is not None:
-        st.caption(f"The estimate assumes the split sizes: the data file `{pending}` is read only after you "
-                   "allow it on the Data page.")
+        st.caption(f"The estimate assumes the split sizes and typical field lengths: the data file `{pending}` "
+                   "is read only after you allow it on the Data page.")
     else:
         try:
-            n_rows = len(document.load_document_table(current))
+            table = document.load_document_table(current)
         except StudioError:
-            n_rows = None
-    result = estimate(config, n_rows)
+            table = None
+    result = estimate(config, table=table)
     c1, c2, c3 = st.columns(3)
     c1.metric("LM calls", f"~{result.calls:,}")
     c2.metric("Time", f"~{format_duration(result.seconds)}")
