@@ -11,8 +11,8 @@ costs a fixed part per weight step (loading the base weights, setting up LoRA: ~
 training row of 414 tokens, in proportion to the rows' length (a step of batch size B costs B rows).
 The length is that of the rows the run will train on: the small predictors' prompts formatted by the
 ChatAdapter, with their data fields as long as the data's own (mean per column), upstream outputs and
-labels as long as the embedded models write them, and the demos of the last prompt step when the
-weight step keeps demos. Costs are known only for hosted LMs with prices. A ChainOfThought
+labels as long as the embedded models write them, and, when the weight step keeps demos, the demos
+the last prompt step leaves (a stratified set: one per value of the label with the most values). Costs are known only for hosted LMs with prices. A ChainOfThought
 predictor's calls cost ``COT_CALL_FACTOR`` times a Predict call on the embedded models (the estimate
 uses the program's mean per call). Not modelled: the length of prompts at inference (a call costs the
 same whatever its inputs), and ChainOfThought on hosted LMs.
@@ -175,6 +175,18 @@ def training_row_tokens(config: RunConfig, program: Any, table: Table | None, de
     return fmean(sizes) if sizes else float(REFERENCE_ROW_TOKENS)
 
 
+def _demos_after(settings: Any, config: RunConfig, table: Table | None) -> int:
+    """Demos per predictor a prompt step leaves (at most): a stratified set shows each value of the label field
+    with the most values (known from the data), otherwise the bootstrapped and labeled demos its settings allow."""
+    allowed = getattr(settings, "max_bootstrapped_demos", 0) + getattr(settings, "max_labeled_demos", 0)
+    if getattr(settings, "stratify", False) and table is not None:
+        from core.prepare import label_choices
+
+        values = [len(v) for v in label_choices(table, config).values()]
+        return max(values) if values else allowed
+    return allowed
+
+
 def estimate(config: RunConfig, n_rows: int | None = None, table: Table | None = None) -> Estimate:
     """Estimate calls, time and cost of running ``config``. ``n_rows``: the dataset's size, for ratio splits;
     ``table``: the loaded dataset, which gives its size and the length of the rows the weight steps train on."""
@@ -225,8 +237,7 @@ def estimate(config: RunConfig, n_rows: int | None = None, table: Table | None =
                 cost.train_rows * SECONDS_PER_TRAIN_ROW[small_kind] * row_tokens[kept] / REFERENCE_ROW_TOKENS)
         if row.kind == "prompt":
             prompted = True
-            demos = (getattr(spec.settings, "max_bootstrapped_demos", 0)
-                     + getattr(spec.settings, "max_labeled_demos", 0))
+            demos = _demos_after(spec.settings, config, table)
         if row.kind == "weight" and getattr(spec.settings, "exclude_demos", False):
             served, demos = small_labelled, 0  # the fine-tuned predictors are served without demos
         steps.append(StepEstimate(" -> ".join(done), spec.type, cost.calls, seconds, cost.train_steps, cost.cached))

@@ -190,20 +190,26 @@ def test_training_time_grows_with_the_length_of_the_data_the_rows_carry():
 
 
 def test_rows_that_keep_the_demos_of_the_prompt_step_are_longer():
-    """exclude_demos off: the weight step trains with the demos the prompt step before it chose (here up to
-    2 bootstrapped + 1 labeled); without a prompt step before it there are none."""
+    """exclude_demos off: the weight step trains with the demos the prompt step before it left. Without the
+    data, what its settings allow (2 bootstrapped + 1 labeled); with it, a stratified set shows every value of
+    the label (5 here); without a prompt step before it there are none."""
     doc = default_config_dict("classifier")
     doc["optimizers"]["w"]["settings"] = {**doc["optimizers"]["w"]["settings"], "exclude_demos": False}
     config = parse_config(doc)
-    program = inspected_program(config, None)
-    plain, three = (training_row_tokens(config, program, None, k) for k in (0, 3))
-    assert three > plain * 1.4
-    steps = estimate(config).steps  # p -> w -> p
+    five_labels = Table(columns=("text", "label"), format="json",
+                        rows=tuple({"text": f"text {i}", "label": "abcde"[i % 5]} for i in range(60)))
     doc["strategy"] = "w"
-    alone = estimate(parse_config(doc)).steps[1]
-    assert steps[2].seconds - alone.seconds == pytest.approx(
-        (three - plain) * steps[2].train_steps * 4 * SECONDS_PER_TRAIN_ROW["embedded"] / REFERENCE_ROW_TOKENS,
-        rel=0.01)
+    alone_config = parse_config(doc)
+    for table, demos, field_chars in ((None, 3, 200 + 8), (five_labels, 5, 6.8 + 1)):
+        program = inspected_program(config, table)
+        plain, kept = (training_row_tokens(config, program, table, k) for k in (0, demos))
+        assert kept - plain > demos * field_chars / CHARS_PER_TOKEN  # each demo: its text and label, and markup
+        after_p = estimate(config, table=table).steps[2]  # p -> w
+        alone = estimate(alone_config, table=table).steps[1]  # w
+        assert after_p.train_steps == alone.train_steps
+        assert after_p.seconds - alone.seconds == pytest.approx(
+            (kept - plain) * alone.train_steps * 4 * SECONDS_PER_TRAIN_ROW["embedded"] / REFERENCE_ROW_TOKENS,
+            rel=0.01)
 
 
 def test_the_sample_tasks_rows_are_as_long_as_measured():
