@@ -12,9 +12,10 @@ training row of 414 tokens, in proportion to the rows' length (a step of batch s
 The length is that of the rows the run will train on: the small predictors' prompts formatted by the
 ChatAdapter, with their data fields as long as the data's own (mean per column), upstream outputs and
 labels as long as the embedded models write them, and, when the weight step keeps demos, the demos
-the last prompt step leaves (a stratified set: one per value of the label with the most values). Costs are known only for hosted LMs with prices. A ChainOfThought
-predictor's calls cost ``COT_CALL_FACTOR`` times a Predict call on the embedded models (the estimate
-uses the program's mean per call). Not modelled: the length of prompts at inference (a call costs the
+the last prompt step leaves (a stratified set: one per value of the label with the most values).
+Costs are known only for hosted LMs with prices. A ChainOfThought predictor's calls cost
+``COT_CALL_FACTOR`` times a Predict call on the embedded models (the estimate uses the program's
+mean per call). Not modelled: the length of prompts at inference (a call costs the
 same whatever its inputs), and ChainOfThought on hosted LMs.
 
 The tiny-model path is modelled too: a stratified prompt step evaluates the current program, the
