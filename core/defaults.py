@@ -8,6 +8,7 @@ on an embedded model (the first on the large-role default, the last on the small
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from core.config import RunConfig, parse_config
@@ -103,7 +104,7 @@ def default_config_dict(template: str = DEFAULT_TEMPLATE) -> dict[str, Any]:
         "small": {"kind": "embedded", "model": DEFAULT_MODELS["small"]},
     }
     doc["predictors"] = _assignments(_predictor_names(template), "large", "small")
-    doc["optimizers"] = EMBEDDED_OPTIMIZERS
+    doc["optimizers"] = copy.deepcopy(EMBEDDED_OPTIMIZERS)  # the caller's to edit, not the module's
     return doc
 
 
@@ -114,7 +115,7 @@ def default_config(template: str = DEFAULT_TEMPLATE) -> RunConfig:
 def scripted_config_dict(template: str = "analyze_classify", **options: Any) -> dict[str, Any]:
     """A run on the scripted test LM (fast; for tests and for trying the logic)."""
     doc = _base(template, SCRIPTED_SPLIT)
-    options = {"hints": SCRIPTED_HINTS.get(template, {}), **options}
+    options = {"hints": copy.deepcopy(SCRIPTED_HINTS.get(template, {})), **options}
     factory = "core.lms.scripted:make_lm"
     doc["lms"] = {
         "large": {"kind": "factory", "factory": factory, "options": {"name": "large", **options}},

@@ -29,6 +29,17 @@ def test_default_configs_of_every_template_parse() -> None:
         assert all(spec.kind == "embedded" for spec in config.lms.values())
 
 
+def test_a_default_document_is_the_callers_to_edit() -> None:
+    """Editing the optimizers of one default document (as a test or a page does) leaves the next one as it was:
+    once, a test that turned exclude_demos off changed the defaults of every later run in the process."""
+    first = default_config_dict("classifier")
+    first["optimizers"]["w"]["settings"]["exclude_demos"] = False
+    first["optimizers"]["p"]["settings"]["num_candidate_programs"] = 9
+    second = default_config_dict("classifier")
+    assert second["optimizers"]["w"]["settings"]["exclude_demos"] is True
+    assert second["optimizers"]["p"]["settings"]["num_candidate_programs"] == 2
+
+
 def test_strategy_is_normalised(doc: dict) -> None:
     doc["strategy"] = "P->w ->  p"
     assert parse_config(doc).strategy == "p -> w -> p"
