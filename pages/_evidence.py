@@ -187,7 +187,8 @@ def training(run: Run) -> None:
     st.download_button("Download the training rows (JSONL, chat format)",
                        lambda: training_jsonl(the_store, run.id, round_index, model),
                        file_name=f"run-{run.id}-r{round_index}-{model.replace('/', '_')}.jsonl",
-                       mime="application/jsonl", icon=":material/download:", key=f"tr_dl_{run.id}_{round_index}_{model}")
+                       mime="application/jsonl", icon=":material/download:", key=f"tr_dl_{run.id}_{round_index}_{model}",
+                       on_click="ignore")  # a download needs no rerun (one could replace a button being clicked)
 
 
 def report_button(run: Run) -> None:
@@ -195,4 +196,4 @@ def report_button(run: Run) -> None:
     the_store = store()
     st.download_button("Download report (.html)", lambda: build_report(the_store, run.id),
                        file_name=f"run-{run.id}-report.html", mime="text/html", icon=":material/summarize:",
-                       key=f"report_{run.id}")
+                       key=f"report_{run.id}", on_click="ignore")

@@ -163,7 +163,7 @@ def export(run: Run) -> None:
     report_button(run)
     if run.config is not None:
         st.download_button("Download config JSON", config_to_json(run.config), file_name=f"run-{run.id}-config.json",
-                           mime="application/json", key=f"cfg_{run.id}")
+                           mime="application/json", key=f"cfg_{run.id}", on_click="ignore")
     if not store().list_artifacts(run.id, "best_program"):
         st.info("This run has no best program to export (it stopped before its baseline was evaluated).")
         return
@@ -173,7 +173,7 @@ def export(run: Run) -> None:
             export_run(store(), run.id, target)
     if target.is_file():
         st.download_button("Download bundle", target.read_bytes(), file_name=target.name, mime="application/zip",
-                           icon=":material/download:", key=f"bundle_{run.id}")
+                           icon=":material/download:", key=f"bundle_{run.id}", on_click="ignore")
         inputs = {f: "..." for f in (run.config.data.inputs if run.config else [])}
         st.code(LOAD_SNIPPET.format(file=target.name, inputs=inputs, inputs_json=json.dumps(inputs)), language="python")
 

@@ -175,7 +175,7 @@ def config_files(current: RunDraft) -> None:
     try:
         text = config_to_json(document.build_config(current))
         c1.download_button("Download config JSON", text, file_name="bettertogether-config.json",
-                           mime="application/json", icon=":material/download:")
+                           mime="application/json", icon=":material/download:", on_click="ignore")
     except StudioError as e:
         c1.warning(f"Download needs a valid configuration: {e}")
     uploaded = c2.file_uploader("Upload a config JSON", type=["json"], key="config_upload")
