@@ -12,6 +12,7 @@ from core.estimate import (
     REFERENCE_ROW_TOKENS,
     SECONDS_PER_TRAIN_ROW,
     estimate,
+    estimate_from_source,
     format_duration,
     inspected_program,
     split_sizes,
@@ -119,7 +120,6 @@ def test_the_default_runs_estimate_is_near_its_measured_idle_time():
     prompt step): 269.2 s; trace collection 24.5 s, training 100.9 s (32 steps of 4 rows), last prompt step
     31.6 s. With ~6 s per step the estimate once said 342 s (+32 % against a 259.5 s run)."""
     from core.defaults import default_config
-    from core.estimate import estimate_from_source
 
     result = estimate_from_source(default_config())  # with the sample's field lengths, as the Strategy page
     assert abs(result.seconds - 269.2) / 269.2 < 0.15
@@ -155,7 +155,7 @@ def test_chain_of_thought_calls_cost_more_on_the_embedded_models():
     139.8 s, then 97.4 s, on rows as long as support triage's: the rows' length does not explain the first);
     the estimate said 254 s before it priced ChainOfThought."""
     from core.defaults import default_config
-    from core.estimate import COT_CALL_FACTOR, estimate_from_source
+    from core.estimate import COT_CALL_FACTOR
 
     triage, tutorial = estimate(default_config("support_triage")), estimate(default_config("analyze_classify"))
     assert [s.calls for s in tutorial.steps] == [s.calls for s in triage.steps]
