@@ -110,17 +110,22 @@ def split_sizes(config: RunConfig, n_rows: int | None) -> tuple[int, int, int]:
     return max(n - val - test if abs(sum(sizes) - 1) < 1e-6 else round(sizes[0] * n), 0), val, test
 
 
-def inspected_program(config: RunConfig, table: Table | None) -> Any:
-    """The program as the run builds it, its label fields constrained to the data's values when the data is
-    given; None for a program from a user file, which is not run to be inspected."""
+def data_label_choices(config: RunConfig, table: Table | None) -> dict[str, list[str]]:
+    """The values of each class-like label field in ``table`` (``core.prepare.label_choices``); none without data."""
+    from core.prepare import label_choices
+
+    return label_choices(table, config) if table is not None else {}
+
+
+def inspected_program(config: RunConfig, choices: dict[str, list[str]]) -> Any:
+    """The program as the run builds it, its label fields constrained to ``choices`` (the data's values);
+    None for a program from a user file, which is not run to be inspected."""
     if config.program.kind == "user_file":
         return None
-    from core.prepare import label_choices
     from core.programs import apply_label_choices, build_program
 
     program = build_program(config.program)
-    if table is not None:
-        apply_label_choices(program, label_choices(table, config))
+    apply_label_choices(program, choices)
     return program
 
 
@@ -176,15 +181,12 @@ def training_row_tokens(config: RunConfig, program: Any, table: Table | None, de
     return fmean(sizes) if sizes else float(REFERENCE_ROW_TOKENS)
 
 
-def _demos_after(settings: Any, config: RunConfig, table: Table | None) -> int:
+def _demos_after(settings: Any, choices: dict[str, list[str]]) -> int:
     """Demos per predictor a prompt step leaves (at most): a stratified set shows each value of the label field
     with the most values (known from the data), otherwise the bootstrapped and labeled demos its settings allow."""
     allowed = getattr(settings, "max_bootstrapped_demos", 0) + getattr(settings, "max_labeled_demos", 0)
-    if getattr(settings, "stratify", False) and table is not None:
-        from core.prepare import label_choices
-
-        values = [len(v) for v in label_choices(table, config).values()]
-        return max(values) if values else allowed
+    if getattr(settings, "stratify", False) and choices:
+        return max(len(values) for values in choices.values())
     return allowed
 
 
@@ -195,7 +197,8 @@ def estimate(config: RunConfig, n_rows: int | None = None, table: Table | None =
         n_rows = len(table)
     n, v, t = split_sizes(config, n_rows)
     p = len(config.predictors)
-    program = inspected_program(config, table)
+    choices = data_label_choices(config, table)
+    program = inspected_program(config, choices)
     label_names, call_factor = _program_facts(config, program)
     labelled = min(len(label_names), p)
     small_labelled = sum(1 for name in label_names if getattr(config.predictors.get(name), "role", None) == "small")
@@ -238,7 +241,7 @@ def estimate(config: RunConfig, n_rows: int | None = None, table: Table | None =
                 cost.train_rows * SECONDS_PER_TRAIN_ROW[small_kind] * row_tokens[kept] / REFERENCE_ROW_TOKENS)
         if row.kind == "prompt":
             prompted = True
-            demos = _demos_after(spec.settings, config, table)
+            demos = _demos_after(spec.settings, choices)
         if row.kind == "weight" and getattr(spec.settings, "exclude_demos", False):
             served, demos = small_labelled, 0  # the fine-tuned predictors are served without demos
         steps.append(StepEstimate(" -> ".join(done), spec.type, cost.calls, seconds, cost.train_steps, cost.cached))

@@ -11,6 +11,7 @@ from core.estimate import (
     CHARS_PER_TOKEN,
     REFERENCE_ROW_TOKENS,
     SECONDS_PER_TRAIN_ROW,
+    data_label_choices,
     estimate,
     estimate_from_source,
     format_duration,
@@ -165,6 +166,10 @@ def test_chain_of_thought_calls_cost_more_on_the_embedded_models():
     assert scripted.steps[0].seconds == pytest.approx(scripted.steps[0].calls * 0.002)  # embedded models only
 
 
+def _inspected(config, table: Table | None):
+    return inspected_program(config, data_label_choices(config, table))
+
+
 def _classifier_table(text_chars: int) -> Table:
     labels = ["positive", "negative", "neutral"]
     rows = tuple({"text": f"{i} " + "w" * text_chars, "label": labels[i % 3]} for i in range(90))
@@ -176,7 +181,7 @@ def test_training_time_grows_with_the_length_of_the_data_the_rows_carry():
     times longer, and the weight step's training time grows with them (its fixed part and calls do not)."""
     config = parse_config(default_config_dict("classifier"))
     short, long = estimate(config, table=_classifier_table(100)), estimate(config, table=_classifier_table(2000))
-    program = inspected_program(config, _classifier_table(100))
+    program = _inspected(config, _classifier_table(100))
     short_tokens = training_row_tokens(config, program, _classifier_table(100))
     long_tokens = training_row_tokens(config, program, _classifier_table(2000))
     assert long_tokens - short_tokens == pytest.approx(1900 / CHARS_PER_TOKEN, rel=0.02)
@@ -201,7 +206,7 @@ def test_rows_that_keep_the_demos_of_the_prompt_step_are_longer():
     doc["strategy"] = "w"
     alone_config = parse_config(doc)
     for table, demos, field_chars in ((None, 3, 200 + 8), (five_labels, 5, 6.8 + 1)):
-        program = inspected_program(config, table)
+        program = _inspected(config, table)
         plain, kept = (training_row_tokens(config, program, table, k) for k in (0, demos))
         assert kept - plain > demos * field_chars / CHARS_PER_TOKEN  # each demo: its text and label, and markup
         after_p = estimate(config, table=table).steps[2]  # p -> w
@@ -221,6 +226,6 @@ def test_the_sample_tasks_rows_are_as_long_as_measured():
     for template, measured in (("support_triage", 414), ("classifier", 254), ("analyze_classify", 418)):
         config = default_config(template)
         table = load_table_from_path(data_source_path(config))
-        tokens = training_row_tokens(config, inspected_program(config, table), table)
+        tokens = training_row_tokens(config, _inspected(config, table), table)
         assert abs(tokens - measured) / measured < 0.1, (template, tokens)
 

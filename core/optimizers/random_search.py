@@ -60,7 +60,7 @@ def estimate(s: RandomSearchSettings, ctx: EstimateContext) -> StepCost:
             return StepCost(p * v, p * v if ctx.cached else 0)
         boot = min(n, math.ceil(1.5 * s.max_bootstrapped_demos * (s.num_candidate_programs + 1)))
         calls = boot * p + (s.num_candidate_programs + 2) * p * v
-        cached = 2 * p * v + (ctx.upstream * boot if ctx.cached else 0)
+        cached = 2 * p * v + ctx.upstream * boot
         return StepCost(calls, cached if ctx.cached else 0)
     if s.stratify and ctx.labelled:
         # the current program, the same without demos (after a first prompt step) and C stratified sets;
