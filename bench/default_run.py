@@ -42,6 +42,8 @@ def main() -> int:
     parser.add_argument("--template", default=None, help="default: core.defaults.DEFAULT_TEMPLATE")
     parser.add_argument("--strategy", default=None, help="override the strategy, e.g. 'p -> w'")
     parser.add_argument("--no-call-cache", action="store_true", help="switch the per-run call cache off")
+    parser.add_argument("--small", action="append", default=[], metavar="PREDICTOR",
+                        help="also give PREDICTOR the small role (fine-tuned, on the small-role LM)")
     parser.add_argument("--set", action="append", default=[], metavar="STEP.SETTING=VALUE",
                         help="override an optimizer setting of the default config (value parsed as JSON), repeatable")
     args = parser.parse_args()
@@ -78,6 +80,11 @@ def main() -> int:
             value = raw
         doc["optimizers"][step].setdefault("settings", {})[setting] = value
         overrides[target] = value
+    for name in args.small:
+        if name not in doc["predictors"]:
+            raise SystemExit(f"--small {name!r}: the program's predictors are {sorted(doc['predictors'])}")
+        doc["predictors"][name] = {"lm": "small", "role": "small"}
+        overrides[f"{name}.role"] = "small"
     config = parse_config(doc)
     predicted = estimate_from_source(config).seconds  # what the Strategy page shows before the run
     manager = RunManager(Store(db_path()))

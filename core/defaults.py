@@ -67,13 +67,13 @@ def _predictor_names(template: str) -> list[str]:
     return [name for name, _ in program.named_predictors()]
 
 
-def _assignments(names: list[str], large_lm: str, small_lm: str) -> dict[str, dict[str, str]]:
-    """The last predictor is the small (fine-tuned) one; the others stay large (prompted)."""
-    out = {}
-    for i, name in enumerate(names):
-        small = i == len(names) - 1
-        out[name] = {"lm": small_lm if small else large_lm, "role": "small" if small else "large"}
-    return out
+def _assignments(template: str, large_lm: str, small_lm: str, *, tutorial: bool = False) -> dict[str, dict[str, str]]:
+    """The template's small predictors (by default the last) are fine-tuned; the others stay large (prompted).
+    ``tutorial``: the tutorial's split whatever the template says, the last predictor small."""
+    names = _predictor_names(template)
+    small = set(names[-1:] if tutorial else TEMPLATES[template].small_predictors(names))
+    return {name: {"lm": small_lm if name in small else large_lm, "role": "small" if name in small else "large"}
+            for name in names}
 
 
 def _base(template: str, split: dict[str, Any]) -> dict[str, Any]:
@@ -103,7 +103,7 @@ def default_config_dict(template: str = DEFAULT_TEMPLATE) -> dict[str, Any]:
         "large": {"kind": "embedded", "model": DEFAULT_MODELS["large"]},
         "small": {"kind": "embedded", "model": DEFAULT_MODELS["small"]},
     }
-    doc["predictors"] = _assignments(_predictor_names(template), "large", "small")
+    doc["predictors"] = _assignments(template, "large", "small")
     doc["optimizers"] = copy.deepcopy(EMBEDDED_OPTIMIZERS)  # the caller's to edit, not the module's
     return doc
 
@@ -121,7 +121,9 @@ def scripted_config_dict(template: str = "analyze_classify", **options: Any) -> 
         "large": {"kind": "factory", "factory": factory, "options": {"name": "large", **options}},
         "small": {"kind": "factory", "factory": factory, "options": {"name": "small", **options}},
     }
-    doc["predictors"] = _assignments(_predictor_names(template), "large", "small")
+    # the tutorial's split of roles: the scripted 'large' and 'small' LMs stand for a large prompted model
+    # and a small fine-tuned one (the tests of both roles use it)
+    doc["predictors"] = _assignments(template, "large", "small", tutorial=True)
     return doc
 
 

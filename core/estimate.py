@@ -202,6 +202,7 @@ def estimate(config: RunConfig, n_rows: int | None = None, table: Table | None =
     label_names, call_factor = _program_facts(config, program)
     labelled = min(len(label_names), p)
     small_labelled = sum(1 for name in label_names if getattr(config.predictors.get(name), "role", None) == "small")
+    small = sum(1 for a in config.predictors.values() if a.role == "small")
     upstream = p - labelled
     share = {name: sum(1 for a in config.predictors.values() if a.lm == name) / p for name in config.lms}
     kinds = {name: lm_kind(spec) for name, spec in config.lms.items()}
@@ -230,7 +231,8 @@ def estimate(config: RunConfig, n_rows: int | None = None, table: Table | None =
         spec = config.optimizers[key]
         row = get_optimizer(spec.type)
         context = EstimateContext(predictors=p, train=n, val=v, labelled=labelled, cached=cache, prompted=prompted,
-                                  export_seconds=SECONDS_PER_EXPORT[small_kind], served=served)
+                                  export_seconds=SECONDS_PER_EXPORT[small_kind], served=served, small=small,
+                                  small_upstream=small - small_labelled)
         cost = row.estimate(spec.settings, context)
         seconds = seconds_for(cost.calls - cost.cached) + cost.extra_seconds
         if cost.train_rows:

@@ -115,11 +115,18 @@ def predictors_table(current: RunDraft) -> None:
     st.caption("Each predictor runs on an LM with a role: **large** predictors are improved by prompt steps; "
                "**small** ones are also fine-tuned by weight steps (their LM must be fine-tunable).")
     rows = document.predictor_rows(current)
-    c1, c2, _ = st.columns([3, 3, 4])
-    if c1.button("Last predictor small, others large", help="the BetterTogether default"):
-        rerun_with(document.role_preset(current, "last_small"), structural=True)
-    if c2.button("All large (prompts only)"):
-        rerun_with(document.role_preset(current, "all_large"), structural=True)
+    c1, c2, c3, _ = st.columns([3, 3, 3, 1])
+    presets = [(c1, "Last predictor small, others large", "last_small", "the BetterTogether default"),
+               (c2, "All small (fine-tune every module)",  "all_small",
+                "the paper's setting: one LM for every module; the default of templates whose large role has "
+                "no larger model"),
+               (c3, "All large (prompts only)", "all_large", None)]
+    for column, label, preset, help_text in presets:
+        if column.button(label, help=help_text):
+            try:
+                rerun_with(document.role_preset(current, preset), structural=True)
+            except ProgramError as e:
+                column.error(str(e))
     frame = pd.DataFrame([
         {"predictor": r.predictor, "module": r.module, "signature": r.signature, "lm": r.lm, "role": r.role,
          "fine-tunable": r.finetunable, "capability": r.note} for r in rows

@@ -11,6 +11,7 @@ import pytest
 from core.config import config_to_dict, config_to_json, load_config, parse_config, parse_config_text
 from core.defaults import default_config_dict, scripted_config_dict
 from core.errors import ConfigError
+from core.programs import TEMPLATES
 
 
 @pytest.fixture
@@ -21,11 +22,15 @@ def doc() -> dict:
 def test_default_configs_of_every_template_parse() -> None:
     for template in ("analyze_classify", "classifier", "support_triage"):
         config = parse_config(default_config_dict(template))
+        if template == "support_triage":  # the first-run default: extract prompted, classify fine-tuned
+            assert {n: a.role for n, a in config.predictors.items()} == {"extract": "large", "classify": "small"}
+        if template == "analyze_classify":  # no larger model than the small one: both fine-tuned
+            assert {a.role for a in config.predictors.values()} == {"small"}
         assert config.version == 1
         assert config.strategy == "p -> w -> p"
-        assert {a.role for a in config.predictors.values()} == {"small"} | (
-            {"large"} if len(config.predictors) > 1 else set()
-        )
+        roles = {name: a.role for name, a in config.predictors.items()}
+        small = set(TEMPLATES[template].small_predictors(list(roles)))
+        assert small and {n for n, role in roles.items() if role == "small"} == small
         assert all(spec.kind == "embedded" for spec in config.lms.values())
 
 

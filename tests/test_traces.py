@@ -96,15 +96,16 @@ def test_teacher_rows_come_from_the_teacher_lm(tmp_path: Path) -> None:
     assert seen[0].sources == {"classify": "teacher"}
 
 
-def test_auto_is_gold_for_label_predictors_and_teacher_or_self_elsewhere() -> None:
+def test_auto_is_gold_for_label_predictors_and_teacher_or_hinted_elsewhere() -> None:
     program = _program(make_lm("large", tag="tr3"), make_lm("small", tag="tr3"))
     small = dict(program.named_predictors())
     labels = {"label"}
-    assert plan_sources("auto", small, labels, None) == {"extract": "self", "classify": "gold"}
+    assert plan_sources("auto", small, labels, None) == {"extract": "hinted", "classify": "gold"}
     other = make_lm("other", tag="tr3")
     assert plan_sources("auto", small, labels, other) == {"extract": "teacher", "classify": "gold"}
     same = make_lm("large", tag="tr3")  # same model as extract's LM: not a different teacher
-    assert plan_sources("auto", small, labels, same)["extract"] == "self"
+    assert plan_sources("auto", small, labels, same)["extract"] == "hinted"
+    assert plan_sources("gold", small, labels, None)["extract"] == "self"
     with pytest.raises(StudioError, match="'gold' needs a small predictor"):
         plan_sources("gold", {"extract": small["extract"]}, labels, None)
     with pytest.raises(StudioError, match="needs a teacher LM"):
@@ -168,3 +169,79 @@ def test_training_rows_do_not_depend_on_the_trainset_order(tmp_path: Path) -> No
         evidence.append([(r.messages[-2]["content"], r.outputs) for r in rows["scripted/small"]])
     assert len(evidence[0]) == 9  # capped at ceil(10 / 3) = 4 rows per label value: red 4, green 3, blue 2
     assert evidence[0] == evidence[1]
+
+
+def _both_small(small: dspy.LM, stages=STAGES) -> StagedPipeline:
+    program = StagedPipeline(stages)
+    for _, predictor in program.named_predictors():
+        predictor.lm = small
+    apply_label_choices(program, {"label": sorted(WORDS.values())})
+    return program
+
+
+def test_hinted_rows_teach_an_upstream_predictor_what_leads_to_the_gold_answer(tmp_path: Path) -> None:
+    """Both predictors small, no hints in the LM: alone, the program answers 'blue' to everything. With
+    the gold label as a hint, the scripted extract writes it into its summary and classify then answers
+    right, so every example gives a hinted extract row (without the hint in its prompt); the gold rows of
+    classify read those hinted summaries, replayed without another extract call."""
+    small = make_lm("small", tag="tr7")
+    trainset = _examples({"red": 3, "green": 3, "blue": 2})
+    seen: list[TraceStats] = []
+    rows: dict = {}
+    engine: ScriptedEngine = small.engine
+    with dspy.context(lm=small, adapter=ADAPTER):
+        program = _both_small(small)
+        assert plan_sources("auto", dict(program.named_predictors()), {"label"}, None) == {
+            "extract": "hinted", "classify": "gold"}
+        before = engine.calls_by_model.get("scripted/small", 0)
+        hooks = WeightStepHooks(output_dir=tmp_path / "weights", on_traces=seen.append,
+                                on_rows=lambda model, r: rows.setdefault(model, []).extend(r))
+        step = RoleAwareFinetune(make_metric("exact_match", ["label"]), ["extract", "classify"],
+                                 FinetuneSettings(trace_source="auto", balance="off"), hooks)
+        step.compile(program, trainset=trainset)
+    # the hinted pass calls extract and classify once per example; the gold pass replays extract
+    assert engine.calls_by_model["scripted/small"] - before == 2 * len(trainset)
+    training = rows["scripted/small"]
+    extract = [r for r in training if r.predictor == "extract"]
+    classify = [r for r in training if r.predictor == "classify"]
+    assert len(extract) == len(classify) == len(trainset)
+    assert {r.source for r in extract} == {"hinted"} and {r.source for r in classify} == {"gold"}
+    for row in extract:
+        assert row.outputs["summary"]
+        assert "correct_final_answer" not in row.messages[-2]["content"]  # the hint is not in the prompt
+    by_example = {r.outputs["summary"]: r for r in extract}
+    for row in classify:
+        summary = row.messages[-2]["content"].split("[[ ## summary ## ]]")[1].split("\n\n")[0].strip()
+        assert summary in by_example and row.outputs["label"] in summary  # it reads the hinted summary
+    assert seen[0].sources == {"extract": "hinted", "classify": "gold"} and seen[0].kept == len(trainset)
+
+
+def test_hinted_rows_are_kept_only_when_the_program_then_answers_right(tmp_path: Path) -> None:
+    """The metric fails two examples whatever the program answers: they give no hinted row, and still a
+    gold row (failed examples teach the label predictor)."""
+    small = make_lm("small", tag="tr8")
+    trainset = _examples({"red": 3, "green": 3})
+    exact = make_metric("exact_match", ["label"])
+
+    def metric(example, prediction, trace=None):
+        return 0.0 if example.text.endswith(("item0", "item4")) else exact(example, prediction, trace)
+
+    rows: dict = {}
+    with dspy.context(lm=small, adapter=ADAPTER):
+        hooks = WeightStepHooks(output_dir=tmp_path / "weights",
+                                on_rows=lambda model, r: rows.setdefault(model, []).extend(r))
+        RoleAwareFinetune(metric, ["extract", "classify"], FinetuneSettings(trace_source="hinted", balance="off"),
+                          hooks).compile(_both_small(small), trainset=trainset)
+    training = rows["scripted/small"]
+    assert sum(r.predictor == "extract" for r in training) == 4
+    assert sum(r.predictor == "classify" for r in training) == 6
+
+
+def test_hinted_needs_an_upstream_predictor_and_labels() -> None:
+    program = _both_small(make_lm("small", tag="tr9"))
+    small = dict(program.named_predictors())
+    with pytest.raises(StudioError, match="'hinted' needs a small predictor with outputs other than"):
+        plan_sources("hinted", {"classify": small["classify"]}, {"label"}, None)
+    with pytest.raises(StudioError, match="'hinted' needs labelled examples"):
+        plan_sources("hinted", small, set(), None)
+    assert plan_sources("auto", small, set(), None)["extract"] == "self"

@@ -118,12 +118,18 @@ def assign_predictors(doc: RunDraft, rows: list[dict[str, str]]) -> tuple[RunDra
 
 
 def role_preset(doc: RunDraft, preset: str) -> RunDraft:
-    """``last_small``: the last predictor fine-tuned, the others prompted; ``all_large``: prompts only."""
+    """``last_small``: the last predictor fine-tuned, the others prompted; ``all_small``: every predictor
+    fine-tuned (the paper's setting: one LM for all modules); ``all_large``: prompts only."""
+    if preset not in ("last_small", "all_small", "all_large"):
+        raise ProgramError(f"unknown role preset {preset!r}; allowed: last_small, all_small, all_large")
     names = list(doc.predictors)
     large, small = _default_lm_names(doc)
     predictors = {}
     for i, name in enumerate(names):
-        is_small = preset == "last_small" and i == len(names) - 1
+        is_small = preset == "all_small" or (preset == "last_small" and i == len(names) - 1)
+        problem = role_problem(doc, name, small, "small") if is_small else None
+        if problem:
+            raise ProgramError(problem)
         predictors[name] = PredictorAssignment(lm=small if is_small else large, role="small" if is_small else "large")
     return revise(doc, predictors=predictors)
 
@@ -163,7 +169,12 @@ def set_template(doc: RunDraft, template: str) -> RunDraft:
                     inputs=list(t.input_fields), labels=list(t.label_fields), split=doc.data.split)
     out = revise(doc, program={"kind": "template", "name": template}, allow_user_code=False, name=t.title,
                  data=data, metric=MetricSpec(name=doc.metric.name))
-    out = _reassigned(out, _predictor_names(out), keep=False)
+    names = _predictor_names(out)
+    large, small = _default_lm_names(out)
+    starts_small = set(t.small_predictors(names))
+    out = revise(out, predictors={
+        name: PredictorAssignment(lm=small if name in starts_small else large,
+                                  role="small" if name in starts_small else "large") for name in names})
     if is_scripted(out):
         out = use_scripted(out, True, delay=scripted_delay(out))
     return out

@@ -15,7 +15,7 @@ from pydantic import Field
 from core.lms.lora.params import PARAMS as TRAIN_PARAMS
 from core.optimizers.entry import BuildContext, EstimateContext, Optimizer, Settings, StepCost
 
-TraceSource = Literal["auto", "self", "teacher", "gold"]
+TraceSource = Literal["auto", "self", "teacher", "gold", "hinted"]
 
 
 def _train_param(name: str) -> Any:
@@ -43,7 +43,7 @@ class FinetuneSettings(Settings):
     )
     exclude_demos: bool = False
     trace_source: TraceSource = Field(
-        "auto", description="training rows: self, teacher, gold, or auto (gold for label predictors, else self/teacher)"
+        "auto", description="training rows: self, teacher, gold, hinted, or auto (gold for label predictors, else teacher, hinted or self)"
     )
     teacher_lm: str | None = Field(
         None, description="LM serving the small predictors for 'teacher' (default: large role)",
@@ -78,13 +78,17 @@ def training_steps(s: FinetuneSettings, rows: int) -> int:
 
 
 def estimate(s: FinetuneSettings, ctx: EstimateContext) -> StepCost:
-    """Trace collection over the train set (only the upstream predictors when the label predictors
-    learn from gold rows), training, the export, and the evaluation of the fine-tuned program."""
+    """Trace collection over the train set, training, the export, and the evaluation of the fine-tuned
+    program. Collection calls every predictor once per example, except when the label predictors learn
+    from gold rows: then only the upstream predictors (teacher-forced labels), and with ``hinted``
+    upstream predictors every predictor once (the hinted run; the gold rows replay it). Each small
+    predictor gives up to one row per example."""
     p, n, v = ctx.predictors, ctx.train, ctx.val
-    gold = s.trace_source in ("auto", "gold") and ctx.labelled
-    calls = (ctx.upstream if gold else p) * n + p * v
+    gold = s.trace_source in ("auto", "gold", "hinted") and ctx.labelled
+    hinted = s.trace_source in ("auto", "hinted") and ctx.labelled and ctx.small_upstream
+    calls = (ctx.upstream if gold and not hinted else p) * n + p * v
     cached = ctx.upstream * v if ctx.cached else 0
-    steps = training_steps(s, n)
+    steps = training_steps(s, n * max(1, ctx.small))
     return StepCost(int(calls), int(cached), steps, steps * s.batch_size, ctx.export_seconds)
 
 

@@ -12,8 +12,15 @@ reinforces that bias. Three other sources fix that:
   as a hint (STaR's rationalization), by the teacher LM when there is one, else by its own LM.
 * ``teacher``: the program runs with a teacher LM serving the small predictors (distillation, as
   DSPy's ``BootstrapFinetune(teacher=...)``); its traces are filtered by the metric like ``self``.
+* ``hinted``: for a predictor whose outputs are not label fields (an upstream step, e.g. an analysis
+  that a label predictor reads), its own LM writes the outputs with the example's gold labels given
+  as a hint (STaR's rationalization, applied to the whole program's answer). The rest of the program
+  runs on those outputs, and a row is kept when the program then scores at least ``min_score``. The
+  hint is not in the training prompt, so the predictor learns to write, from its inputs alone, what
+  leads the program to the right answer. Where a program also has ``gold`` predictors, their rows
+  take their inputs from these hinted outputs (no extra call), so both learn the same interface.
 * ``auto``: ``gold`` where it applies; elsewhere ``teacher`` when a different LM (by model name)
-  is available as teacher, else ``self``.
+  is available as teacher, else ``hinted`` when the examples have labels, else ``self``.
 
 Rows are then balanced per label value (the tuple of a predictor's categorical outputs): ``cap``
 keeps at most the mean count per value, ``upsample`` repeats the rows of rarer values (up to the
@@ -42,6 +49,7 @@ logger = logging.getLogger(__name__)
 
 REASONING = "reasoning"
 HINT_FIELD = "correct_answer"
+PROGRAM_HINT_FIELD = "correct_final_answer"
 UPSAMPLE_MAX_FACTOR = 3
 
 
@@ -52,7 +60,7 @@ class TraceRow:
     predictor: str
     inputs: dict[str, Any]
     outputs: dict[str, Any]
-    source: str  # "self" | "teacher" | "gold"
+    source: str  # "self" | "teacher" | "gold" | "hinted"
     example: int  # index of the training example it came from
 
 
@@ -89,9 +97,12 @@ def plan_sources(requested: str, small: dict[str, Any], label_keys: set[str], te
         gold = gold_fields(predictor, label_keys) is not None
         different_teacher = teacher_lm is not None and getattr(teacher_lm, "model", None) != predictor.lm.model
         if requested == "auto":
-            plan[name] = "gold" if gold else ("teacher" if different_teacher else "self")
+            plan[name] = "gold" if gold else (
+                "teacher" if different_teacher else ("hinted" if label_keys else "self"))
         elif requested == "gold":
             plan[name] = "gold" if gold else "self"
+        elif requested == "hinted":
+            plan[name] = "gold" if gold else "hinted"
         else:
             plan[name] = requested
     if requested == "gold" and "gold" not in plan.values():
@@ -99,6 +110,14 @@ def plan_sources(requested: str, small: dict[str, Any], label_keys: set[str], te
             f"trace_source 'gold' needs a small predictor whose outputs are all label fields {sorted(label_keys)}; "
             f"none of {sorted(small)} has; use 'self', 'teacher' or 'auto'"
         )
+    if requested == "hinted" and "hinted" not in plan.values():
+        raise StudioError(
+            f"trace_source 'hinted' needs a small predictor with outputs other than the label fields "
+            f"{sorted(label_keys)}; all of {sorted(small)} output labels only; use 'gold' or 'auto'"
+        )
+    if "hinted" in plan.values() and not label_keys:
+        raise StudioError("trace_source 'hinted' needs labelled examples (the hint is their gold labels); "
+                          "map label columns on the Data page, or use 'self' or 'teacher'")
     if "teacher" in plan.values() and teacher_lm is None:
         raise StudioError(
             "trace_source 'teacher' needs a teacher LM: set teacher_lm to a configured LM, or give a predictor "
@@ -131,9 +150,16 @@ def collect_rows(
         failed_examples |= failed
         for source in set(traced.values()):
             calls[source] = len(trainset)
+    replay: dict[int, dict[str, list[dict[str, Any]]]] = {}
+    hinted = [n for n, s in plan.items() if s == "hinted"]
+    if hinted:
+        got, failed, replay = hinted_rows(student, hinted, trainset, metric=metric, min_score=min_score)
+        rows += got
+        failed_examples |= failed
+        calls["hinted"] = len(trainset)
     gold = [n for n, s in plan.items() if s == "gold"]
     if gold:
-        got, failed = gold_rows(student, gold, trainset, rationalizer_lm=teacher_lm)
+        got, failed = gold_rows(student, gold, trainset, rationalizer_lm=teacher_lm, replay=replay)
         rows += got
         failed_examples |= failed
         calls["gold"] = len(trainset)
@@ -168,14 +194,86 @@ def _metric_traces(student, traced, trainset, metric, min_score, teacher_lm, num
     return rows, failed
 
 
+def hinted_rows(
+    student: dspy.Module, names: Sequence[str], examples: Sequence[dspy.Example], *, metric: Callable,
+    min_score: float,
+) -> tuple[list[TraceRow], set[int], dict[int, dict[str, list[dict[str, Any]]]]]:
+    """``hinted`` rows: run the program with the ``names`` predictors given the gold labels as a hint.
+
+    Every other predictor runs on its LM, on the hinted outputs; an example's hinted rows are kept when
+    the program's answer scores at least ``min_score``. Returns the rows, the indices of examples whose
+    run failed, and per example the hinted outputs of each predictor in call order (for ``gold_rows``).
+    """
+    program = student.deepcopy()
+    named = dict(program.named_predictors())
+    state: dict[str, Any] = {}
+    pending: list[TraceRow] = []
+    for name in names:
+        named[name].forward = _hinted_forward(name, named[name], state, pending)
+    rows: list[TraceRow] = []
+    failed: set[int] = set()
+    outputs: dict[int, dict[str, list[dict[str, Any]]]] = {}
+    for index, example in enumerate(examples):
+        state["example"], state["index"], state["calls"] = example, index, {}
+        pending.clear()
+        try:
+            prediction = program(**example.inputs())
+            score = metric(example, prediction, None)
+        except Exception as e:  # noqa: BLE001 - a failure loses this example, not the step
+            logger.info("hinted run of example %d failed: %s", index, e)
+            failed.add(index)
+            continue
+        outputs[index] = state["calls"]
+        if _score(score) >= min_score:
+            rows += pending
+    return rows, failed, outputs
+
+
+def _score(value: Any) -> float:
+    """A metric's result as a number (a bool, a number, or a prediction with a ``score``)."""
+    value = getattr(value, "score", value)
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def _hinted_forward(name: str, predictor: Any, state: dict, pending: list[TraceRow]):
+    signature = predictor.signature
+    hinted = signature.append(
+        PROGRAM_HINT_FIELD, dspy.InputField(desc="the known correct final answer of the whole program"), type_=str)
+    hinted = hinted.append_instructions(
+        "The correct final answer of the whole program is given: write your outputs so that they lead to it, "
+        "as if you had found it yourself."
+    )
+
+    def forward(**kwargs: Any) -> Prediction:
+        example = state["example"]
+        inputs = {k: kwargs[k] for k in signature.input_fields if k in kwargs}
+        answer = "; ".join(f"{k}: {v}" for k, v in example.labels().items())
+        predict = dspy.Predict(hinted)
+        predict.lm = predictor.lm
+        result = predict(**inputs, **{PROGRAM_HINT_FIELD: answer})
+        outputs = {k: result.get(k) for k in signature.output_fields}
+        pending.append(TraceRow(name, inputs, outputs, "hinted", state["index"]))
+        state["calls"].setdefault(name, []).append(outputs)
+        return Prediction(**outputs)
+
+    return forward
+
+
 def gold_rows(
-    student: dspy.Module, names: Sequence[str], examples: Sequence[dspy.Example], *, rationalizer_lm: Any = None
+    student: dspy.Module, names: Sequence[str], examples: Sequence[dspy.Example], *, rationalizer_lm: Any = None,
+    replay: dict[int, dict[str, list[dict[str, Any]]]] | None = None,
 ) -> tuple[list[TraceRow], set[int]]:
     """``gold`` rows: run the program with the ``names`` predictors teacher-forced to the gold labels.
 
     Upstream predictors run on their LMs and give the inputs; each forced predictor records its
     inputs with the example's labels as outputs (plus a rationalized reasoning for ChainOfThought).
-    Returns the rows and the indices of examples whose upstream run failed.
+    ``replay`` (from ``hinted_rows``): per example, the outputs an upstream predictor gave with the
+    hint; it gives them again instead of calling its LM, so the label predictors learn to read what
+    the hinted predictors learn to write. Returns the rows and the indices of examples whose upstream
+    run failed.
     """
     program = student.deepcopy()
     named = dict(program.named_predictors())
@@ -184,15 +282,31 @@ def gold_rows(
     for name in names:
         predictor = named[name]
         predictor.forward = _oracle(name, predictor, state, rows, rationalizer_lm)
+    for name in {n for calls in (replay or {}).values() for n in calls} - set(names):
+        named[name].forward = _replay(name, named[name], state, replay or {})
     failed: set[int] = set()
     for index, example in enumerate(examples):
-        state["example"], state["index"] = example, index
+        state["example"], state["index"], state["replayed"] = example, index, {}
         try:
             program(**example.inputs())
         except Exception as e:  # noqa: BLE001 - an upstream failure loses this example, not the step
             logger.info("gold row for example %d failed upstream: %s", index, e)
             failed.add(index)
     return rows, failed
+
+
+def _replay(name: str, predictor: Any, state: dict, replay: dict[int, dict[str, list[dict[str, Any]]]]):
+    def replayed(**kwargs: Any) -> Prediction:
+        given = replay.get(state["index"], {}).get(name, [])
+        nth = state["replayed"].get(name, 0)
+        state["replayed"][name] = nth + 1
+        if nth < len(given):
+            return Prediction(**given[nth])
+        # the hinted run failed before this call: the predictor's own answer (its class's forward, as the
+        # instance's is this function)
+        return type(predictor).forward(predictor, **kwargs)
+
+    return replayed
 
 
 def _oracle(name: str, predictor: Any, state: dict, rows: list[TraceRow], rationalizer_lm: Any):

@@ -25,7 +25,14 @@ class Template:
     input_fields: tuple[str, ...]
     label_fields: tuple[str, ...]
     default_mapping: dict[str, str] = field(default_factory=dict)
+    # stages whose predictors get the small role (fine-tuned) by default; empty: the last stage only
+    small_stages: tuple[str, ...] = ()
 
+    def small_predictors(self, predictor_names: list[str]) -> list[str]:
+        """Which of the program's predictors (``analyze.predict`` belongs to stage ``analyze``) start small."""
+        if not self.small_stages:
+            return predictor_names[-1:]
+        return [n for n in predictor_names if n.split(".")[0] in self.small_stages]
 
 
 TEMPLATES: dict[str, Template] = {
@@ -60,6 +67,13 @@ TEMPLATES: dict[str, Template] = {
         input_fields=("document",),
         label_fields=("category", "risk_level"),
         default_mapping={"document": "document", "category": "category", "risk_level": "risk_level"},
+        # Both stages are fine-tuned by default. The tutorial keeps the analysis on a large prompted LM
+        # (GPT-4o); the embedded default has no larger model than the small one (SmolLM2-135M in both
+        # roles), and prompted, its analyses do not carry the document's category or risk: validation
+        # stayed at chance (bench/quality.py, README). Fine-tuned on hinted rows (trace source 'auto'
+        # -> 'hinted' for analyze, 'gold' for classify), they do. With a larger LM, give analyze the
+        # large role on the Program page.
+        small_stages=("analyze", "classify"),
     ),
     "classifier": Template(
         key="classifier",
