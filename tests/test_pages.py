@@ -9,7 +9,17 @@ from streamlit.testing.v1 import AppTest
 
 from core.config import RunDraft
 from core.defaults import scripted_config
-from core.document import add_litellm, assign_predictors, new_document, set_mapping, use_scripted
+from core.document import (
+    add_litellm,
+    assign_predictors,
+    new_document,
+    remove_lm,
+    role_preset,
+    set_mapping,
+    set_template,
+    use_scripted,
+)
+from core.errors import ProgramError
 from core.paths import db_path
 from core.run import get_manager
 
@@ -74,6 +84,35 @@ def test_program_page_refuses_small_on_a_hosted_lm():
     assert list(editor.value["fine-tunable"]) == [True, False]
     _, problems = assign_predictors(doc, [{"predictor": "classify", "lm": "hosted", "role": "small"}])
     assert problems and "cannot be fine-tuned" in problems[0]
+
+
+def test_program_page_role_presets_and_the_templates_default_roles():
+    """Support triage (the first-run default) fine-tunes classify only; the tutorial template fine-tunes
+    both stages (no larger embedded model than the small one); the presets reassign every predictor,
+    and 'All small' on an LM that cannot be fine-tuned says so instead of changing anything."""
+    draft = new_document()
+    assert {n: a.role for n, a in draft.predictors.items()} == {"extract": "large", "classify": "small"}
+    tutorial = set_template(draft, "analyze_classify")
+    assert {n: a.role for n, a in tutorial.predictors.items()} == {"analyze.predict": "small", "classify": "small"}
+    at = open_page("program", draft)
+    next(b for b in at.button if b.label.startswith("All small")).click().run()
+    assert not at.exception
+    assert {a.role for a in at.session_state["config_doc"].predictors.values()} == {"small"}
+    next(b for b in at.button if b.label.startswith("Last predictor small")).click().run()
+    assert {n: a.role for n, a in at.session_state["config_doc"].predictors.items()} == {
+        "extract": "large", "classify": "small"}
+    hosted_only = add_litellm(draft, "hosted", {"model": "openai/gpt-4o-mini"})
+    hosted_only, _ = assign_predictors(hosted_only, [{"predictor": n, "lm": "hosted", "role": "large"}
+                                                     for n in hosted_only.predictors])
+    hosted_only = remove_lm(remove_lm(hosted_only, "small"), "large")
+    with pytest.raises(ProgramError, match="cannot have the role 'small' on LM 'hosted'"):
+        role_preset(hosted_only, "all_small")
+    with pytest.raises(ProgramError, match="unknown role preset 'some'; allowed: last_small, all_small"):
+        role_preset(draft, "some")
+    at = open_page("program", hosted_only)
+    next(b for b in at.button if b.label.startswith("All small")).click().run()
+    assert not at.exception and any("cannot be fine-tuned" in e.value for e in at.error)
+    assert {a.role for a in at.session_state["config_doc"].predictors.values()} == {"large"}
 
 
 def test_models_page_lists_embedded_models_and_toggles_scripted():

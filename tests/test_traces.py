@@ -245,3 +245,22 @@ def test_hinted_needs_an_upstream_predictor_and_labels() -> None:
     with pytest.raises(StudioError, match="'hinted' needs labelled examples"):
         plan_sources("hinted", small, set(), None)
     assert plan_sources("auto", small, set(), None)["extract"] == "self"
+
+
+def test_a_chain_of_thought_upstream_predictor_gets_hinted_rows_with_its_reasoning(tmp_path: Path) -> None:
+    stages = [Stage(name="extract", module="ChainOfThought", signature="text -> summary: str"), STAGES[1]]
+    small = make_lm("small", tag="tr10")
+    rows: dict = {}
+    seen: list[TraceStats] = []
+    with dspy.context(lm=small, adapter=ADAPTER):
+        hooks = WeightStepHooks(output_dir=tmp_path / "weights", on_traces=seen.append,
+                                on_rows=lambda model, r: rows.setdefault(model, []).extend(r))
+        RoleAwareFinetune(make_metric("exact_match", ["label"]), ["extract.predict", "classify"],
+                          FinetuneSettings(balance="off"), hooks).compile(
+            _both_small(small, stages), trainset=_examples({"red": 2, "green": 2}))
+    extract = [r for r in rows["scripted/small"] if r.predictor == "extract.predict"]
+    assert seen[0].sources == {"extract.predict": "hinted", "classify": "gold"} and len(extract) == 4
+    for row in extract:
+        assert row.outputs["reasoning"] and row.outputs["summary"]
+        answer = row.messages[-1]["content"]
+        assert answer.index("[[ ## reasoning ## ]]") < answer.index("[[ ## summary ## ]]")
