@@ -303,9 +303,11 @@ def default_run_measurements(paths: list[str]) -> list[dict[str, Any]]:
 
 
 def merge(paths: list[str], out: str | None, default_runs: list[dict[str, Any]] | None = None) -> int:
-    """One table from the runs of several ``--out`` files (the same tasks, different seeds)."""
+    """One table from the runs of several ``--out`` files (the same tasks, different seeds). A task and seed
+    measured in several files is taken from the last of them (a task re-measured after a change)."""
     documents = [json.loads(Path(p).read_text(encoding="utf-8")) for p in paths]
-    results = [run for d in documents for run in d.get("runs", [])]
+    latest = {(run["task"], run["seed"]): run for d in documents for run in d.get("runs", [])}
+    results = [run for d in documents for run in d.get("runs", []) if latest[(run["task"], run["seed"])] is run]
     tasks = list(dict.fromkeys(r["task"] for r in results))
     table = summarize(results, tasks)
     merged = {"bench": "quality", "quick": any(d.get("quick") for d in documents),
@@ -329,7 +331,8 @@ def main() -> int:
     parser.add_argument("--test", type=int, default=None,
                         help="test examples per task (default: the task's own split; the README table uses 40)")
     parser.add_argument("--merge", nargs="+", default=None, metavar="JSON",
-                        help="summarize the runs of earlier --out files (seeds run in separate processes) instead")
+                        help="summarize the runs of earlier --out files (seeds run in separate processes) instead; "
+                             "a task and seed in several files: the last file's")
     parser.add_argument("--default-run", nargs="+", default=None, metavar="JSON",
                         help="outputs of bench/default_run.py (timed alone) to judge the 5-minute target on")
     parser.add_argument("--reuse-w", nargs="+", default=[], metavar="JSON",

@@ -94,3 +94,21 @@ def test_reuse_w_finds_each_task_and_seeds_earlier_w_measurement(tmp_path: Path)
     assert found[("classifier", 0, 40)]["score"] == 90.0
     assert found[("support_triage", 0, 20)]["score"] == 11.0  # another test size is another measurement
     assert ("support_triage", 2, 40) not in found
+
+
+def test_a_task_re_measured_in_a_later_file_replaces_the_earlier_seeds(tmp_path) -> None:
+    """One task measured again after a change (one file per seed): its seeds come from the later files,
+    the other tasks' from the earlier ones."""
+    later = []
+    for seed, pwp in enumerate([40.0, 50.0]):
+        path = tmp_path / f"again{seed}.json"
+        path.write_text(json.dumps({"bench": "quality", "test_examples": 40, "runs": [
+            _run_doc("classifier", seed, [40.0, 50.0, 30.0, 30.0, pwp], 300.0)]}), encoding="utf-8")
+        later.append(str(path))
+    out = _bench("--merge", *_outs(tmp_path), *later)
+    assert out.returncode == 0, out.stderr
+    merged = json.loads(out.stdout.strip().splitlines()[-1])
+    assert merged["table"]["classifier"]["p -> w -> p"]["seeds"] == [40.0, 50.0]
+    assert merged["table"]["classifier"]["w"]["seeds"] == [30.0, 30.0]
+    assert merged["table"]["support_triage"]["p -> w -> p"]["seeds"] == [80.0, 70.0]
+    assert len(merged["runs"]) == 4
