@@ -224,6 +224,7 @@ def estimate(config: RunConfig, n_rows: int | None = None, table: Table | None =
     done: list[str] = []
     prompted = False
     served = 0  # label predictors fine-tuned without demos: later stratified prompt steps leave them as trained
+    served_upstream = 0  # upstream predictors fine-tuned without demos: the same
     demos = 0  # demos per predictor after the last prompt step (at most)
     row_tokens: dict[int, float] = {}  # demos kept in the rows -> tokens per row
     for key in config.step_keys():
@@ -232,7 +233,7 @@ def estimate(config: RunConfig, n_rows: int | None = None, table: Table | None =
         row = get_optimizer(spec.type)
         context = EstimateContext(predictors=p, train=n, val=v, labelled=labelled, cached=cache, prompted=prompted,
                                   export_seconds=SECONDS_PER_EXPORT[small_kind], served=served, small=small,
-                                  small_upstream=small - small_labelled)
+                                  small_upstream=small - small_labelled, served_upstream=served_upstream)
         cost = row.estimate(spec.settings, context)
         seconds = seconds_for(cost.calls - cost.cached) + cost.extra_seconds
         if cost.train_rows:
@@ -246,6 +247,7 @@ def estimate(config: RunConfig, n_rows: int | None = None, table: Table | None =
             demos = _demos_after(spec.settings, choices)
         if row.kind == "weight" and getattr(spec.settings, "exclude_demos", False):
             served, demos = small_labelled, 0  # the fine-tuned predictors are served without demos
+            served_upstream = small - small_labelled
         steps.append(StepEstimate(" -> ".join(done), spec.type, cost.calls, seconds, cost.train_steps, cost.cached))
     test_calls = 2 * p * t
     test_cached = upstream * t if cache else 0

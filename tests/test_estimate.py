@@ -56,9 +56,12 @@ def test_stratified_search_and_gold_rows_cost_only_the_label_predictors_calls():
     assert p2.calls - p2.cached == 3 * 20 + 2 * 4  # after a prompt step: also the candidate without demos
     assert w.train_steps == 2 * 5
     doc["predictors"]["analyze.predict"] = {"lm": "small", "role": "small"}
-    _, _, hinted, _ = estimate(parse_config(doc)).steps
+    doc["optimizers"]["w"]["settings"]["exclude_demos"] = True
+    _, _, hinted, last = estimate(parse_config(doc)).steps
     assert hinted.calls == 2 * 40 + 2 * 20  # the hinted run: analyze and classify over N; the evaluation
     assert hinted.train_steps == 2 * 10  # up to 80 rows (a hinted analyze row and a gold classify row each)
+    # every predictor fine-tuned without demos: the last prompt step has nothing to search (a cached evaluation)
+    assert last.calls == last.cached == 2 * 20 and last.seconds == 0
 
 
 def test_calls_match_measured_budgets_for_two_predictors():

@@ -52,6 +52,7 @@ class EstimateContext:
     prompted: bool  # a prompt step ran before this one
     export_seconds: float  # merging and loading a fine-tuned model, per weight step
     served: int = 0  # label predictors fine-tuned without demos before this step (served as trained)
+    served_upstream: int = 0  # the same among the upstream predictors (their demos are not searched either)
     small: int = 1  # predictors with the small role (each gives the weight step up to one row per example)
     small_upstream: int = 0  # small predictors that are not label predictors (the 'hinted' source's)
 

@@ -56,7 +56,7 @@ def estimate(s: RandomSearchSettings, ctx: EstimateContext) -> StepCost:
         # every label predictor was fine-tuned without demos: C sets of bootstrapped demos for the upstream
         # predictors, from the training examples run until k x (C + 1) passed (~1.5 runs per pass), and the
         # current program, whose evaluation the cache answers (the weight step evaluated it)
-        if not ctx.upstream or not s.max_bootstrapped_demos:
+        if ctx.upstream <= ctx.served_upstream or not s.max_bootstrapped_demos:  # nothing left prompted
             return StepCost(p * v, p * v if ctx.cached else 0)
         boot = min(n, math.ceil(1.5 * s.max_bootstrapped_demos * (s.num_candidate_programs + 1)))
         calls = boot * p + (s.num_candidate_programs + 2) * p * v
