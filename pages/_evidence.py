@@ -19,6 +19,7 @@ from core.evidence.views import (
     gold_vs_prediction,
     loss_events,
     matrix_records,
+    sources_legend,
     trace_steps,
     training_record,
 )
@@ -165,8 +166,7 @@ def training(run: Run) -> None:
 
     chosen = sets[st.selectbox("Weight step and small LM", options, format_func=name, key=f"tr_set_{run.id}")]
     strategy = rounds[chosen.round_index].strategy if chosen.round_index in rounds else ""
-    st.caption(f"{chosen.rows} training rows · sources: "
-               + ", ".join(f"{k} {v}" for k, v in chosen.sources.items()) + " (self: the program's own traces)")
+    st.caption(f"{chosen.rows} training rows · sources: {sources_legend(chosen.sources)}")
     left, right = st.columns(2)
     distribution = label_distribution(store(), run.id, chosen.round_index, chosen.model)
     if distribution:

@@ -69,6 +69,8 @@ def test_evidence_tabs_of_a_scripted_run():
     assert any("(fine-tuned)" in c.value for c in at.caption)
     assert any(c.value.startswith(f"{n} training rows") for c in at.caption
                for n in [store.latest_event(run_id, "traces").data["rows"]["scripted/small"]])
+    assert any("sources: self " in c.value and "(the program's own traces that passed the metric)" in c.value
+               for c in at.caption)
     assert any(b.label == "Download the training rows (JSONL, chat format)" for b in at.get("download_button"))
     assert any(b.label == "Download report (.html)" for b in at.get("download_button"))
     assert not at.error

@@ -4,6 +4,7 @@ and rendered in headless Chromium from a file:// URL: charts, tables, diffs and 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -43,6 +44,7 @@ def test_cli_writes_a_self_contained_report(run_id: int, tmp_path: Path, capsys:
     for section in ("Scores", "Charts", "What changed between rounds", "What the weight steps trained on",
                     "Examples", "Configuration"):
         assert f">{section}</h2>" in text
+    assert re.search(r"training rows · sources self \d+ \(the program&#x27;s own traces that passed the metric\)", text)
     assert main(["report", str(run_id), str(tmp_path / "report.txt")]) == 2
     assert "ending in .html" in capsys.readouterr().err
     assert main(["report", "999", str(out)]) == 2

@@ -22,6 +22,7 @@ from core.config import config_to_dict
 from core.errors import StudioError
 from core.evidence.diff import PredictorDiff, diff_html, round_diff
 from core.evidence.report_assets import CSS, MATRIX_JS
+from core.evidence.views import sources_legend
 from core.records import Round, Run
 from core.store import Store, is_secret_name, now_iso
 from core.store.evidence import (
@@ -164,7 +165,7 @@ def _training(store: Store, run: Run, rounds: list[Round], charts: _Charts) -> s
     labels = {r.index: round_label(r.strategy) for r in rounds}
     parts = ['<h2 id="training">What the weight steps trained on</h2>']
     for i, s in enumerate(sets):
-        sources = ", ".join(f"{k}: {v}" for k, v in s.sources.items())
+        sources = sources_legend(s.sources)
         parts.append(f"<h3>Round {s.round_index} ({_e(labels.get(s.round_index, '?'))}): {_e(s.model)}</h3>"
                      f"<p>{s.rows} training rows · sources {_e(sources)}</p>")
         distribution = label_distribution(store, run.id, s.round_index, s.model)

@@ -24,6 +24,20 @@ FILTER_LABELS = {
 }
 
 
+SOURCE_MEANINGS = {
+    "self": "the program's own traces that passed the metric",
+    "teacher": "traces with a teacher LM serving the predictor",
+    "gold": "the gold labels as outputs",
+    "hinted": "outputs written with the gold labels as a hint, kept when the program then answered right",
+}
+
+
+def sources_legend(rows_by_source: dict[str, int]) -> str:
+    """``gold 30 (the gold labels as outputs), ...``: a weight step's training rows per trace source."""
+    return ", ".join(f"{source} {rows}" + (f" ({SOURCE_MEANINGS[source]})" if source in SOURCE_MEANINGS else "")
+                     for source, rows in rows_by_source.items())
+
+
 def column_label(evaluation: Evaluation) -> str:
     if evaluation.round_index is None:
         return evaluation.label
