@@ -16,8 +16,9 @@ from core.programs import TEMPLATES, StagedPipeline
 
 # The first-run template: a two-module pipeline (extract on the large role, classify on the small
 # one) whose whole p -> w -> p fits the 5-minute goal on 2 CPU cores (bench/default_run.py: 258-269 s).
-# The tutorial's analyze -> classify pipeline (ChainOfThought) is slower on the embedded models (its
-# default run: 347-385 s) and stays near chance on its sample (bench/quality.py).
+# The tutorial's analyze -> classify pipeline (ChainOfThought, both stages fine-tuned by default) is
+# slower on the embedded models and learns less from its 30 examples (bench/quality.py: test 8.3 -> 40.0
+# against 14.2 -> 75.8).
 DEFAULT_TEMPLATE = "support_triage"
 
 # Budgets sized for the embedded models on 2 CPU cores (see bench/quality.py and bench/default_run.py):

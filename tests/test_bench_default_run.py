@@ -39,3 +39,10 @@ def test_the_call_cache_switch_and_a_setting_override_reach_the_run(tmp_path: Pa
     traces = [r["details"]["traces"] for r in off["rounds"] if r["details"].get("traces")]
     assert traces and set(traces[0]["sources"].values()) == {"self"}
     assert plain["estimate_seconds"] > 0 and plain["estimate_error_pct"] is not None
+
+
+def test_small_names_a_predictor_of_the_program_or_says_which_there_are(tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, "bench/default_run.py", "--quick", "--small", "summarize"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120, env={**os.environ, "STUDIO_HOME": str(tmp_path)})
+    assert out.returncode != 0
+    assert "--small 'summarize': the program's predictors are ['classify', 'extract']" in out.stderr
