@@ -2,7 +2,7 @@
 
 Why: the paper's weight step trains on the program's own fully correct traces (``self``). A 135M
 model yields few of them, biased toward the labels it already answers, so fine-tuning mostly
-reinforces that bias. Three other sources fix that:
+reinforces that bias. Other sources fix that:
 
 * ``gold``: for a predictor whose outputs are all label fields, every training example gives a
   row whose outputs are the gold labels; the inputs come from the program's own upstream trace
