@@ -35,6 +35,13 @@ def test_quick_quality_run_scores_every_strategy_and_merges(tmp_path: Path) -> N
     assert {"baseline evaluation", "training", "test"} <= set(run["phases"]["p -> w"])  # where the time went
     assert run["estimate"]["error_pct"] is not None
     assert set(result["targets"]) >= {"pwp_beats_baseline_by_30_on_2_tasks", "pwp_beats_p_and_w_on_2_tasks"}
-    merged = _bench("--merge", str(first), str(first), home=tmp_path / "home")
+    second = tmp_path / "seed1.json"  # the same numbers as another seed's process would write them
+    document = json.loads(first.read_text(encoding="utf-8"))
+    for other in document["runs"]:
+        other["seed"] = 1
+    second.write_text(json.dumps(document), encoding="utf-8")
+    merged = _bench("--merge", str(first), str(second), home=tmp_path / "home")
     assert merged["table"]["classifier"]["p"]["seeds"] == row["p"]["seeds"] * 2
     assert merged["table"]["classifier"]["p"]["sd"] == 0.0
+    again = _bench("--merge", str(first), str(first), home=tmp_path / "home")  # one seed measured twice: once
+    assert again["table"]["classifier"]["p"]["seeds"] == row["p"]["seeds"]
