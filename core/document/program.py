@@ -123,15 +123,20 @@ def role_preset(doc: RunDraft, preset: str) -> RunDraft:
     if preset not in ("last_small", "all_small", "all_large"):
         raise ProgramError(f"unknown role preset {preset!r}; allowed: last_small, all_small, all_large")
     names = list(doc.predictors)
-    large, small = _default_lm_names(doc)
-    predictors = {}
-    for i, name in enumerate(names):
-        is_small = preset == "all_small" or (preset == "last_small" and i == len(names) - 1)
-        problem = role_problem(doc, name, small, "small") if is_small else None
+    small_names = {"all_small": names, "last_small": names[-1:]}.get(preset, [])
+    _, small = _default_lm_names(doc)
+    for name in small_names:
+        problem = role_problem(doc, name, small, "small")
         if problem:
             raise ProgramError(problem)
-        predictors[name] = PredictorAssignment(lm=small if is_small else large, role="small" if is_small else "large")
-    return revise(doc, predictors=predictors)
+    return revise(doc, predictors=_assignments(doc, names, set(small_names)))
+
+
+def _assignments(doc: RunDraft, names: list[str], small_names: set[str]) -> dict[str, PredictorAssignment]:
+    """``small_names`` on the small-role LM with the role 'small', the other ``names`` large."""
+    large, small = _default_lm_names(doc)
+    return {name: PredictorAssignment(lm=small if name in small_names else large,
+                                      role="small" if name in small_names else "large") for name in names}
 
 
 def _default_lm_names(doc: RunDraft) -> tuple[str, str]:
@@ -144,15 +149,9 @@ def _default_lm_names(doc: RunDraft) -> tuple[str, str]:
 def _reassigned(doc: RunDraft, names: list[str], keep: bool = True) -> RunDraft:
     """The predictors ``names``: those that remain keep their assignment (with ``keep``); new ones get
     the last one small, the others large."""
-    large, small = _default_lm_names(doc)
-    predictors = {}
-    for i, name in enumerate(names):
-        if keep and name in doc.predictors:
-            predictors[name] = doc.predictors[name]
-        else:
-            last = i == len(names) - 1
-            predictors[name] = PredictorAssignment(lm=small if last else large, role="small" if last else "large")
-    return revise(doc, predictors=predictors)
+    fresh = _assignments(doc, names, set(names[-1:]))
+    return revise(doc, predictors={name: doc.predictors[name] if keep and name in doc.predictors else fresh[name]
+                                   for name in names})
 
 
 def _predictor_names(doc: RunDraft) -> list[str]:
@@ -170,11 +169,7 @@ def set_template(doc: RunDraft, template: str) -> RunDraft:
     out = revise(doc, program={"kind": "template", "name": template}, allow_user_code=False, name=t.title,
                  data=data, metric=MetricSpec(name=doc.metric.name))
     names = _predictor_names(out)
-    large, small = _default_lm_names(out)
-    starts_small = set(t.small_predictors(names))
-    out = revise(out, predictors={
-        name: PredictorAssignment(lm=small if name in starts_small else large,
-                                  role="small" if name in starts_small else "large") for name in names})
+    out = revise(out, predictors=_assignments(out, names, set(t.small_predictors(names))))
     if is_scripted(out):
         out = use_scripted(out, True, delay=scripted_delay(out))
     return out

@@ -246,13 +246,13 @@ def _hinted_forward(name: str, predictor: Any, state: dict, pending: list[TraceR
         "The correct final answer of the whole program is given: write your outputs so that they lead to it, "
         "as if you had found it yourself."
     )
+    predict = dspy.Predict(hinted)  # no demos: the hint, not the predictor's demos, shapes the outputs
+    predict.lm = predictor.lm
 
     def forward(**kwargs: Any) -> Prediction:
         example = state["example"]
         inputs = {k: kwargs[k] for k in signature.input_fields if k in kwargs}
         answer = "; ".join(f"{k}: {v}" for k, v in example.labels().items())
-        predict = dspy.Predict(hinted)
-        predict.lm = predictor.lm
         result = predict(**inputs, **{PROGRAM_HINT_FIELD: answer})
         outputs = {k: result.get(k) for k in signature.output_fields}
         pending.append(TraceRow(name, inputs, outputs, "hinted", state["index"]))
