@@ -6,17 +6,25 @@ examples one evaluation costs P x V calls; random search evaluates its C candida
 fixed seeds on the validation set and bootstraps demos on the train set; MIPROv2 runs one full
 validation per trial plus its proposal and bootstrap calls; a weight step collects P x N traces
 and trains. Each step ends with the evaluation of its program. Times use a per-call time by LM
-kind (embedded ~0.7 s, scripted ~0, hosted ~1 s divided by its parallel calls). Training on the CPU
+kind (embedded ~0.7 s, scripted ~0, hosted ~1 s divided by its parallel calls). An embedded call also
+takes ~0.57 ms per character its inputs (data fields as long as the data's own, upstream outputs as the
+embedded models write them) have beyond the sample tasks' ~140 (``bench/prompt_length.py``). Training on the CPU
 costs a fixed part per weight step (loading the base weights, setting up LoRA: ~20 s) and ~0.6 s per
 training row of 414 tokens, in proportion to the rows' length (a step of batch size B costs B rows).
 The length is that of the rows the run will train on: the small predictors' prompts formatted by the
 ChatAdapter, with their data fields as long as the data's own (mean per column), upstream outputs and
 labels as long as the embedded models write them, and, when the weight step keeps demos, the demos
 the last prompt step leaves (a stratified set: one per value of the label with the most values).
-Costs are known only for hosted LMs with prices. A ChainOfThought predictor's calls cost
-``COT_CALL_FACTOR`` times a Predict call on the embedded models (the estimate uses the program's
-mean per call). Not modelled: the length of prompts at inference (a call costs the
-same whatever its inputs), and ChainOfThought on hosted LMs.
+A ChainOfThought predictor's calls cost ``COT_CALL_FACTOR`` times a Predict call on the embedded models
+(the estimate uses the program's mean per call).
+
+Costs are known only for hosted LMs with prices. Each call is billed at the tokens of its prompt and answer
+as the ChatAdapter formats them for this program and data (a ChainOfThought answer holds its reasoning); a
+prompt step's calls and every later call carry the demos it may add (at most; until a weight step trains
+without them), so the cost is an upper bound where prompt steps keep fewer. Not modelled: how the length of a
+hosted call's prompt or answer changes its time (not measured here: no network), prompt caching discounts, and
+the demos in an embedded call's prompt (the engine reuses the prefix a call shares with the previous one on the
+same model, as the calls of one candidate do, but not when predictors on one model alternate).
 
 The tiny-model path is modelled too: a stratified prompt step evaluates the current program, the
 same without demos (after the first prompt step) and C stratified sets, but only the label
@@ -59,7 +67,18 @@ REASONING_CHARS = 200
 LABEL_CHARS = 8
 DATA_FIELD_CHARS = 200
 SECONDS_PER_EXPORT = {"embedded": 20.0, "scripted": 0.0, "litellm": 0.0, "factory": 0.0}  # merge + GGUF + load
-TOKENS_PER_CALL = (400, 80)  # assumed input/output tokens of one call, for costs
+# An embedded call's time grows with the text it reads: llama.cpp evaluates the prompt before it answers, reusing
+# only what the call shares with the previous one on the same model. bench/prompt_length.py (SmolLM2-135M, the
+# classifier's one Predict, 2 threads, idle, 30 November 2026; bench/results/prompt_length.json): texts of 150, 600,
+# 1500 and 3000 characters took a median 0.41, 0.69, 1.19 and 2.03 s per call, 0.567 ms per character (least
+# squares). Hosted LMs: not measured here (no network), so their time does not depend on the inputs' length.
+SECONDS_PER_INPUT_CHAR = {"embedded": 0.00057, "scripted": 0.0, "litellm": 0.0, "factory": 0.0}
+# The inputs of one call (data fields and upstream outputs, mean over the predictors) in the sample tasks' default
+# runs, on which SECONDS_PER_CALL was measured: support triage 136 characters, the classifier 93, the documents 178.
+REFERENCE_INPUT_CHARS = 140
+MIN_SECONDS_PER_EMBEDDED_CALL = 0.3
+HOSTED_CHARS_PER_TOKEN = 4.0  # the hosted models' tokenizers on English text, for costs
+TOKENS_PER_CALL = (400, 80)  # input/output tokens of one call of a program that cannot be inspected (a user file)
 SCRIPTED_FACTORY_PREFIX = "core.lms.scripted:"
 
 
@@ -161,24 +180,55 @@ def training_row_tokens(config: RunConfig, program: Any, table: Table | None, de
     """Tokens of one training row of the small predictors (their mean), formatted by the ChatAdapter as the
     weight step formats them: data fields as long as in ``table``, other fields as the embedded models write
     them, ``demos`` demos of the same size. ``REFERENCE_ROW_TOKENS`` for a program that cannot be inspected."""
+    small = {name for name, a in config.predictors.items() if a.role == "small"}
+    chars = _formatted_chars(config, program, table, small, demos)
+    return (chars[0] + chars[1]) / CHARS_PER_TOKEN if chars else float(REFERENCE_ROW_TOKENS)
+
+
+def _formatted_chars(config: RunConfig, program: Any, table: Table | None, names: set[str],
+                     demos: int = 0) -> tuple[float, float] | None:
+    """Characters of one call of the predictors ``names`` (their mean) as the ChatAdapter formats it: the prompt
+    (system message, ``demos`` demos, the inputs) and the answer. Data fields as long as in ``table``, other fields
+    as the embedded models write them. None for a program that cannot be inspected or no such predictor."""
     if program is None:
-        return float(REFERENCE_ROW_TOKENS)
+        return None
     import dspy
 
     chars = _field_chars(config, table)
     adapter = dspy.ChatAdapter()
-    sizes = []
+    prompts, answers = [], []
     for name, predictor in program.named_predictors():
-        assignment = config.predictors.get(name)
-        if assignment is None or assignment.role != "small":
+        if name not in names:
             continue
         signature = predictor.signature
         inputs = {f: "x" * round(chars.get(f, UPSTREAM_OUTPUT_CHARS)) for f in signature.input_fields}
         outputs = {f: "x" * round(chars.get(f, REASONING_CHARS if f == "reasoning" else UPSTREAM_OUTPUT_CHARS))
                    for f in signature.output_fields}
-        row = adapter.format_finetune_data(signature, [{**inputs, **outputs}] * demos, inputs, outputs)
-        sizes.append(sum(len(m["content"]) for m in row["messages"]) / CHARS_PER_TOKEN)
-    return fmean(sizes) if sizes else float(REFERENCE_ROW_TOKENS)
+        messages = adapter.format_finetune_data(signature, [{**inputs, **outputs}] * demos, inputs, outputs)["messages"]
+        prompts.append(sum(len(m["content"]) for m in messages[:-1]))
+        answers.append(len(messages[-1]["content"]))
+    return (fmean(prompts), fmean(answers)) if prompts else None
+
+
+def call_input_chars(config: RunConfig, program: Any, table: Table | None, names: set[str]) -> float:
+    """Characters of the inputs of one call of the predictors ``names`` (their mean): data fields as long as in
+    ``table``, upstream outputs as the embedded models write them. ``REFERENCE_INPUT_CHARS`` for a program that
+    cannot be inspected."""
+    if program is None:
+        return float(REFERENCE_INPUT_CHARS)
+    chars = _field_chars(config, table)
+    sizes = [sum(chars.get(f, UPSTREAM_OUTPUT_CHARS) for f in predictor.signature.input_fields)
+             for name, predictor in program.named_predictors() if name in names]
+    return fmean(sizes) if sizes else float(REFERENCE_INPUT_CHARS)
+
+
+def call_tokens(config: RunConfig, program: Any, table: Table | None, names: set[str], demos: int) -> tuple[float, float]:
+    """Input and output tokens of one call of the predictors ``names`` on a hosted LM, with ``demos`` demos:
+    the ChatAdapter's prompt and answer (``_formatted_chars``); ``TOKENS_PER_CALL`` when it cannot be formatted."""
+    chars = _formatted_chars(config, program, table, names, demos)
+    if chars is None:
+        return TOKENS_PER_CALL
+    return chars[0] / HOSTED_CHARS_PER_TOKEN, chars[1] / HOSTED_CHARS_PER_TOKEN
 
 
 def _demos_after(settings: Any, choices: dict[str, list[str]]) -> int:
@@ -206,6 +256,8 @@ def estimate(config: RunConfig, n_rows: int | None = None, table: Table | None =
     upstream = p - labelled
     share = {name: sum(1 for a in config.predictors.values() if a.lm == name) / p for name in config.lms}
     kinds = {name: lm_kind(spec) for name, spec in config.lms.items()}
+    served_by = {lm: {n for n, a in config.predictors.items() if a.lm == lm} for lm in config.lms}
+    input_chars = {lm: call_input_chars(config, program, table, names) for lm, names in served_by.items()}
 
     def seconds_for(calls: int) -> float:
         total = 0.0
@@ -213,6 +265,9 @@ def estimate(config: RunConfig, n_rows: int | None = None, table: Table | None =
             spec = config.lms[name]
             parallel = spec.num_threads if isinstance(spec, LiteLLMSpec) else 1
             per_call = SECONDS_PER_CALL[kinds[name]] * (call_factor if kinds[name] == "embedded" else 1.0)
+            if kinds[name] == "embedded":  # longer inputs take longer to read
+                per_call = max(MIN_SECONDS_PER_EMBEDDED_CALL, per_call + SECONDS_PER_INPUT_CHAR["embedded"] * (
+                    input_chars[name] - REFERENCE_INPUT_CHARS))
             if kinds[name] == "scripted":
                 per_call += float(spec.options.get("delay", 0.0))
             total += calls * fraction * per_call / parallel
@@ -221,6 +276,7 @@ def estimate(config: RunConfig, n_rows: int | None = None, table: Table | None =
     small_kind = next((kinds[a.lm] for a in config.predictors.values() if a.role == "small"), "embedded")
     cache = any(k == "embedded" for k in kinds.values())  # the embedded engine answers repeated calls once
     steps = [StepEstimate("baseline", "evaluation", p * v, seconds_for(p * v))]
+    billed: list[tuple[int, int]] = [(p * v, 0)]  # (calls that reach the LMs, demos their prompts carry at most)
     done: list[str] = []
     prompted = False
     served = 0  # label predictors fine-tuned without demos: later stratified prompt steps leave them as trained
@@ -244,7 +300,10 @@ def estimate(config: RunConfig, n_rows: int | None = None, table: Table | None =
                 cost.train_rows * SECONDS_PER_TRAIN_ROW[small_kind] * row_tokens[kept] / REFERENCE_ROW_TOKENS)
         if row.kind == "prompt":
             prompted = True
+            billed.append((cost.calls - cost.cached, max(demos, _demos_after(spec.settings, choices))))
             demos = _demos_after(spec.settings, choices)
+        else:
+            billed.append((cost.calls - cost.cached, demos))
         if row.kind == "weight" and getattr(spec.settings, "exclude_demos", False):
             served, demos = small_labelled, 0  # the fine-tuned predictors are served without demos
             served_upstream = small - small_labelled
@@ -254,10 +313,13 @@ def estimate(config: RunConfig, n_rows: int | None = None, table: Table | None =
     total_calls = sum(s.calls for s in steps) + test_calls
     seconds = sum(s.seconds for s in steps) + seconds_for(test_calls - test_cached)
     calls_per_lm = {name: int(round(total_calls * fraction)) for name, fraction in share.items() if fraction}
-    cost, notes = _cost(config, calls_per_lm)
+    billed.append((test_calls - test_cached, demos))
+    cost, notes = _cost(config, billed, share, lambda lm, k: call_tokens(config, program, table, served_by[lm], k))
     if any(k == "embedded" for k in kinds.values()):
         trained = ", ".join(f"~{tokens:.0f} tokens" for tokens in row_tokens.values())
-        notes.append("embedded models: ~0.7 s per call and ~0.6 s per training row of ~400 tokens on 2 CPU cores"
+        read = [f"~{input_chars[lm]:.0f}" for lm, kind in kinds.items() if kind == "embedded" and served_by[lm]]
+        notes.append("embedded models: ~0.7 s per call of ~140 input characters, ~0.57 s more per 1000 (this run's "
+                     f"calls read {', '.join(read) or 'none'}), and ~0.6 s per training row of ~400 tokens on 2 CPU cores"
                      + (f" (this run's rows: {trained})" if trained else "")
                      + "; repeated calls are answered from the run's cache")
     if any(k == "litellm" for k in kinds.values()):
@@ -279,19 +341,26 @@ def estimate_from_source(config: RunConfig) -> Estimate:
     return estimate(config, table=table)
 
 
-def _cost(config: RunConfig, calls_per_lm: dict[str, int]) -> tuple[float | None, list[str]]:
+def _cost(config: RunConfig, billed: list[tuple[int, int]], share: dict[str, float],
+          tokens: Any) -> tuple[float | None, list[str]]:
+    """Cost of the hosted LMs' calls: ``billed`` lists (calls, demos) per round and for the test; an LM gets its
+    ``share`` of them, each of ``tokens(lm, demos)`` input and output tokens. None when an LM has no prices."""
     cost, notes = 0.0, []
-    tokens_in, tokens_out = TOKENS_PER_CALL
-    for name, calls in calls_per_lm.items():
+    hosted = [n for n, spec in config.lms.items() if isinstance(spec, LiteLLMSpec) and share.get(n)]
+    for name in hosted:
         spec = config.lms[name]
-        if not isinstance(spec, LiteLLMSpec):
-            continue
         if spec.price_per_1m_input is None or spec.price_per_1m_output is None:
             notes.append(f"no price for LM {name!r}: set its prices per 1M tokens to see a cost")
             return None, notes
-        cost += calls * (tokens_in * spec.price_per_1m_input + tokens_out * spec.price_per_1m_output) / 1e6
-    if any(isinstance(config.lms[n], LiteLLMSpec) for n in calls_per_lm):
-        notes.append(f"cost assumes ~{tokens_in} input and ~{tokens_out} output tokens per call")
+        for calls, demos in billed:
+            tokens_in, tokens_out = tokens(name, demos)
+            cost += calls * share[name] * (tokens_in * spec.price_per_1m_input + tokens_out * spec.price_per_1m_output) / 1e6
+    for name in hosted:
+        most = max(demos for _, demos in billed)
+        (plain_in, out), (most_in, _) = tokens(name, 0), tokens(name, most)
+        notes.append(f"LM {name!r}: each call's prompt as this program formats it with this data, ~{plain_in:.0f} input "
+                     f"tokens" + (f" (up to ~{most_in:.0f} with the {most} demos a prompt step may add)" if most else "")
+                     + f" and ~{out:.0f} output tokens")
     return cost, notes
 
 

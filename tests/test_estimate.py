@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from statistics import fmean
+
 import pytest
 
 from core.config import parse_config
@@ -9,8 +11,13 @@ from core.data import Table, load_table_from_path
 from core.defaults import default_config_dict, scripted_config_dict
 from core.estimate import (
     CHARS_PER_TOKEN,
+    HOSTED_CHARS_PER_TOKEN,
+    REFERENCE_INPUT_CHARS,
     REFERENCE_ROW_TOKENS,
+    SECONDS_PER_INPUT_CHAR,
     SECONDS_PER_TRAIN_ROW,
+    call_input_chars,
+    call_tokens,
     data_label_choices,
     estimate,
     estimate_from_source,
@@ -84,26 +91,56 @@ def test_weight_step_counts_traces_and_training_steps():
 
 
 def test_embedded_time_is_about_0_7_s_per_predict_call_and_scripted_is_fast():
-    """The tutorial pipeline: one ChainOfThought and one Predict predictor, so a call costs (1.7 + 1) / 2 x 0.7 s."""
+    """The tutorial pipeline: one ChainOfThought and one Predict predictor, so a call costs (1.7 + 1) / 2 x 0.7 s,
+    plus ~0.57 ms per character its inputs have beyond the sample tasks' 140: without data, analyze reads a
+    200-character document and classify two upstream outputs of 80 (the large and the small LM serve one each)."""
     from core.estimate import COT_CALL_FACTOR
 
     embedded = estimate(_config({"strategy": "p"}))
     scripted = estimate(_config({"strategy": "p"}, scripted=True))
     assert embedded.calls == scripted.calls
+    reading = SECONDS_PER_INPUT_CHAR["embedded"] * ((200 - REFERENCE_INPUT_CHARS) + (160 - REFERENCE_INPUT_CHARS)) / 2
     # the best program's test calls of the unchanged upstream predictor (40) come from the run's cache
-    assert embedded.seconds == pytest.approx((embedded.calls - 40) * 0.7 * (COT_CALL_FACTOR + 1) / 2, rel=0.01)
+    assert embedded.seconds == pytest.approx(
+        (embedded.calls - 40) * (0.7 * (COT_CALL_FACTOR + 1) / 2 + reading), rel=0.01)
     assert scripted.seconds < 5
     assert embedded.cost == 0.0
 
 
+def _hosted(doc: dict, **prices) -> dict:
+    hosted = {"kind": "litellm", "model": "openai/gpt-4o-mini", "price_per_1m_input": 0.15, "price_per_1m_output": 0.6}
+    doc["lms"] = {"large": {**hosted, **prices}, "small": {**hosted, **prices}}
+    return doc
+
+
 def test_cost_with_prices_and_unknown_without():
-    doc = default_config_dict()
-    doc["lms"]["large"] = {"kind": "litellm", "model": "openai/gpt-4o-mini", "price_per_1m_input": 0.15,
-                           "price_per_1m_output": 0.6}
+    """Hosted LMs only (no cache): every round's calls are billed at the tokens of the prompts the program formats
+    from the data; the prompt step's calls carry the demos it may add (a stratified set: one per label value)."""
+    doc = _hosted(default_config_dict())
     doc["strategy"] = "p"
-    priced = estimate(parse_config(doc))
-    large_calls = priced.calls_per_lm["large"]
-    assert priced.cost == pytest.approx(large_calls * (400 * 0.15 + 80 * 0.6) / 1e6)
+    config = parse_config(doc)
+    table = load_table_from_path(data_source_path(config))
+    priced = estimate(config, table=table)
+    baseline, step = priced.steps
+    program, names = _inspected(config, table), set(config.predictors)
+    demos = max(len(v) for v in data_label_choices(config, table).values())
+
+    def billed(calls: int, k: int) -> float:
+        tokens_in, tokens_out = call_tokens(config, program, table, names, k)
+        return calls * (tokens_in * 0.15 + tokens_out * 0.6) / 1e6
+
+    assert priced.cost == pytest.approx(  # calls the step answers from what it already evaluated are not billed
+        billed(baseline.calls, 0) + billed(step.calls - step.cached + priced.test_calls, demos))
+    # a call's tokens are its formatted prompt: a real ticket's prompt as the ChatAdapter writes it
+    import dspy
+
+    row, extract = table.rows[0], dict(program.named_predictors())["extract"]
+    inputs = {f: row[config.data.mapping[f]] for f in extract.signature.input_fields}
+    written = dspy.ChatAdapter().format(extract.signature, [], inputs)
+    real = sum(len(m["content"]) for m in written) / HOSTED_CHARS_PER_TOKEN
+    assert abs(call_tokens(config, program, table, {"extract"}, 0)[0] - real) / real < 0.2
+    assert call_tokens(config, program, table, names, demos)[0] > 2 * call_tokens(config, program, table, names, 0)[0]
+    assert any("input tokens" in note and f"{demos} demos" in note for note in priced.notes)
     del doc["lms"]["large"]["price_per_1m_output"]
     unpriced = estimate(parse_config(doc))
     assert unpriced.cost is None and any("no price" in n for n in unpriced.notes)
@@ -178,7 +215,16 @@ def test_chain_of_thought_calls_cost_more_on_the_embedded_models():
     tutorial_config = parse_config(_tutorial_roles(default_config_dict("analyze_classify")))
     triage, tutorial = estimate(default_config("support_triage")), estimate(tutorial_config)
     assert [s.calls for s in tutorial.steps] == [s.calls for s in triage.steps]
-    assert tutorial.steps[0].seconds == pytest.approx(triage.steps[0].seconds * (COT_CALL_FACTOR + 1) / 2)
+
+    def reading(config) -> float:  # seconds per call for what the inputs add to the sample tasks' 140 characters
+        program = _inspected(config, None)
+        return fmean(SECONDS_PER_INPUT_CHAR["embedded"] * (call_input_chars(config, program, None, {n}) - 140)
+                     for n in config.predictors)
+
+    per_call = [s.steps[0].seconds / s.steps[0].calls for s in (triage, tutorial)]
+    triage_config = default_config("support_triage")
+    assert per_call[1] - reading(tutorial_config) == pytest.approx(
+        (per_call[0] - reading(triage_config)) * (COT_CALL_FACTOR + 1) / 2)
     assert abs(estimate_from_source(tutorial_config).seconds - 347.0) / 347.0 < 0.15
     scripted = estimate(parse_config(scripted_config_dict("analyze_classify")))
     assert scripted.steps[0].seconds == pytest.approx(scripted.steps[0].calls * 0.002)  # embedded models only
@@ -196,7 +242,8 @@ def _classifier_table(text_chars: int) -> Table:
 
 def test_training_time_grows_with_the_length_of_the_data_the_rows_carry():
     """The one-module classifier trains on rows that carry the text: texts ten times longer make rows several
-    times longer, and the weight step's training time grows with them (its fixed part and calls do not)."""
+    times longer, and the weight step's training time grows with them (its fixed part and its number of calls do
+    not; each call reads 1900 characters more)."""
     config = parse_config(default_config_dict("classifier"))
     short, long = estimate(config, table=_classifier_table(100)), estimate(config, table=_classifier_table(2000))
     program = _inspected(config, _classifier_table(100))
@@ -206,8 +253,13 @@ def test_training_time_grows_with_the_length_of_the_data_the_rows_carry():
     (short_w, long_w) = (next(s for s in e.steps if s.optimizer == "finetune") for e in (short, long))
     assert (short_w.calls, short_w.train_steps) == (long_w.calls, long_w.train_steps)
     rows = short_w.train_steps * 4  # batch size 4
+    reading = (long_w.calls - long_w.cached) * SECONDS_PER_INPUT_CHAR["embedded"] * 1900
     assert long_w.seconds - short_w.seconds == pytest.approx(
-        rows * SECONDS_PER_TRAIN_ROW["embedded"] * (long_tokens - short_tokens) / REFERENCE_ROW_TOKENS, rel=0.01)
+        rows * SECONDS_PER_TRAIN_ROW["embedded"] * (long_tokens - short_tokens) / REFERENCE_ROW_TOKENS + reading,
+        rel=0.01)
+    assert long.steps[0].seconds == pytest.approx(  # the baseline: its calls read the longer texts
+        long.steps[0].calls * (0.7 + SECONDS_PER_INPUT_CHAR["embedded"] * (call_input_chars(
+            config, program, _classifier_table(2000), {"classify"}) - REFERENCE_INPUT_CHARS)))
     assert short.sizes == long.sizes == (30, 10, 20)
     assert any(f"~{long_tokens:.0f} tokens" in note for note in long.notes)
 
