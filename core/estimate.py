@@ -23,8 +23,8 @@ as the ChatAdapter formats them for this program and data (a ChainOfThought answ
 prompt step's calls and every later call carry the demos it may add (at most; until a weight step trains
 without them), so the cost is an upper bound where prompt steps keep fewer. Not modelled: how the length of a
 hosted call's prompt or answer changes its time (not measured here: no network), prompt caching discounts, and
-the demos in an embedded call's prompt (the engine reuses the prefix a call shares with the previous one on the
-same model, as the calls of one candidate do, but not when predictors on one model alternate).
+the demos in an embedded call's prompt (the engine keeps the evaluated prefix of each predictor's prompt,
+``core.lms.prefix_states``, so a candidate's demos are read once, not per call).
 
 The tiny-model path is modelled too: a stratified prompt step evaluates the current program, the
 same without demos (after the first prompt step) and C stratified sets, but only the label
@@ -67,8 +67,8 @@ REASONING_CHARS = 200
 LABEL_CHARS = 8
 DATA_FIELD_CHARS = 200
 SECONDS_PER_EXPORT = {"embedded": 20.0, "scripted": 0.0, "litellm": 0.0, "factory": 0.0}  # merge + GGUF + load
-# An embedded call's time grows with the text it reads: llama.cpp evaluates the prompt before it answers, reusing
-# only what the call shares with the previous one on the same model. bench/prompt_length.py (SmolLM2-135M, the
+# An embedded call's time grows with the text it reads: llama.cpp evaluates the prompt before it answers, all but
+# the prefix it kept from an earlier call of the same predictor (core.lms.prefix_states). bench/prompt_length.py (SmolLM2-135M, the
 # classifier's one Predict, 2 threads, idle, 30 November 2026; bench/results/prompt_length.json): texts of 150, 600,
 # 1500 and 3000 characters took a median 0.41, 0.69, 1.19 and 2.03 s per call, 0.567 ms per character (least
 # squares). Hosted LMs: not measured here (no network), so their time does not depend on the inputs' length.
