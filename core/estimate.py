@@ -10,8 +10,7 @@ kind (embedded ~0.7 s, scripted ~0, hosted ~1 s divided by its parallel calls). 
 takes ~0.57 ms per character its inputs (data fields as long as the data's own, upstream outputs as the
 embedded models write them) have beyond the sample tasks' ~140 (``bench/prompt_length.py``). Training on the CPU
 costs a fixed part per weight step (loading the base weights, setting up LoRA: ~20 s) and ~0.6 s per
-training row of 384 tokens, in proportion to the rows' length up to the weight step's ``max_length`` (a step of
-batch size B costs B rows).
+training row of 414 tokens, in proportion to the rows' length (a step of batch size B costs B rows).
 The length is that of the rows the run will train on: the small predictors' prompts formatted by the
 ChatAdapter, with their data fields as long as the data's own (mean per column), upstream outputs and
 labels as long as the embedded models write them, and, when the weight step keeps demos, the demos
@@ -54,14 +53,10 @@ SECONDS_PER_CALL = {"embedded": 0.7, "scripted": 0.002, "litellm": 1.0, "factory
 COT_CALL_FACTOR = 1.7
 # Training on the CPU, measured on the default run (bench/default_run.py, idle, 30 November 2026): 32 steps of 4
 # rows of 414 tokens (tokenized by the model), ~20 s from the start of training to its first step, then
-# 2.2-2.5 s per step; the training phase took 97.5-100.9 s. Time per row grows with the row's tokens. Those rows
-# were cut to the max_length of the time, 384 tokens (the provider's meta.json: 30 of 30 truncated), and so were
-# the classifier's ~590-token rows of 1250-character reviews, which trained at the same 0.60 s per row (97.4 s,
-# bench/default_run.py --data): a row costs its tokens up to the weight step's max_length.
+# 2.2-2.5 s per step; the training phase took 97.5-100.9 s. Time per row grows with the row's tokens.
 SECONDS_PER_TRAIN_ROW = {"embedded": 0.6, "scripted": 0.0025, "litellm": 0.0, "factory": 0.25}
 TRAIN_FIXED_SECONDS = {"embedded": 20.0, "scripted": 0.0, "litellm": 0.0, "factory": 0.0}
-TRAINED_ROW_TOKENS = 384  # the tokens per row SECONDS_PER_TRAIN_ROW was measured on
-REFERENCE_ROW_TOKENS = 414  # a training row of a program that cannot be inspected (support triage's)
+REFERENCE_ROW_TOKENS = 414  # the rows SECONDS_PER_TRAIN_ROW was measured on
 CHARS_PER_TOKEN = 3.45  # SmolLM2's tokenizer on the training rows of the three sample tasks: 3.45-3.64
 # Field lengths (characters) of a training row where the data does not say: what the embedded models write as an
 # upstream output (mean over the training rows of the quality runs: support triage's summaries 67, the document
@@ -301,9 +296,8 @@ def estimate(config: RunConfig, n_rows: int | None = None, table: Table | None =
             kept = 0 if getattr(spec.settings, "exclude_demos", False) else demos
             if kept not in row_tokens:
                 row_tokens[kept] = training_row_tokens(config, program, table, kept)
-            trained = min(row_tokens[kept], getattr(spec.settings, "max_length", row_tokens[kept]))
             seconds += TRAIN_FIXED_SECONDS[small_kind] + (
-                cost.train_rows * SECONDS_PER_TRAIN_ROW[small_kind] * trained / TRAINED_ROW_TOKENS)
+                cost.train_rows * SECONDS_PER_TRAIN_ROW[small_kind] * row_tokens[kept] / REFERENCE_ROW_TOKENS)
         if row.kind == "prompt":
             prompted = True
             billed.append((cost.calls - cost.cached, max(demos, _demos_after(spec.settings, choices))))
@@ -325,7 +319,7 @@ def estimate(config: RunConfig, n_rows: int | None = None, table: Table | None =
         trained = ", ".join(f"~{tokens:.0f} tokens" for tokens in row_tokens.values())
         read = [f"~{input_chars[lm]:.0f}" for lm, kind in kinds.items() if kind == "embedded" and served_by[lm]]
         notes.append("embedded models: ~0.7 s per call of ~140 input characters, ~0.57 s more per 1000 (this run's "
-                     f"calls read {', '.join(read) or 'none'}), and ~0.6 s per training row of ~384 tokens on 2 CPU cores"
+                     f"calls read {', '.join(read) or 'none'}), and ~0.6 s per training row of ~400 tokens on 2 CPU cores"
                      + (f" (this run's rows: {trained})" if trained else "")
                      + "; repeated calls are answered from the run's cache")
     if any(k == "litellm" for k in kinds.values()):

@@ -18,7 +18,7 @@ from core.charts import (
     usage_rows,
 )
 from core.config import RunDraft
-from core.monitor import RunSnapshot, run_snapshot, truncation_warnings
+from core.monitor import RunSnapshot, run_snapshot
 from core.records import RunStatus
 from pages._ui import allowed_files, api_keys, doc, guarded, manager, resume_button, store
 
@@ -110,8 +110,6 @@ def live_view(run_id: int) -> None:
         else:
             st.warning("This run has already ended.")
     resume_button(run_id, snap.run.status)
-    for message in truncation_warnings(snap.rounds):
-        st.warning(message)
     left, right = st.columns(2)
     left.plotly_chart(score_figure(snap.rounds, snap.planned), width="stretch", key=f"score_{run_id}")
     right.plotly_chart(timeline_figure(snap.rounds, snap.step_kinds), width="stretch",

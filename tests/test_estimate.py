@@ -13,9 +13,9 @@ from core.estimate import (
     CHARS_PER_TOKEN,
     HOSTED_CHARS_PER_TOKEN,
     REFERENCE_INPUT_CHARS,
+    REFERENCE_ROW_TOKENS,
     SECONDS_PER_INPUT_CHAR,
     SECONDS_PER_TRAIN_ROW,
-    TRAINED_ROW_TOKENS,
     call_input_chars,
     call_tokens,
     data_label_choices,
@@ -255,7 +255,7 @@ def test_training_time_grows_with_the_length_of_the_data_the_rows_carry():
     rows = short_w.train_steps * 4  # batch size 4
     reading = (long_w.calls - long_w.cached) * SECONDS_PER_INPUT_CHAR["embedded"] * 1900
     assert long_w.seconds - short_w.seconds == pytest.approx(
-        rows * SECONDS_PER_TRAIN_ROW["embedded"] * (long_tokens - short_tokens) / TRAINED_ROW_TOKENS + reading,
+        rows * SECONDS_PER_TRAIN_ROW["embedded"] * (long_tokens - short_tokens) / REFERENCE_ROW_TOKENS + reading,
         rel=0.01)
     assert long.steps[0].seconds == pytest.approx(  # the baseline: its calls read the longer texts
         long.steps[0].calls * (0.7 + SECONDS_PER_INPUT_CHAR["embedded"] * (call_input_chars(
@@ -283,7 +283,7 @@ def test_rows_that_keep_the_demos_of_the_prompt_step_are_longer():
         alone = estimate(alone_config, table=table).steps[1]  # w
         assert after_p.train_steps == alone.train_steps
         assert after_p.seconds - alone.seconds == pytest.approx(
-            (kept - plain) * alone.train_steps * 4 * SECONDS_PER_TRAIN_ROW["embedded"] / TRAINED_ROW_TOKENS,
+            (kept - plain) * alone.train_steps * 4 * SECONDS_PER_TRAIN_ROW["embedded"] / REFERENCE_ROW_TOKENS,
             rel=0.01)
 
 
@@ -299,22 +299,3 @@ def test_the_sample_tasks_rows_are_as_long_as_measured():
         tokens = training_row_tokens(config, _inspected(config, table), table)
         assert abs(tokens - measured) / measured < 0.1, (template, tokens)
 
-
-
-def test_a_row_costs_its_tokens_up_to_the_weight_steps_max_length():
-    """The provider cuts a row to max_length tokens before training on it: 2000-character texts make ~850-token
-    rows, which cost 850 tokens' time under the default max_length and 384 tokens' time under max_length 384."""
-    def weight_seconds(max_length: int | None):
-        doc = default_config_dict("classifier")
-        if max_length:
-            doc["optimizers"]["w"]["settings"]["max_length"] = max_length
-        result = estimate(parse_config(doc), table=_classifier_table(2000))
-        return next(s for s in result.steps if s.optimizer == "finetune")
-
-    config = parse_config(default_config_dict("classifier"))
-    tokens = training_row_tokens(config, _inspected(config, _classifier_table(2000)), _classifier_table(2000))
-    assert 384 < tokens < config.optimizers["w"].settings.max_length
-    full, cut = weight_seconds(None), weight_seconds(384)
-    rows = full.train_steps * 4
-    assert full.seconds - cut.seconds == pytest.approx(
-        rows * SECONDS_PER_TRAIN_ROW["embedded"] * (tokens - 384) / TRAINED_ROW_TOKENS, rel=0.01)

@@ -226,25 +226,6 @@ def test_run_page_shows_a_finished_run_from_the_store():
     assert any("4 of 4 rounds" in c.value for c in at.caption)
 
 
-def test_run_page_warns_when_a_fine_tune_cut_its_training_rows():
-    """A weight step whose rows were longer than max_length (the provider's meta.json says how many) is named on
-    the Run page with what it means and what to change; a run without cut rows shows no such warning."""
-    import dataclasses
-
-    manager = get_manager(db_path())
-    run_id = manager.start(scripted_config())
-    assert manager.wait(run_id, 60)
-    at = open_page("run", use_scripted(new_document(), True))
-    assert not any("lost the start of their prompt" in w.value for w in at.warning)
-    weight = next(r for r in manager.store.list_rounds(run_id) if r.strategy == "p -> w")
-    cut = {"scripted/small": {"truncated": 28, "rows": 30, "max_length": 384}}
-    manager.store.add_round(dataclasses.replace(weight, details={**weight.details, "truncated_rows": cut}))
-    at = open_page("run", use_scripted(new_document(), True))
-    (warning,) = [w.value for w in at.warning if "lost the start of their prompt" in w.value]
-    assert warning.startswith(f"Round {weight.index} ('p -> w'): 28 of 30 training rows of scripted/small")
-    assert "max_length=384" in warning and "raise max_length" in warning
-
-
 def test_results_page_empty_state():
     at = open_page("results")
     assert any("No runs yet" in i.value for i in at.info)

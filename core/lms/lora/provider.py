@@ -17,7 +17,7 @@ from dspy.clients.utils_finetune import TrainingStatus
 
 from core.errors import LMError, RunCancelled, StepCancelled
 from core.lms import catalog
-from core.lms.lora.params import PARAMS, parse_train_kwargs, peak_rss_mb
+from core.lms.lora.params import parse_train_kwargs, peak_rss_mb
 from core.lms.lora.train import export_merged, train_lora
 
 logger = logging.getLogger(__name__)
@@ -186,25 +186,3 @@ class LocalLoRAProvider(Provider):
         )
         return new_name
 
-
-
-def truncated_rows(folder: Path) -> dict[str, int] | None:
-    """``{"truncated": N, "rows": M, "max_length": K}`` when N of the M rows a fine-tune in ``folder`` was
-    trained on were longer than ``max_length`` tokens (they lost the start of their prompt); None when none
-    were, or the folder holds no readable ``meta.json`` (an engine other than this provider's)."""
-    try:
-        train = json.loads((folder / "meta.json").read_text(encoding="utf-8")).get("train") or {}
-    except (OSError, ValueError, AttributeError):
-        return None
-    count = train.get("truncated_rows")
-    if not isinstance(count, int) or count <= 0:
-        return None
-    return {"truncated": count, "rows": int(train.get("rows") or 0), "max_length": int(train.get("max_length") or 0)}
-
-
-def truncation_message(model: str, truncated: dict[str, int]) -> str:
-    """What a run tells the user when rows were cut: how many, why it matters, and what to change."""
-    return (f"{truncated['truncated']} of {truncated['rows']} training rows of {model} were longer than max_length="
-            f"{truncated['max_length']} tokens and lost the start of their prompt (their system message and "
-            "instructions), so the model learned from prompts unlike those it answers; raise max_length in the "
-            f"weight step's settings on the Strategy page (up to {PARAMS['max_length'].high})")
