@@ -314,11 +314,19 @@ def estimate(config: RunConfig, n_rows: int | None = None, table: Table | None =
     seconds = sum(s.seconds for s in steps) + seconds_for(test_calls - test_cached)
     calls_per_lm = {name: int(round(total_calls * fraction)) for name, fraction in share.items() if fraction}
     billed.append((test_calls - test_cached, demos))
-    cost, notes = _cost(config, billed, share, lambda lm, k: call_tokens(config, program, table, served_by[lm], k))
+    formatted: dict[tuple[str, int], tuple[float, float]] = {}  # (LM, demos) -> tokens: each prompt formatted once
+
+    def tokens(lm: str, demos: int) -> tuple[float, float]:
+        if (lm, demos) not in formatted:
+            formatted[lm, demos] = call_tokens(config, program, table, served_by[lm], demos)
+        return formatted[lm, demos]
+
+    cost, notes = _cost(config, billed, share, tokens)
     if any(k == "embedded" for k in kinds.values()):
         trained = ", ".join(f"~{tokens:.0f} tokens" for tokens in row_tokens.values())
         read = [f"~{input_chars[lm]:.0f}" for lm, kind in kinds.items() if kind == "embedded" and served_by[lm]]
-        notes.append("embedded models: ~0.7 s per call of ~140 input characters, ~0.57 s more per 1000 (this run's "
+        notes.append(f"embedded models: ~{SECONDS_PER_CALL['embedded']} s per call of ~{REFERENCE_INPUT_CHARS} input "
+                     f"characters, ~{SECONDS_PER_INPUT_CHAR['embedded'] * 1000:.2f} s more per 1000 (this run's "
                      f"calls read {', '.join(read) or 'none'}), and ~0.6 s per training row of ~400 tokens on 2 CPU cores"
                      + (f" (this run's rows: {trained})" if trained else "")
                      + "; repeated calls are answered from the run's cache")
@@ -355,8 +363,8 @@ def _cost(config: RunConfig, billed: list[tuple[int, int]], share: dict[str, flo
         for calls, demos in billed:
             tokens_in, tokens_out = tokens(name, demos)
             cost += calls * share[name] * (tokens_in * spec.price_per_1m_input + tokens_out * spec.price_per_1m_output) / 1e6
+    most = max(demos for _, demos in billed)
     for name in hosted:
-        most = max(demos for _, demos in billed)
         (plain_in, out), (most_in, _) = tokens(name, 0), tokens(name, most)
         notes.append(f"LM {name!r}: each call's prompt as this program formats it with this data, ~{plain_in:.0f} input "
                      f"tokens" + (f" (up to ~{most_in:.0f} with the {most} demos a prompt step may add)" if most else "")
