@@ -6,6 +6,7 @@ recorded rounds and events; status is the stored status, never inferred from thr
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from core.config import RunConfig, optimizer_kind
@@ -13,7 +14,7 @@ from core.records import Event, Round, Run, RunStatus
 from core.store import Store
 from core.strategy import strategy_prefixes
 
-LOG_KINDS = ("status", "step_start", "round", "traces", "train_start", "finetuned", "cancelled", "error")
+LOG_KINDS = ("status", "step_start", "round", "traces", "train_start", "finetuned", "truncated", "cancelled", "error")
 
 
 @dataclass(frozen=True)
@@ -84,3 +85,11 @@ def expected_progress(calls: int, expected_calls: int) -> float:
     if expected_calls <= 0:
         return 0.0
     return min(calls / expected_calls, 0.99)
+
+
+def truncation_notes(rounds: Sequence[Round]) -> list[str]:
+    """One message per fine-tune whose training rows ``max_length`` cut, named by its round."""
+    from core.lms.lora.provider import truncation_message
+
+    return [f"Round {r.index} ('{r.strategy}'): " + truncation_message(model, cut)
+            for r in rounds for model, cut in (r.details.get("truncated_rows") or {}).items()]

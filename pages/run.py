@@ -18,7 +18,7 @@ from core.charts import (
     usage_rows,
 )
 from core.config import RunDraft
-from core.monitor import RunSnapshot, run_snapshot
+from core.monitor import RunSnapshot, run_snapshot, truncation_notes
 from core.records import RunStatus
 from pages._ui import allowed_files, api_keys, doc, guarded, manager, resume_button, store
 
@@ -140,6 +140,8 @@ def live_view(run_id: int) -> None:
                                         ((r.details.get("traces") or {}).get("sources") or {}).items()),
              "error": r.eval_error or ""} for r in snap.rounds
         ]), hide_index=True, width="stretch")
+    for message in truncation_notes(snap.rounds):
+        st.warning(message, icon=":material/content_cut:")
     with st.expander("Event log", expanded=False):
         st.dataframe(pd.DataFrame([
             {"time": e.time[11:19], "kind": e.kind, "message": e.message} for e in reversed(snap.log)

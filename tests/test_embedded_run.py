@@ -33,7 +33,9 @@ def tiny_config(template: str = "classifier") -> dict:
 
 def test_p_w_on_the_embedded_model_then_export_and_reload(tmp_path: Path) -> None:
     manager = RunManager(Store(tmp_path / "runs.db"))
-    run_id = manager.start(parse_config(tiny_config()))
+    doc = tiny_config()
+    doc["optimizers"]["w"]["settings"]["max_length"] = 64  # shorter than every row: the run must say so
+    run_id = manager.start(parse_config(doc))
     assert manager.wait(run_id, timeout=1200)
     store = manager.store
     run = store.get_run(run_id)
@@ -49,6 +51,18 @@ def test_p_w_on_the_embedded_model_then_export_and_reload(tmp_path: Path) -> Non
     weights = store.list_artifacts(run_id, "weights")
     assert len(weights) == 1 and (Path(weights[0].path) / "model.gguf").is_file()
     assert rounds[2].lm_usage[tuned]["calls"] >= 3  # the fine-tuned model served the evaluation
+    (cut,) = store.list_events(run_id, kinds=["truncated"])
+    train_meta = json.loads((Path(weights[0].path) / "meta.json").read_text())["train"]
+    rows = train_meta["rows"]
+    assert cut.data["model"] == "embedded/smollm2-135m"
+    assert (cut.data["truncated"], cut.data["rows"], cut.data["max_length"]) == (rows, rows, 64)
+    # every row was cut to exactly 64 tokens, so a row lost on average what it had beyond 64
+    assert cut.data["cut_tokens"] == pytest.approx(cut.data["row_tokens"] - 64, abs=0.2)
+    assert cut.data["max_cut_tokens"] >= cut.data["cut_tokens"] > 0
+    assert cut.message.startswith(f"{rows} of {rows} training rows of embedded/smollm2-135m were longer than "
+                                  "max_length=64 tokens and lost ~")
+    assert rounds[2].details["truncated_rows"] == {"embedded/smollm2-135m": {k: v for k, v in cut.data.items()
+                                                                             if k != "model"}}
 
     # Export the fine-tuned round's program whatever won, by making it the best artifact's source.
     bundle = export_run(store, run_id, tmp_path / "bundle.zip")

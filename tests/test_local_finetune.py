@@ -239,6 +239,7 @@ def test_long_rows_are_truncated_from_the_left_keeping_the_answer() -> None:
     assert not full.truncated and short.truncated
     assert len(full.prompt) + len(full.answer) > 300
     assert len(short.prompt) + len(short.answer) == 64
+    assert (full.cut, short.cut) == (0, len(full.prompt) + len(full.answer) - 64)  # what the row lost, counted
     assert short.answer == full.answer == tokenizer.answer(LABEL + catalog.end_of_turn(KEY))
     assert short.prompt[-20:] == full.prompt[-20:]  # the end of the prompt (user turn) is kept
     assert short.prompt[0] == full.prompt[0]  # the first token (BOS / turn start) is kept

@@ -226,6 +226,26 @@ def test_run_page_shows_a_finished_run_from_the_store():
     assert any("4 of 4 rounds" in c.value for c in at.caption)
 
 
+
+def test_run_page_names_a_fine_tune_whose_rows_max_length_cut():
+    """A weight step whose rows were longer than max_length (the provider's meta.json says how many and by how
+    much) is named on the Run page with its round; a run without cut rows shows no such warning."""
+    import dataclasses
+
+    manager = get_manager(db_path())
+    run_id = manager.start(scripted_config())
+    assert manager.wait(run_id, 60)
+    at = open_page("run", use_scripted(new_document(), True))
+    assert not any("training rows of" in w.value for w in at.warning)
+    weight = next(r for r in manager.store.list_rounds(run_id) if r.strategy == "p -> w")
+    cut = {"scripted/small": {"truncated": 28, "rows": 30, "max_length": 384, "row_tokens": 414.0,
+                              "cut_tokens": 31.0, "max_cut_tokens": 35}}
+    manager.store.add_round(dataclasses.replace(weight, details={**weight.details, "truncated_rows": cut}))
+    at = open_page("run", use_scripted(new_document(), True))
+    (warning,) = [w.value for w in at.warning if "training rows of" in w.value]
+    assert warning.startswith(f"Round {weight.index} ('p -> w'): 28 of 30 training rows of scripted/small were "
+                              "longer than max_length=384 tokens and lost ~31 tokens each")
+
 def test_results_page_empty_state():
     at = open_page("results")
     assert any("No runs yet" in i.value for i in at.info)

@@ -28,6 +28,7 @@ import dspy
 from core.config import RunConfig, optimizer_kind
 from core.errors import StudioError
 from core.evidence.capture import EvidenceCollector
+from core.lms.lora.provider import truncated_rows, truncation_message
 from core.lms.registry import engine_of
 from core.optimizers.weights import TraceStats, WeightStepHooks
 from core.records import Round
@@ -201,6 +202,10 @@ class RoundRecorder:
                 self._store.add_artifact(self._run_id, "weights", str(folder), {
                     "model": new, "base": old, "engine": f"{type(engine).__module__}:{type(engine).__qualname__}",
                 })
+                cut = truncated_rows(Path(folder))
+                if cut:
+                    self._details.setdefault("truncated_rows", {})[old] = cut
+                    self.event("truncated", truncation_message(old, cut), {"model": old, **cut})
 
         def on_rows(model: str, rows: list) -> None:
             self._evidence.training_rows(model, rows)

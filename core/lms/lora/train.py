@@ -27,6 +27,8 @@ class EncodedRow:
     prompt: list[int]
     answer: list[int]
     truncated: bool = False
+    cut: int = 0
+    """Tokens the row lost to ``max_length`` (prompt tokens from the left, answer tokens from the end)."""
 
 
 class Tokenizer:
@@ -81,6 +83,7 @@ def encode_rows(
             raise LMError(f"training row {i}: the assistant message must have a str 'content'")
         prompt = tokenizer.prompt(prompt_text)
         answer = tokenizer.answer(answer_text + end)
+        whole = len(prompt) + len(answer)
         truncated = False
         if len(answer) > max_length - 1:
             answer, truncated = answer[: max_length - 1], True
@@ -91,7 +94,7 @@ def encode_rows(
             tail_len = room - len(head)
             prompt = head + (prompt[-tail_len:] if tail_len > 0 else [])
             truncated = True
-        out.append(EncodedRow(prompt, answer, truncated))
+        out.append(EncodedRow(prompt, answer, truncated, whole - len(prompt) - len(answer)))
     return out
 
 
@@ -112,6 +115,11 @@ class TrainResult:
     peak_rss_mb: float
     threads: int = 1
     model: Any = field(default=None, repr=False)
+    row_tokens: float = 0.0
+    """Mean tokens of a row before ``max_length`` cut it."""
+    cut_tokens: float = 0.0
+    """Mean tokens a cut row lost (0 when none was cut)."""
+    max_cut_tokens: int = 0
 
     @property
     def first_loss(self) -> float | None:
@@ -202,6 +210,7 @@ def train_lora(
     started = time.monotonic()
     encoded = encode_rows(key, rows, params.max_length)
     truncated = sum(r.truncated for r in encoded)
+    cuts = [r.cut for r in encoded if r.cut]
     if truncated:
         logger.info(
             "%d of %d rows were longer than max_length=%d and were truncated",
@@ -284,6 +293,9 @@ def train_lora(
         seconds_per_step=round(train_seconds / max(1, len(losses)), 3),
         rows=len(rows),
         truncated_rows=truncated,
+        row_tokens=round(sum(len(r.prompt) + len(r.answer) + r.cut for r in encoded) / len(encoded), 1),
+        cut_tokens=round(sum(cuts) / len(cuts), 1) if cuts else 0.0,
+        max_cut_tokens=max(cuts, default=0),
         peak_rss_mb=peak_rss_mb(),
         threads=threads,
         model=merged,
