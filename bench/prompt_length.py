@@ -64,8 +64,9 @@ def main() -> int:
     import dspy
 
     from core.config import parse_config
+    from core.data import Table
     from core.defaults import default_config_dict
-    from core.estimate import REFERENCE_INPUT_CHARS, SECONDS_PER_CALL, SECONDS_PER_INPUT_CHAR
+    from core.estimate import SECONDS_PER_INPUT_CHAR, data_label_choices, embedded_call_seconds, inspected_program
     from core.prepare import prepare_run
     from core.run.build import make_adapter
 
@@ -87,12 +88,21 @@ def main() -> int:
             print(f"[{time.strftime('%H:%M:%S')}] {chars} characters: median {medians[chars]} s {samples[chars]}",
                   file=sys.stderr, flush=True)
     fitted = slope(list(medians.items()))
+    config = prepared.config
+    labels = prepared.label_choices.get(next(iter(config.data.labels)), ["positive"])
+
+    def estimated(chars: int) -> float:  # what the estimate says for one call of this program on such texts
+        column, label = config.data.mapping[field], config.data.mapping[next(iter(config.data.labels))]
+        table = Table(columns=(column, label), format="json",
+                      rows=tuple({column: "w" * chars, label: labels[i % len(labels)]} for i in range(30)))
+        return embedded_call_seconds(config, inspected_program(config, data_label_choices(config, table)), table,
+                                     next(iter(program.named_predictors()))[0])
+
     print(json.dumps({
         "bench": "prompt_length", "quick": args.quick, "model": prepared.config.lms["small"].model,
         "calls_per_length": calls, "median_seconds": medians, "seconds": samples,
         "seconds_per_char": round(fitted, 6), "estimate_seconds_per_char": SECONDS_PER_INPUT_CHAR["embedded"],
-        "estimate_seconds_per_call": {str(c): round(SECONDS_PER_CALL["embedded"] + SECONDS_PER_INPUT_CHAR["embedded"]
-                                                    * (c - REFERENCE_INPUT_CHARS), 3) for c in lengths},
+        "estimate_seconds_per_call": {str(c): round(estimated(c), 3) for c in lengths},
     }))
     return 0
 

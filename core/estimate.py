@@ -6,17 +6,19 @@ examples one evaluation costs P x V calls; random search evaluates its C candida
 fixed seeds on the validation set and bootstraps demos on the train set; MIPROv2 runs one full
 validation per trial plus its proposal and bootstrap calls; a weight step collects P x N traces
 and trains. Each step ends with the evaluation of its program. Times use a per-call time by LM
-kind (embedded ~0.7 s, scripted ~0, hosted ~1 s divided by its parallel calls). An embedded call also
-takes ~0.57 ms per character its inputs (data fields as long as the data's own, upstream outputs as the
-embedded models write them) have beyond the sample tasks' ~140 (``bench/prompt_length.py``). Training on the CPU
+kind (scripted ~0, hosted ~1 s divided by its parallel calls); an embedded call costs what it reads and what
+it writes: ~0.16 s, plus ~0.57 ms per character of its inputs (data fields as long as the data's own, upstream
+outputs as the embedded models write them; ``bench/prompt_length.py``) and ~13.8 ms per token of its answer
+(the ChatAdapter's field markers, labels as long as the data's, other outputs and a ChainOfThought reasoning as
+long as the embedded models write them; ``bench/call_time.py``): a one-label answer ~0.4 s, a ChainOfThought
+analysis ~1.4 s. A program that cannot be inspected (a user's file): ~0.7 s per embedded call. Training on the CPU
 costs a fixed part per weight step (loading the base weights, setting up LoRA: ~20 s) and ~0.6 s per
-training row of 414 tokens, in proportion to the rows' length (a step of batch size B costs B rows).
+training row of 384 tokens, in proportion to the rows' length up to the weight step's ``max_length``, which cuts
+longer rows (a step of batch size B costs B rows).
 The length is that of the rows the run will train on: the small predictors' prompts formatted by the
 ChatAdapter, with their data fields as long as the data's own (mean per column), upstream outputs and
 labels as long as the embedded models write them, and, when the weight step keeps demos, the demos
 the last prompt step leaves (a stratified set: one per value of the label with the most values).
-A ChainOfThought predictor's calls cost ``COT_CALL_FACTOR`` times a Predict call on the embedded models
-(the estimate uses the program's mean per call).
 
 Costs are known only for hosted LMs with prices. Each call is billed at the tokens of its prompt and answer
 as the ChatAdapter formats them for this program and data (a ChainOfThought answer holds its reasoning); a
@@ -46,17 +48,19 @@ from core.data import Table
 from core.optimizers.entry import EstimateContext
 from core.optimizers.table import get_optimizer
 
+# Per call; for the embedded models, that of a program that cannot be inspected (a user's file: the mean call of
+# the two-predictor sample pipelines), since an inspected program's calls are priced by what they read and write.
 SECONDS_PER_CALL = {"embedded": 0.7, "scripted": 0.002, "litellm": 1.0, "factory": 1.0}
-# A ChainOfThought call on the embedded models against a Predict call: it writes a reasoning first. Measured in
-# the gold trace collection of the default runs (idle, 30 November 2026): 30 `analyze` calls (ChainOfThought) in
-# 37.1 s, 30 `extract` calls (Predict) in 22.1 s.
-COT_CALL_FACTOR = 1.7
 # Training on the CPU, measured on the default run (bench/default_run.py, idle, 30 November 2026): 32 steps of 4
 # rows of 414 tokens (tokenized by the model), ~20 s from the start of training to its first step, then
-# 2.2-2.5 s per step; the training phase took 97.5-100.9 s. Time per row grows with the row's tokens.
+# 2.2-2.5 s per step; the training phase took 97.5-100.9 s. Time per row grows with the row's tokens. Those rows
+# were cut to the weight step's max_length, 384 tokens (the provider's meta.json: 30 of 30 truncated), and so were
+# the classifier's ~590-token rows of 1250-character reviews, which trained at the same 0.60 s per row (97.4 s,
+# bench/default_run.py --data): a row costs its tokens up to the weight step's max_length.
 SECONDS_PER_TRAIN_ROW = {"embedded": 0.6, "scripted": 0.0025, "litellm": 0.0, "factory": 0.25}
 TRAIN_FIXED_SECONDS = {"embedded": 20.0, "scripted": 0.0, "litellm": 0.0, "factory": 0.0}
-REFERENCE_ROW_TOKENS = 414  # the rows SECONDS_PER_TRAIN_ROW was measured on
+TRAINED_ROW_TOKENS = 384  # the tokens per row SECONDS_PER_TRAIN_ROW was measured on (after the cut)
+REFERENCE_ROW_TOKENS = 414  # a training row of a program that cannot be inspected (support triage's)
 CHARS_PER_TOKEN = 3.45  # SmolLM2's tokenizer on the training rows of the three sample tasks: 3.45-3.64
 # Field lengths (characters) of a training row where the data does not say: what the embedded models write as an
 # upstream output (mean over the training rows of the quality runs: support triage's summaries 67, the document
@@ -66,17 +70,34 @@ UPSTREAM_OUTPUT_CHARS = 80
 REASONING_CHARS = 200
 LABEL_CHARS = 8
 DATA_FIELD_CHARS = 200
-SECONDS_PER_EXPORT = {"embedded": 20.0, "scripted": 0.0, "litellm": 0.0, "factory": 0.0}  # merge + GGUF + load
-# An embedded call's time grows with the text it reads: llama.cpp evaluates the prompt before it answers, all but
-# the prefix it kept from an earlier call of the same predictor (core.lms.prefix_states). bench/prompt_length.py (SmolLM2-135M, the
-# classifier's one Predict, 2 threads, idle, 30 November 2026; bench/results/prompt_length.json): texts of 150, 600,
-# 1500 and 3000 characters took a median 0.41, 0.69, 1.19 and 2.03 s per call, 0.567 ms per character (least
-# squares). Hosted LMs: not measured here (no network), so their time does not depend on the inputs' length.
+# Merging the LoRA weights, writing the GGUF and loading it, per weight step: the provider's meta.json said 5.6-7.6 s
+# (export_seconds) in 15 default runs timed alone (30 November - 1 December 2026), and the rounds' "GGUF export"
+# phase 7.3 s (support triage) and 8.2 s (the classifier). It was 20 s until 1 December 2026: measured side by side.
+SECONDS_PER_EXPORT = {"embedded": 8.0, "scripted": 0.0, "litellm": 0.0, "factory": 0.0}
+# An embedded call's time: a fixed part, what it reads and what it writes. It grows with the text it reads: llama.cpp
+# evaluates the prompt before it answers, all but the prefix it kept from an earlier call of the same predictor
+# (core.lms.prefix_states). bench/prompt_length.py (SmolLM2-135M, the classifier's one Predict, 2 threads, idle, 30
+# November 2026; bench/results/prompt_length.json): texts of 150, 600, 1500 and 3000 characters took a median 0.41,
+# 0.69, 1.19 and 2.03 s per call, 0.567 ms per character (least squares). Hosted LMs: not measured here (no
+# network), so their time does not depend on the length of what they read or write.
 SECONDS_PER_INPUT_CHAR = {"embedded": 0.00057, "scripted": 0.0, "litellm": 0.0, "factory": 0.0}
-# The inputs of one call (data fields and upstream outputs, mean over the predictors) in the sample tasks' default
-# runs, on which SECONDS_PER_CALL was measured: support triage 136 characters, the classifier 93, the documents 178.
+# It grows with the answer it writes, token by token: bench/call_time.py (every predictor of the three sample
+# programs as a run serves them, 12 training examples each, 2 threads, idle, 1 December 2026;
+# bench/results/call_time.json): seconds = 0.163 + 0.00057 x input characters + 0.0138 x answer tokens (least
+# squares with the input slope above); per predictor, a one-label answer of 16 tokens took 0.33 s, two labels
+# (28-29 tokens) 0.67-0.74 s, a summary and a product area (51 tokens) 0.87 s, a ChainOfThought analysis (83
+# tokens) 1.42 s. The lengths the estimate expects the models to write are means: per predictor it was 7-40 % off.
+EMBEDDED_CALL_SECONDS = 0.16
+# What one call of a program that cannot be inspected reads (the sample tasks' calls: support triage 136 characters,
+# the classifier 93, the documents 178), for its hosted costs and the note.
 REFERENCE_INPUT_CHARS = 140
-MIN_SECONDS_PER_EMBEDDED_CALL = 0.3
+SECONDS_PER_OUTPUT_TOKEN = {"embedded": 0.0138, "scripted": 0.0, "litellm": 0.0, "factory": 0.0}
+# An answer's tokens: each output field's ``[[ ## name ## ]]`` marker and the blank line after its value, and the
+# closing ``[[ ## completed ## ]]`` (~8 tokens each), plus the values, ~4.5 characters per token of English (the
+# sample programs' answers, counted by SmolLM2's tokenizer: one label 16 tokens, two labels 28-29, a summary and a
+# product area 51, a reasoning, an analysis and an empty list 83-102).
+ANSWER_MARKER_TOKENS = 8
+VALUE_CHARS_PER_TOKEN = 4.5
 HOSTED_CHARS_PER_TOKEN = 4.0  # the hosted models' tokenizers on English text, for costs
 TOKENS_PER_CALL = (400, 80)  # input/output tokens of one call of a program that cannot be inspected (a user file)
 SCRIPTED_FACTORY_PREFIX = "core.lms.scripted:"
@@ -148,21 +169,18 @@ def inspected_program(config: RunConfig, choices: dict[str, list[str]]) -> Any:
     return program
 
 
-def _program_facts(config: RunConfig, program: Any) -> tuple[list[str], float]:
-    """The label predictors, and the mean time of one call of the program's predictors relative to a
-    ``Predict`` call on an embedded model (a ChainOfThought predictor's calls cost ``COT_CALL_FACTOR``).
-    A program that cannot be inspected without running user code: its last predictor, factor 1."""
+def _label_predictors(config: RunConfig, program: Any) -> list[str]:
+    """The predictors whose outputs (besides a reasoning) are all label fields. A program that cannot be inspected
+    without running user code: its last predictor."""
     labels = set(config.data.labels)
     if program is None:
-        return list(config.predictors)[-1:], 1.0
-    out, weights = [], []
+        return list(config.predictors)[-1:]
+    out = []
     for name, predictor in program.named_predictors():
-        fields = list(predictor.signature.output_fields)
-        outputs = [n for n in fields if n != "reasoning"]
+        outputs = [n for n in predictor.signature.output_fields if n != "reasoning"]
         if outputs and all(n in labels for n in outputs):
             out.append(name)
-        weights.append(COT_CALL_FACTOR if "reasoning" in fields else 1.0)
-    return out, (sum(weights) / len(weights) if weights else 1.0)
+    return out
 
 
 def _field_chars(config: RunConfig, table: Table | None) -> dict[str, float]:
@@ -222,6 +240,26 @@ def call_input_chars(config: RunConfig, program: Any, table: Table | None, names
     return fmean(sizes) if sizes else float(REFERENCE_INPUT_CHARS)
 
 
+def answer_tokens(config: RunConfig, program: Any, table: Table | None, name: str) -> float:
+    """Tokens of the answer of one call of predictor ``name`` on the embedded models: the field markers and the
+    values (labels as long as in ``table``, a reasoning and other outputs as long as the embedded models write
+    them)."""
+    chars = _field_chars(config, table)
+    predictor = dict(program.named_predictors())[name]
+    values = [chars.get(f, REASONING_CHARS if f == "reasoning" else UPSTREAM_OUTPUT_CHARS)
+              for f in predictor.signature.output_fields]
+    return ANSWER_MARKER_TOKENS * (len(values) + 1) + sum(values) / VALUE_CHARS_PER_TOKEN
+
+
+def embedded_call_seconds(config: RunConfig, program: Any, table: Table | None, name: str) -> float:
+    """Seconds of one call of predictor ``name`` on the embedded models: the fixed part, its inputs' characters and
+    its answer's tokens. ``SECONDS_PER_CALL`` for a program that cannot be inspected."""
+    if program is None:
+        return SECONDS_PER_CALL["embedded"]
+    return (EMBEDDED_CALL_SECONDS + SECONDS_PER_INPUT_CHAR["embedded"] * call_input_chars(config, program, table, {name})
+            + SECONDS_PER_OUTPUT_TOKEN["embedded"] * answer_tokens(config, program, table, name))
+
+
 def call_tokens(config: RunConfig, program: Any, table: Table | None, names: set[str], demos: int) -> tuple[float, float]:
     """Input and output tokens of one call of the predictors ``names`` on a hosted LM, with ``demos`` demos:
     the ChatAdapter's prompt and answer (``_formatted_chars``); ``TOKENS_PER_CALL`` when it cannot be formatted."""
@@ -249,7 +287,7 @@ def estimate(config: RunConfig, n_rows: int | None = None, table: Table | None =
     p = len(config.predictors)
     choices = data_label_choices(config, table)
     program = inspected_program(config, choices)
-    label_names, call_factor = _program_facts(config, program)
+    label_names = _label_predictors(config, program)
     labelled = min(len(label_names), p)
     small_labelled = sum(1 for name in label_names if getattr(config.predictors.get(name), "role", None) == "small")
     small = sum(1 for a in config.predictors.values() if a.role == "small")
@@ -258,16 +296,16 @@ def estimate(config: RunConfig, n_rows: int | None = None, table: Table | None =
     kinds = {name: lm_kind(spec) for name, spec in config.lms.items()}
     served_by = {lm: {n for n, a in config.predictors.items() if a.lm == lm} for lm in config.lms}
     input_chars = {lm: call_input_chars(config, program, table, names) for lm, names in served_by.items()}
+    # an embedded LM's call: the mean over the predictors it serves of what each reads and writes
+    embedded_call = {lm: fmean(embedded_call_seconds(config, program, table, n) for n in names)
+                     for lm, names in served_by.items() if kinds[lm] == "embedded" and names}
 
     def seconds_for(calls: int) -> float:
         total = 0.0
         for name, fraction in share.items():
             spec = config.lms[name]
             parallel = spec.num_threads if isinstance(spec, LiteLLMSpec) else 1
-            per_call = SECONDS_PER_CALL[kinds[name]] * (call_factor if kinds[name] == "embedded" else 1.0)
-            if kinds[name] == "embedded":  # longer inputs take longer to read
-                per_call = max(MIN_SECONDS_PER_EMBEDDED_CALL, per_call + SECONDS_PER_INPUT_CHAR["embedded"] * (
-                    input_chars[name] - REFERENCE_INPUT_CHARS))
+            per_call = embedded_call.get(name, SECONDS_PER_CALL[kinds[name]])
             if kinds[name] == "scripted":
                 per_call += float(spec.options.get("delay", 0.0))
             total += calls * fraction * per_call / parallel
@@ -296,8 +334,9 @@ def estimate(config: RunConfig, n_rows: int | None = None, table: Table | None =
             kept = 0 if getattr(spec.settings, "exclude_demos", False) else demos
             if kept not in row_tokens:
                 row_tokens[kept] = training_row_tokens(config, program, table, kept)
+            trained = min(row_tokens[kept], getattr(spec.settings, "max_length", None) or row_tokens[kept])
             seconds += TRAIN_FIXED_SECONDS[small_kind] + (
-                cost.train_rows * SECONDS_PER_TRAIN_ROW[small_kind] * row_tokens[kept] / REFERENCE_ROW_TOKENS)
+                cost.train_rows * SECONDS_PER_TRAIN_ROW[small_kind] * trained / TRAINED_ROW_TOKENS)
         if row.kind == "prompt":
             prompted = True
             billed.append((cost.calls - cost.cached, max(demos, _demos_after(spec.settings, choices))))
@@ -324,10 +363,12 @@ def estimate(config: RunConfig, n_rows: int | None = None, table: Table | None =
     cost, notes = _cost(config, billed, share, tokens)
     if any(k == "embedded" for k in kinds.values()):
         trained = ", ".join(f"~{tokens:.0f} tokens" for tokens in row_tokens.values())
-        read = [f"~{input_chars[lm]:.0f}" for lm, kind in kinds.items() if kind == "embedded" and served_by[lm]]
-        notes.append(f"embedded models: ~{SECONDS_PER_CALL['embedded']} s per call of ~{REFERENCE_INPUT_CHARS} input "
-                     f"characters, ~{SECONDS_PER_INPUT_CHAR['embedded'] * 1000:.2f} s more per 1000 (this run's "
-                     f"calls read {', '.join(read) or 'none'}), and ~0.6 s per training row of ~400 tokens on 2 CPU cores"
+        read = [f"~{input_chars[lm]:.0f} characters, ~{embedded_call[lm]:.2f} s" for lm in embedded_call]
+        notes.append(f"embedded models: ~{EMBEDDED_CALL_SECONDS} s per call, plus "
+                     f"~{SECONDS_PER_INPUT_CHAR['embedded'] * 1000:.2f} s per 1000 input characters and "
+                     f"~{SECONDS_PER_OUTPUT_TOKEN['embedded'] * 1000:.1f} ms per answer token (this run's calls read "
+                     f"{'; '.join(read) or 'nothing'}), and ~{SECONDS_PER_TRAIN_ROW['embedded']} s per training row "
+                     f"of ~{TRAINED_ROW_TOKENS} tokens on 2 CPU cores (a row is cut to max_length)"
                      + (f" (this run's rows: {trained})" if trained else "")
                      + "; repeated calls are answered from the run's cache")
     if any(k == "litellm" for k in kinds.values()):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from statistics import fmean
-
 import pytest
 
 from core.config import parse_config
@@ -12,11 +10,9 @@ from core.defaults import default_config_dict, scripted_config_dict
 from core.estimate import (
     CHARS_PER_TOKEN,
     HOSTED_CHARS_PER_TOKEN,
-    REFERENCE_INPUT_CHARS,
-    REFERENCE_ROW_TOKENS,
     SECONDS_PER_INPUT_CHAR,
     SECONDS_PER_TRAIN_ROW,
-    call_input_chars,
+    TRAINED_ROW_TOKENS,
     call_tokens,
     data_label_choices,
     estimate,
@@ -90,19 +86,20 @@ def test_weight_step_counts_traces_and_training_steps():
     assert weight.seconds >= 20 + 10 * 8 * 0.6 * 250 / 414
 
 
-def test_embedded_time_is_about_0_7_s_per_predict_call_and_scripted_is_fast():
-    """The tutorial pipeline: one ChainOfThought and one Predict predictor, so a call costs (1.7 + 1) / 2 x 0.7 s,
-    plus ~0.57 ms per character its inputs have beyond the sample tasks' 140: without data, analyze reads a
-    200-character document and classify two upstream outputs of 80 (the large and the small LM serve one each)."""
-    from core.estimate import COT_CALL_FACTOR
-
+def test_an_embedded_call_costs_what_it_reads_and_writes_and_scripted_is_fast():
+    """The tutorial pipeline without data: analyze (ChainOfThought) reads a 200-character document and writes a
+    reasoning (200 characters), an analysis and a list (80 each); classify reads those two outputs (160) and
+    writes two labels (8 characters each). A call costs 0.16 s + 0.57 ms per input character + 13.8 ms per answer
+    token, an answer being ~8 tokens per field marker (one per field and the closing one) and its values at 4.5
+    characters per token; the large and the small LM serve one predictor each."""
     embedded = estimate(_config({"strategy": "p"}))
     scripted = estimate(_config({"strategy": "p"}, scripted=True))
     assert embedded.calls == scripted.calls
-    reading = SECONDS_PER_INPUT_CHAR["embedded"] * ((200 - REFERENCE_INPUT_CHARS) + (160 - REFERENCE_INPUT_CHARS)) / 2
+    analyze = 0.16 + 0.00057 * 200 + 0.0138 * (8 * 4 + (200 + 80 + 80) / 4.5)
+    classify = 0.16 + 0.00057 * 160 + 0.0138 * (8 * 3 + (8 + 8) / 4.5)
     # the best program's test calls of the unchanged upstream predictor (40) come from the run's cache
-    assert embedded.seconds == pytest.approx(
-        (embedded.calls - 40) * (0.7 * (COT_CALL_FACTOR + 1) / 2 + reading), rel=0.01)
+    assert embedded.seconds == pytest.approx((embedded.calls - 40) * (analyze + classify) / 2, rel=0.01)
+    assert any("~0.16 s per call" in n and "13.8 ms per answer token" in n for n in embedded.notes)
     assert scripted.seconds < 5
     assert embedded.cost == 0.0
 
@@ -202,33 +199,34 @@ def test_a_prompt_step_after_a_weight_step_without_demos_prices_the_upstream_sea
     assert (searched.calls, searched.cached) != (final.calls, final.cached) and searched.seconds > 0
 
 
-def test_chain_of_thought_calls_cost_more_on_the_embedded_models():
-    """The tutorial's analyze -> classify (ChainOfThought, Predict) against the support tickets' extract ->
-    classify (Predict, Predict), both with the tutorial's roles: the same budgets and calls, each call
-    (1.7 + 1) / 2 times as long. Measured alone with those roles (bench/default_run.py --template
-    analyze_classify, 30 November 2026, before the template fine-tuned both): 385.1 s, then 347.0 s (training
-    139.8 s, then 97.4 s, on rows as long as support triage's: the rows' length does not explain the first);
-    the estimate said 254 s before it priced ChainOfThought."""
+def test_a_longer_answer_costs_more_on_the_embedded_models():
+    """The same one-label classifier, as a Predict and as a ChainOfThought (which writes a ~200-character reasoning
+    before its label): each call costs the reasoning's marker and tokens more, 13.8 ms each. The calls and the
+    training are the same. And the tutorial's roles for analyze -> classify, measured alone (bench/default_run.py
+    --template analyze_classify, 30 November 2026, before the template fine-tuned both): 385.1 s, then 347.0 s
+    (training 139.8 s, then 97.4 s)."""
     from core.defaults import default_config
-    from core.estimate import COT_CALL_FACTOR
 
+    def classifier(module: str):
+        doc = default_config_dict("classifier")
+        doc["program"] = {"kind": "stages", "stages": [{"name": "classify", "module": module,
+                                                        "signature": "text -> label"}]}
+        name = "classify" if module == "Predict" else "classify.predict"
+        doc["predictors"] = {name: doc["predictors"]["classify"]}
+        return parse_config(doc)
+
+    predict, thinking = classifier("Predict"), classifier("ChainOfThought")
+    plain, cot = estimate(predict), estimate(thinking)
+    assert [s.calls for s in plain.steps] == [s.calls for s in cot.steps]
+    per_call = [e.steps[0].seconds / e.steps[0].calls for e in (plain, cot)]
+    assert per_call[1] - per_call[0] == pytest.approx(0.0138 * (8 + 200 / 4.5))
+    sample = estimate_from_source(predict).steps[0]  # the classifier's reviews, ~93 characters
+    assert 0.3 < sample.seconds / sample.calls < 0.5  # one label: measured 0.32 s (bench/call_time.py)
     tutorial_config = parse_config(_tutorial_roles(default_config_dict("analyze_classify")))
-    triage, tutorial = estimate(default_config("support_triage")), estimate(tutorial_config)
-    assert [s.calls for s in tutorial.steps] == [s.calls for s in triage.steps]
-
-    def reading(config) -> float:  # seconds per call for what the inputs add to the sample tasks' 140 characters
-        program = _inspected(config, None)
-        return fmean(SECONDS_PER_INPUT_CHAR["embedded"] * (call_input_chars(config, program, None, {n}) - 140)
-                     for n in config.predictors)
-
-    per_call = [s.steps[0].seconds / s.steps[0].calls for s in (triage, tutorial)]
-    triage_config = default_config("support_triage")
-    assert per_call[1] - reading(tutorial_config) == pytest.approx(
-        (per_call[0] - reading(triage_config)) * (COT_CALL_FACTOR + 1) / 2)
     assert abs(estimate_from_source(tutorial_config).seconds - 347.0) / 347.0 < 0.15
     scripted = estimate(parse_config(scripted_config_dict("analyze_classify")))
     assert scripted.steps[0].seconds == pytest.approx(scripted.steps[0].calls * 0.002)  # embedded models only
-
+    assert default_config("support_triage")  # the support pipeline's template still builds
 
 def _inspected(config, table: Table | None):
     return inspected_program(config, data_label_choices(config, table))
@@ -243,8 +241,10 @@ def _classifier_table(text_chars: int) -> Table:
 def test_training_time_grows_with_the_length_of_the_data_the_rows_carry():
     """The one-module classifier trains on rows that carry the text: texts ten times longer make rows several
     times longer, and the weight step's training time grows with them (its fixed part and its number of calls do
-    not; each call reads 1900 characters more)."""
-    config = parse_config(default_config_dict("classifier"))
+    not; each call reads 1900 characters more). max_length 4096: no row is cut."""
+    doc = default_config_dict("classifier")
+    doc["optimizers"]["w"]["settings"]["max_length"] = 4096
+    config = parse_config(doc)
     short, long = estimate(config, table=_classifier_table(100)), estimate(config, table=_classifier_table(2000))
     program = _inspected(config, _classifier_table(100))
     short_tokens = training_row_tokens(config, program, _classifier_table(100))
@@ -255,11 +255,10 @@ def test_training_time_grows_with_the_length_of_the_data_the_rows_carry():
     rows = short_w.train_steps * 4  # batch size 4
     reading = (long_w.calls - long_w.cached) * SECONDS_PER_INPUT_CHAR["embedded"] * 1900
     assert long_w.seconds - short_w.seconds == pytest.approx(
-        rows * SECONDS_PER_TRAIN_ROW["embedded"] * (long_tokens - short_tokens) / REFERENCE_ROW_TOKENS + reading,
+        rows * SECONDS_PER_TRAIN_ROW["embedded"] * (long_tokens - short_tokens) / TRAINED_ROW_TOKENS + reading,
         rel=0.01)
-    assert long.steps[0].seconds == pytest.approx(  # the baseline: its calls read the longer texts
-        long.steps[0].calls * (0.7 + SECONDS_PER_INPUT_CHAR["embedded"] * (call_input_chars(
-            config, program, _classifier_table(2000), {"classify"}) - REFERENCE_INPUT_CHARS)))
+    assert long.steps[0].seconds - short.steps[0].seconds == pytest.approx(  # the baseline: its calls read more
+        long.steps[0].calls * SECONDS_PER_INPUT_CHAR["embedded"] * 1900)
     assert short.sizes == long.sizes == (30, 10, 20)
     assert any(f"~{long_tokens:.0f} tokens" in note for note in long.notes)
 
@@ -269,7 +268,8 @@ def test_rows_that_keep_the_demos_of_the_prompt_step_are_longer():
     data, what its settings allow (2 bootstrapped + 1 labeled); with it, a stratified set shows every value of
     the label (5 here); without a prompt step before it there are none."""
     doc = default_config_dict("classifier")
-    doc["optimizers"]["w"]["settings"] = {**doc["optimizers"]["w"]["settings"], "exclude_demos": False}
+    doc["optimizers"]["w"]["settings"] = {**doc["optimizers"]["w"]["settings"], "exclude_demos": False,
+                                          "max_length": 4096}  # no row is cut
     config = parse_config(doc)
     five_labels = Table(columns=("text", "label"), format="json",
                         rows=tuple({"text": f"text {i}", "label": "abcde"[i % 5]} for i in range(60)))
@@ -283,7 +283,7 @@ def test_rows_that_keep_the_demos_of_the_prompt_step_are_longer():
         alone = estimate(alone_config, table=table).steps[1]  # w
         assert after_p.train_steps == alone.train_steps
         assert after_p.seconds - alone.seconds == pytest.approx(
-            (kept - plain) * alone.train_steps * 4 * SECONDS_PER_TRAIN_ROW["embedded"] / REFERENCE_ROW_TOKENS,
+            (kept - plain) * alone.train_steps * 4 * SECONDS_PER_TRAIN_ROW["embedded"] / TRAINED_ROW_TOKENS,
             rel=0.01)
 
 
@@ -299,3 +299,25 @@ def test_the_sample_tasks_rows_are_as_long_as_measured():
         tokens = training_row_tokens(config, _inspected(config, table), table)
         assert abs(tokens - measured) / measured < 0.1, (template, tokens)
 
+
+
+def test_a_row_costs_its_tokens_up_to_the_weight_steps_max_length():
+    """The provider cuts a row to max_length tokens before training on it (the classifier's ~590-token rows of
+    1250-character reviews trained at the 0.60 s per row of 384-token rows): 2000-character texts make ~850-token
+    rows, which cost 384 tokens' time under the default max_length and their whole length under 4096."""
+    def weight_step(max_length: int | None):
+        doc = default_config_dict("classifier")
+        if max_length:
+            doc["optimizers"]["w"]["settings"]["max_length"] = max_length
+        result = estimate(parse_config(doc), table=_classifier_table(2000))
+        return next(s for s in result.steps if s.optimizer == "finetune")
+
+    config = parse_config(default_config_dict("classifier"))
+    assert config.optimizers["w"].settings.max_length == TRAINED_ROW_TOKENS == 384
+    tokens = training_row_tokens(config, _inspected(config, _classifier_table(2000)), _classifier_table(2000))
+    assert tokens > 2 * 384
+    cut, whole = weight_step(None), weight_step(4096)
+    rows = cut.train_steps * 4
+    assert whole.seconds - cut.seconds == pytest.approx(
+        rows * SECONDS_PER_TRAIN_ROW["embedded"] * (tokens - 384) / TRAINED_ROW_TOKENS, rel=0.01)
+    assert weight_step(256).seconds < cut.seconds  # a shorter bound, a shorter training
