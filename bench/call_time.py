@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import logging
 import statistics
 import sys
 import time
@@ -31,6 +30,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench_common import quiet_logging  # noqa: E402 - bench/ is on sys.path when run as a script
 
 TEMPLATES = ("support_triage", "classifier", "analyze_classify")
 
@@ -113,9 +114,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="the classifier, 2 examples")
     parser.add_argument("--examples", type=int, default=12, help="training examples per template")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    for name in ("dspy", "LiteLLM", "litellm", "httpx"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    quiet_logging()
 
     from core.data import load_table_from_path
     from core.defaults import default_config

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import logging
 import os
 import sys
 import tempfile
@@ -30,6 +29,8 @@ from datetime import datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench_common import quiet_logging  # noqa: E402 - bench/ is on sys.path when run as a script
 
 
 def _seconds(started: str | None, finished: str | None) -> float | None:
@@ -53,9 +54,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.no_call_cache:
         os.environ["STUDIO_CALL_CACHE"] = "0"  # the run's worker process inherits it
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    for name in ("dspy", "LiteLLM", "litellm", "httpx"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    quiet_logging()
     os.environ.setdefault("STUDIO_HOME", tempfile.mkdtemp(prefix="bench-default-"))
 
     from core.config import parse_config

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import logging
 import random
 import sys
 import time
@@ -27,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench_common import quiet_logging  # noqa: E402 - bench/ is on sys.path when run as a script
 
 
 def _log(message: str) -> None:
@@ -98,9 +99,7 @@ def main() -> int:
     parser.add_argument("--sets", type=int, default=4, help="candidate demo sets of each kind per run")
     parser.add_argument("--out", default=None, help="also write the JSON to this file")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    for name in ("dspy", "LiteLLM", "litellm", "httpx"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    quiet_logging()
     results = []
     for spec in args.runs:
         db, _, run_id = spec.rpartition(":")

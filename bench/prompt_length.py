@@ -20,7 +20,6 @@ import argparse
 import contextlib
 import csv
 import json
-import logging
 import random
 import statistics
 import sys
@@ -29,6 +28,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench_common import quiet_logging  # noqa: E402 - bench/ is on sys.path when run as a script
 
 
 def texts(chars: int, count: int, seed: int) -> list[str]:
@@ -57,9 +58,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="2 lengths, 2 calls each")
     parser.add_argument("--calls", type=int, default=8, help="calls per length")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    for name in ("dspy", "LiteLLM", "litellm", "httpx"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    quiet_logging()
 
     import dspy
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import logging
 import os
 import statistics
 import sys
@@ -35,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench_common import quiet_logging  # noqa: E402 - bench/ is on sys.path when run as a script
 
 STRATEGIES = ("baseline", "p", "w", "p -> w", "p -> w -> p")
 SAMPLE_TASKS = ("support_triage", "classifier", "analyze_classify")
@@ -344,9 +345,7 @@ def main() -> int:
     if args.merge:
         return merge(args.merge, args.out, default_runs)
     seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1, 2])
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    for name in ("dspy", "LiteLLM", "litellm", "httpx"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    quiet_logging()
     os.environ.setdefault("STUDIO_HOME", tempfile.mkdtemp(prefix="bench-quality-"))
 
     from core.paths import db_path
