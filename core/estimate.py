@@ -88,8 +88,8 @@ SECONDS_PER_INPUT_CHAR = {"embedded": 0.00057, "scripted": 0.0, "litellm": 0.0, 
 # (28-29 tokens) 0.67-0.74 s, a summary and a product area (51 tokens) 0.87 s, a ChainOfThought analysis (83
 # tokens) 1.42 s. The lengths the estimate expects the models to write are means: per predictor it was 7-40 % off.
 EMBEDDED_CALL_SECONDS = 0.16
-# What one call of a program that cannot be inspected reads (the sample tasks' calls: support triage 136 characters,
-# the classifier 93, the documents 178), for its hosted costs and the note.
+# What one call of a program that cannot be inspected is taken to read, for the estimate's note (the sample tasks'
+# calls: support triage 136 characters, the classifier 93, the documents 178).
 REFERENCE_INPUT_CHARS = 140
 SECONDS_PER_OUTPUT_TOKEN = {"embedded": 0.0138, "scripted": 0.0, "litellm": 0.0, "factory": 0.0}
 # An answer's tokens: each output field's ``[[ ## name ## ]]`` marker and the blank line after its value, and the
@@ -363,11 +363,11 @@ def estimate(config: RunConfig, n_rows: int | None = None, table: Table | None =
     cost, notes = _cost(config, billed, share, tokens)
     if any(k == "embedded" for k in kinds.values()):
         trained = ", ".join(f"~{tokens:.0f} tokens" for tokens in row_tokens.values())
-        read = [f"~{input_chars[lm]:.0f} characters, ~{embedded_call[lm]:.2f} s" for lm in embedded_call]
+        read = [f"~{input_chars[lm]:.0f} input characters, ~{embedded_call[lm]:.2f} s each" for lm in embedded_call]
         notes.append(f"embedded models: ~{EMBEDDED_CALL_SECONDS} s per call, plus "
                      f"~{SECONDS_PER_INPUT_CHAR['embedded'] * 1000:.2f} s per 1000 input characters and "
-                     f"~{SECONDS_PER_OUTPUT_TOKEN['embedded'] * 1000:.1f} ms per answer token (this run's calls read "
-                     f"{'; '.join(read) or 'nothing'}), and ~{SECONDS_PER_TRAIN_ROW['embedded']} s per training row "
+                     f"~{SECONDS_PER_OUTPUT_TOKEN['embedded'] * 1000:.1f} ms per answer token (this run's calls: "
+                     f"{'; '.join(read) or 'none'}), and ~{SECONDS_PER_TRAIN_ROW['embedded']} s per training row "
                      f"of ~{TRAINED_ROW_TOKENS} tokens on 2 CPU cores (a row is cut to max_length)"
                      + (f" (this run's rows: {trained})" if trained else "")
                      + "; repeated calls are answered from the run's cache")
