@@ -7,7 +7,7 @@ fixed seeds on the validation set and bootstraps demos on the train set; MIPROv2
 validation per trial plus its proposal and bootstrap calls; a weight step collects P x N traces
 and trains. Each step ends with the evaluation of its program. Times use a per-call time by LM
 kind (scripted ~0, hosted ~1 s divided by its parallel calls); an embedded call costs what it reads and what
-it writes: ~0.16 s, plus ~0.57 ms per character of its inputs (data fields as long as the data's own, upstream
+it writes: ~0.18 s, plus ~0.57 ms per character of its inputs (data fields as long as the data's own, upstream
 outputs as the embedded models write them; ``bench/prompt_length.py``) and ~13.8 ms per token of its answer
 (the ChatAdapter's field markers, labels as long as the data's, other outputs and a ChainOfThought reasoning as
 long as the embedded models write them; ``bench/call_time.py``): a one-label answer ~0.4 s, a ChainOfThought
@@ -62,11 +62,13 @@ TRAIN_FIXED_SECONDS = {"embedded": 20.0, "scripted": 0.0, "litellm": 0.0, "facto
 TRAINED_ROW_TOKENS = 384  # the tokens per row SECONDS_PER_TRAIN_ROW was measured on (after the cut)
 REFERENCE_ROW_TOKENS = 414  # a training row of a program that cannot be inspected (support triage's)
 CHARS_PER_TOKEN = 3.45  # SmolLM2's tokenizer on the training rows of the three sample tasks: 3.45-3.64
-# Field lengths (characters) of a training row where the data does not say: what the embedded models write as an
-# upstream output (mean over the training rows of the quality runs: support triage's summaries 67, the document
-# task's analyses 93), a ChainOfThought reasoning (bounded at 240 by the grammar), a label, and a data field
-# when no data is loaded.
+# Field lengths (characters) of a call or a training row where the data does not say: what the embedded models
+# write as an upstream output (mean over the training rows of the quality runs: support triage's summaries 67, the
+# document task's analyses 93), as a list output (the document task's key_findings: ``[]`` in all 220 answers of
+# three default runs, base and fine-tuned models alike), a ChainOfThought reasoning (bounded at 240 by the
+# grammar), a label, and a data field when no data is loaded.
 UPSTREAM_OUTPUT_CHARS = 80
+LIST_OUTPUT_CHARS = 2
 REASONING_CHARS = 200
 LABEL_CHARS = 8
 DATA_FIELD_CHARS = 200
@@ -83,11 +85,12 @@ SECONDS_PER_EXPORT = {"embedded": 8.0, "scripted": 0.0, "litellm": 0.0, "factory
 SECONDS_PER_INPUT_CHAR = {"embedded": 0.00057, "scripted": 0.0, "litellm": 0.0, "factory": 0.0}
 # It grows with the answer it writes, token by token: bench/call_time.py (every predictor of the three sample
 # programs as a run serves them, 12 training examples each, 2 threads, idle, 1 December 2026;
-# bench/results/call_time.json): seconds = 0.163 + 0.00057 x input characters + 0.0138 x answer tokens (least
-# squares with the input slope above); per predictor, a one-label answer of 16 tokens took 0.33 s, two labels
-# (28-29 tokens) 0.67-0.74 s, a summary and a product area (51 tokens) 0.87 s, a ChainOfThought analysis (83
-# tokens) 1.42 s. The lengths the estimate expects the models to write are means: per predictor it was 7-40 % off.
-EMBEDDED_CALL_SECONDS = 0.16
+# bench/results/call_time.json): least squares with the input slope above, seconds = 0.175 + 0.00057 x input
+# characters + 0.0143 x answer tokens; four runs that day gave 0.163-0.200 s and 13.7-14.4 ms, and the estimate
+# uses 0.18 s and 13.8 ms. Per predictor, a one-label answer of 16 tokens took 0.36 s, two labels (28-29 tokens)
+# 0.70-0.75 s, a summary and a product area (51 tokens) 0.90 s, a ChainOfThought analysis (83 tokens) 1.47 s. The
+# lengths the estimate expects the models to write are means: per predictor it was 8-34 % off.
+EMBEDDED_CALL_SECONDS = 0.18
 # What one call of a program that cannot be inspected is taken to read, for the estimate's note (the sample tasks'
 # calls: support triage 136 characters, the classifier 93, the documents 178).
 REFERENCE_INPUT_CHARS = 140
@@ -183,14 +186,22 @@ def _label_predictors(config: RunConfig, program: Any) -> list[str]:
     return out
 
 
-def _field_chars(config: RunConfig, table: Table | None) -> dict[str, float]:
-    """Mean characters of each data field (inputs and labels) over ``table``'s rows; defaults without data."""
+def _field_chars(config: RunConfig, table: Table | None, program: Any = None) -> dict[str, float]:
+    """Mean characters of each data field (inputs and labels) over ``table``'s rows, defaults without data; with
+    ``program``, also each output its predictors write that is not a data field, as long as the embedded models
+    write it (a reasoning, a list, other text). A field neither names: ``UPSTREAM_OUTPUT_CHARS``."""
     out = {f: float(DATA_FIELD_CHARS) for f in config.data.inputs} | {f: float(LABEL_CHARS) for f in config.data.labels}
     if table is not None and len(table):
         for name in out:
             column = config.data.mapping.get(name)
             if column in table.columns:
                 out[name] = fmean(len(row.get(column, "").strip()) for row in table.rows)
+    for _, predictor in program.named_predictors() if program is not None else ():
+        for name, info in predictor.signature.output_fields.items():
+            if name not in out:
+                listed = getattr(info.annotation, "__origin__", info.annotation) in (list, tuple, set)
+                out[name] = float(REASONING_CHARS if name == "reasoning" else
+                                  LIST_OUTPUT_CHARS if listed else UPSTREAM_OUTPUT_CHARS)
     return out
 
 
@@ -212,7 +223,7 @@ def _formatted_chars(config: RunConfig, program: Any, table: Table | None, names
         return None
     import dspy
 
-    chars = _field_chars(config, table)
+    chars = _field_chars(config, table, program)
     adapter = dspy.ChatAdapter()
     prompts, answers = [], []
     for name, predictor in program.named_predictors():
@@ -220,7 +231,7 @@ def _formatted_chars(config: RunConfig, program: Any, table: Table | None, names
             continue
         signature = predictor.signature
         inputs = {f: "x" * round(chars.get(f, UPSTREAM_OUTPUT_CHARS)) for f in signature.input_fields}
-        outputs = {f: "x" * round(chars.get(f, REASONING_CHARS if f == "reasoning" else UPSTREAM_OUTPUT_CHARS))
+        outputs = {f: "x" * round(chars.get(f, UPSTREAM_OUTPUT_CHARS))
                    for f in signature.output_fields}
         messages = adapter.format_finetune_data(signature, [{**inputs, **outputs}] * demos, inputs, outputs)["messages"]
         prompts.append(sum(len(m["content"]) for m in messages[:-1]))
@@ -234,7 +245,7 @@ def call_input_chars(config: RunConfig, program: Any, table: Table | None, names
     cannot be inspected."""
     if program is None:
         return float(REFERENCE_INPUT_CHARS)
-    chars = _field_chars(config, table)
+    chars = _field_chars(config, table, program)
     sizes = [sum(chars.get(f, UPSTREAM_OUTPUT_CHARS) for f in predictor.signature.input_fields)
              for name, predictor in program.named_predictors() if name in names]
     return fmean(sizes) if sizes else float(REFERENCE_INPUT_CHARS)
@@ -244,10 +255,9 @@ def answer_tokens(config: RunConfig, program: Any, table: Table | None, name: st
     """Tokens of the answer of one call of predictor ``name`` on the embedded models: the field markers and the
     values (labels as long as in ``table``, a reasoning and other outputs as long as the embedded models write
     them)."""
-    chars = _field_chars(config, table)
+    chars = _field_chars(config, table, program)
     predictor = dict(program.named_predictors())[name]
-    values = [chars.get(f, REASONING_CHARS if f == "reasoning" else UPSTREAM_OUTPUT_CHARS)
-              for f in predictor.signature.output_fields]
+    values = [chars.get(f, UPSTREAM_OUTPUT_CHARS) for f in predictor.signature.output_fields]
     return ANSWER_MARKER_TOKENS * (len(values) + 1) + sum(values) / VALUE_CHARS_PER_TOKEN
 
 
