@@ -52,8 +52,7 @@ def test_p_w_on_the_embedded_model_then_export_and_reload(tmp_path: Path) -> Non
     assert len(weights) == 1 and (Path(weights[0].path) / "model.gguf").is_file()
     assert rounds[2].lm_usage[tuned]["calls"] >= 3  # the fine-tuned model served the evaluation
     (cut,) = store.list_events(run_id, kinds=["truncated"])
-    train_meta = json.loads((Path(weights[0].path) / "meta.json").read_text())["train"]
-    rows = train_meta["rows"]
+    rows = json.loads((Path(weights[0].path) / "meta.json").read_text())["train"]["rows"]
     assert cut.data["model"] == "embedded/smollm2-135m"
     assert (cut.data["truncated"], cut.data["rows"], cut.data["max_length"]) == (rows, rows, 64)
     # every row was cut to exactly 64 tokens, so a row lost on average what it had beyond 64

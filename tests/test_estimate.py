@@ -89,9 +89,9 @@ def test_weight_step_counts_traces_and_training_steps():
 def test_an_embedded_call_costs_what_it_reads_and_writes_and_scripted_is_fast():
     """The tutorial pipeline without data: analyze (ChainOfThought) reads a 200-character document and writes a
     reasoning (200 characters), an analysis (80) and a list (2: SmolLM2 writes []); classify reads those two
-    outputs (82) and writes two labels (8 characters each). A call costs 0.18 s + 0.57 ms per input character + 13.8 ms per answer
-    token, an answer being ~8 tokens per field marker (one per field and the closing one) and its values at 4.5
-    characters per token; the large and the small LM serve one predictor each."""
+    outputs (82) and writes two labels (8 characters each). A call costs 0.18 s + 0.57 ms per input character +
+    13.8 ms per answer token, an answer being ~8 tokens per field marker (one per field and the closing one) and
+    its values at 4.5 characters per token; the large and the small LM serve one predictor each."""
     embedded = estimate(_config({"strategy": "p"}))
     scripted = estimate(_config({"strategy": "p"}, scripted=True))
     assert embedded.calls == scripted.calls
@@ -205,8 +205,6 @@ def test_a_longer_answer_costs_more_on_the_embedded_models():
     training are the same. And the tutorial's roles for analyze -> classify, measured alone (bench/default_run.py
     --template analyze_classify, 30 November 2026, before the template fine-tuned both): 385.1 s, then 347.0 s
     (training 139.8 s, then 97.4 s)."""
-    from core.defaults import default_config
-
     def classifier(module: str):
         doc = default_config_dict("classifier")
         doc["program"] = {"kind": "stages", "stages": [{"name": "classify", "module": module,
@@ -221,12 +219,12 @@ def test_a_longer_answer_costs_more_on_the_embedded_models():
     per_call = [e.steps[0].seconds / e.steps[0].calls for e in (plain, cot)]
     assert per_call[1] - per_call[0] == pytest.approx(0.0138 * (8 + 200 / 4.5))
     sample = estimate_from_source(predict).steps[0]  # the classifier's reviews, ~93 characters
-    assert 0.3 < sample.seconds / sample.calls < 0.5  # one label: measured 0.32 s (bench/call_time.py)
+    assert 0.3 < sample.seconds / sample.calls < 0.5  # one label: measured 0.33-0.36 s (bench/call_time.py)
     tutorial_config = parse_config(_tutorial_roles(default_config_dict("analyze_classify")))
     assert abs(estimate_from_source(tutorial_config).seconds - 347.0) / 347.0 < 0.15
     scripted = estimate(parse_config(scripted_config_dict("analyze_classify")))
     assert scripted.steps[0].seconds == pytest.approx(scripted.steps[0].calls * 0.002)  # embedded models only
-    assert default_config("support_triage")  # the support pipeline's template still builds
+
 
 def _inspected(config, table: Table | None):
     return inspected_program(config, data_label_choices(config, table))
@@ -298,7 +296,6 @@ def test_the_sample_tasks_rows_are_as_long_as_measured():
         table = load_table_from_path(data_source_path(config))
         tokens = training_row_tokens(config, _inspected(config, table), table)
         assert abs(tokens - measured) / measured < 0.1, (template, tokens)
-
 
 
 def test_a_row_costs_its_tokens_up_to_the_weight_steps_max_length():

@@ -226,7 +226,6 @@ def test_run_page_shows_a_finished_run_from_the_store():
     assert any("4 of 4 rounds" in c.value for c in at.caption)
 
 
-
 def test_run_page_names_a_fine_tune_whose_rows_max_length_cut():
     """A weight step whose rows were longer than max_length (the provider's meta.json says how many and by how
     much) is named on the Run page with its round; a run without cut rows shows no such warning."""
@@ -245,6 +244,7 @@ def test_run_page_names_a_fine_tune_whose_rows_max_length_cut():
     (warning,) = [w.value for w in at.warning if "training rows of" in w.value]
     assert warning.startswith(f"Round {weight.index} ('p -> w'): 28 of 30 training rows of scripted/small were "
                               "longer than max_length=384 tokens and lost ~31 tokens each")
+
 
 def test_results_page_empty_state():
     at = open_page("results")
