@@ -69,7 +69,12 @@ $(STAMP): requirements.txt
 	@echo ">>> Checking that the embedded models run on this CPU (python -m core doctor)."
 	@$(PY) -m core doctor || { rm -f $(STAMP); exit 1; }
 
-install: $(STAMP)
+# The `studio` command: an editable install of this checkout (its dependencies are the pinned ones above).
+$(VENV)/bin/studio: pyproject.toml $(STAMP)
+	$(VENV)/bin/pip install --disable-pip-version-check --no-deps $(PIP_FLAGS) -e .
+	@touch $@
+
+install: $(STAMP) $(VENV)/bin/studio
 
 doctor: install
 	$(PY) -m core doctor

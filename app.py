@@ -15,8 +15,8 @@ from pathlib import Path
 import streamlit as st
 from dotenv import load_dotenv
 
+from core.config.trust import TOKEN_ENV, needs_token, serve_problem, token_matches
 from core.store.secrets import install_log_redaction
-from core.trust import TOKEN_ENV, needs_token, serve_problem, token_matches
 
 load_dotenv()  # API keys may come from a .env file next to the app (never written anywhere by the app)
 install_log_redaction()  # log lines never carry a key

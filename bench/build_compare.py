@@ -37,7 +37,7 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from core.doctor import signal_of  # noqa: E402
+from core.lms.doctor import signal_of  # noqa: E402
 
 logger = logging.getLogger("bench.build_compare")
 MEASURES = ("engine_calls_per_min", "raw_calls_per_min", "generation_tok_per_s", "prompt_tok_per_s")

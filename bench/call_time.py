@@ -8,7 +8,7 @@ SmolLM2's tokenizer counts the tokens of its answer. Per predictor: calls, mean 
 answer tokens, mean seconds, and the estimate's seconds per call for it. Then a least-squares fit over
 all calls: ``seconds = a + b * input_chars + c * answer_tokens``, and the same with ``b`` fixed at
 ``bench/prompt_length.py``'s slope (the inputs here vary too little to measure it): ``a`` and ``c`` are what
-``core.estimate.EMBEDDED_CALL_SECONDS`` and ``SECONDS_PER_OUTPUT_TOKEN`` were set from. Run it with nothing else
+``core.plan.estimate.EMBEDDED_CALL_SECONDS`` and ``SECONDS_PER_OUTPUT_TOKEN`` were set from. Run it with nothing else
 on the machine.
 
     python bench/call_time.py            # the three sample templates, 12 examples each (~3 min)
@@ -64,9 +64,9 @@ def measure(template: str, examples: int, tokenizer: Any) -> list[dict[str, Any]
     import dspy
     from dspy.utils.callback import BaseCallback
 
-    from core.config import parse_config
-    from core.defaults import default_config_dict
-    from core.prepare import prepare_run
+    from core.config.defaults import default_config_dict
+    from core.config.schema import parse_config
+    from core.plan.prepare import prepare_run
     from core.run.build import make_adapter
 
     prepared = prepare_run(parse_config(default_config_dict(template)))
@@ -116,17 +116,17 @@ def main() -> int:
     args = parser.parse_args()
     quiet_logging()
 
+    from core.config.defaults import default_config
     from core.data import load_table_from_path
-    from core.defaults import default_config
-    from core.estimate import (
+    from core.lms.lora.train import Tokenizer
+    from core.plan.estimate import (
         SECONDS_PER_INPUT_CHAR,
         SECONDS_PER_OUTPUT_TOKEN,
         data_label_choices,
         embedded_call_seconds,
         inspected_program,
     )
-    from core.lms.lora.train import Tokenizer
-    from core.prepare import data_source_path
+    from core.plan.prepare import data_source_path
 
     def estimated(template: str, predictor: str) -> float:
         config = default_config(template)

@@ -42,7 +42,7 @@ def _seconds(started: str | None, finished: str | None) -> float | None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny budget (smoke test of the whole path)")
-    parser.add_argument("--template", default=None, help="default: core.defaults.DEFAULT_TEMPLATE")
+    parser.add_argument("--template", default=None, help="default: core.config.defaults.DEFAULT_TEMPLATE")
     parser.add_argument("--strategy", default=None, help="override the strategy, e.g. 'p -> w'")
     parser.add_argument("--no-call-cache", action="store_true", help="switch the per-run call cache off")
     parser.add_argument("--data", default=None, metavar="FILE",
@@ -57,10 +57,10 @@ def main() -> int:
     quiet_logging()
     os.environ.setdefault("STUDIO_HOME", tempfile.mkdtemp(prefix="bench-default-"))
 
-    from core.config import parse_config
-    from core.defaults import default_config_dict, with_smoke_budget
-    from core.estimate import estimate_from_source
+    from core.config.defaults import default_config_dict, with_smoke_budget
+    from core.config.schema import parse_config
     from core.paths import db_path
+    from core.plan.estimate import estimate_from_source
     from core.run import RunManager
     from core.store import Store
 
@@ -141,7 +141,7 @@ def main() -> int:
                 "eval_failed": r.eval_failed,
                 "seconds": _seconds(r.started_at, r.finished_at),
                 "lm_calls": sum(u.get("calls", 0) for u in r.lm_usage.values()),
-                "details": r.details,
+                "details": r.details.to_json(),
             }
             for r in rounds
         ],

@@ -30,14 +30,14 @@ sys.path.insert(0, str(ROOT))
 
 import dspy  # noqa: E402
 
-from core.config import parse_config  # noqa: E402
-from core.defaults import scripted_config_dict  # noqa: E402
+from core.config.defaults import scripted_config_dict  # noqa: E402
+from core.config.schema import parse_config  # noqa: E402
 from core.evidence.capture import CallbackTee, EvidenceCollector, UsageTap, evidence_scope  # noqa: E402
-from core.prepare import prepare_run  # noqa: E402
-from core.records import RunStatus  # noqa: E402
+from core.plan.prepare import prepare_run  # noqa: E402
 from core.run.build import make_adapter  # noqa: E402
 from core.run.observer import RunObserver  # noqa: E402
 from core.store import Store  # noqa: E402
+from core.store.records import RunStatus  # noqa: E402
 
 
 def examples(prepared, n: int) -> list[dspy.Example]:

@@ -46,13 +46,14 @@ def _score(program: Any, examples: list, metric: Any) -> float:
 def measure(db: str, run_id: int, sets: int) -> dict[str, Any]:
     import dspy
 
-    from core.export import run_label_choices
+    from core.bundles.export import run_label_choices
+    from core.bundles.saved import load_saved_program
     from core.lms.call_cache import CallCache
     from core.optimizers.prompt import passing_demos
-    from core.optimizers.stratify import label_predictors, stratified_candidate
-    from core.prepare import prepare_run
+    from core.optimizers.stratify import stratified_candidate
+    from core.plan.prepare import prepare_run
+    from core.programs import label_keys, label_predictors
     from core.run.build import make_adapter
-    from core.saved_programs import load_saved_program
     from core.store import Store
 
     store = Store(db)
@@ -65,7 +66,7 @@ def measure(db: str, run_id: int, sets: int) -> dict[str, Any]:
     result: dict[str, Any] = {"db": db, "run": run_id, "program": program_name, "seed": config.seed, "candidates": []}
     with dspy.context(adapter=make_adapter(prepared.runtimes), studio_call_cache=CallCache()):
         fine_tuned = load_saved_program(config, paths[2], weights, run_label_choices(store, run_id))
-        targets = label_predictors(fine_tuned, split.train)
+        targets = label_predictors(fine_tuned, label_keys(split.train))
         upstream = [name for name, _ in fine_tuned.named_predictors() if name not in targets]
         candidates: list[tuple[str, Any]] = [("p -> w", fine_tuned)]
         for seed in range(sets):

@@ -12,7 +12,7 @@ support-ticket task, with the same output grammar):
   each (the whole prompt is evaluated every time);
 - the zero-shot parse rate (answers the ChatAdapter parses into every output field) and the
   accuracy on ``intent``;
-- plain generation and prompt tokens/s (llama.cpp's own counters, ``core.doctor.measure_generation``)
+- plain generation and prompt tokens/s (llama.cpp's own counters, ``core.lms.doctor.measure_generation``)
   and which llama-cpp-python it ran (path, compiled CPU extensions).
 
 ``--compare-build`` measures the portable and the native llama-cpp-python builds on this machine
@@ -40,8 +40,12 @@ sys.path.insert(0, str(REPO_ROOT))
 
 import dspy  # noqa: E402
 
-from core import doctor  # noqa: E402
-from core.lms import catalog, embedded, grammar  # noqa: E402
+from core.lms import (  # noqa: E402
+    catalog,
+    doctor,  # noqa: E402
+    embedded,
+    grammar,
+)
 from core.lms.registry import make_embedded_lm  # noqa: E402
 
 logger = logging.getLogger("bench.inference")

@@ -1,7 +1,7 @@
 """Benchmark: seconds per embedded call against the length of the text the call reads.
 
 The Strategy page's estimate prices an embedded call at ~0.7 s for the sample tasks' short inputs (~140
-characters) plus ``core.estimate.SECONDS_PER_INPUT_CHAR`` per character beyond. This measures that slope:
+characters) plus ``core.plan.estimate.SECONDS_PER_INPUT_CHAR`` per character beyond. This measures that slope:
 the classifier template's program (one ``Predict``, its label constrained to the sample's values, as a run
 serves it: the run's adapter and grammar, the shared llama.cpp engine) classifies texts of several lengths,
 made of whole sentences of the bundled documents, each text different so that no prompt prefix beyond the
@@ -62,11 +62,11 @@ def main() -> int:
 
     import dspy
 
-    from core.config import parse_config
+    from core.config.defaults import default_config_dict
+    from core.config.schema import parse_config
     from core.data import Table
-    from core.defaults import default_config_dict
-    from core.estimate import SECONDS_PER_INPUT_CHAR, data_label_choices, embedded_call_seconds, inspected_program
-    from core.prepare import prepare_run
+    from core.plan.estimate import SECONDS_PER_INPUT_CHAR, data_label_choices, embedded_call_seconds, inspected_program
+    from core.plan.prepare import prepare_run
     from core.run.build import make_adapter
 
     lengths, calls = ((150, 1500), 2) if args.quick else ((150, 600, 1500, 3000), args.calls)

@@ -11,7 +11,7 @@ recorded per round), the Strategy page's estimate against the measured wall time
 of issue 11. Progress goes to stderr; the last line of stdout is one JSON object.
 
     python bench/quality.py                       # 3 tasks x 3 seeds (about 1.5 h on 2 cores)
-    python bench/quality.py --test 40             # the same with 40 test examples per task (the README table)
+    python bench/quality.py --test 40             # the same with 40 test examples per task (docs/benchmarks.md's table)
     python bench/quality.py --quick               # CI-sized smoke run: tiny splits, 1 seed, 2 LoRA steps
     python bench/quality.py --tasks support_triage --seeds 0
     python bench/quality.py --task my.csv:my_config.json
@@ -54,7 +54,7 @@ def _log(message: str) -> None:
 
 def task_documents(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     """Task name -> its run configuration document."""
-    from core.defaults import default_config_dict
+    from core.config.defaults import default_config_dict
 
     docs = {name: default_config_dict(name) for name in args.tasks}
     for item in args.task:
@@ -88,7 +88,7 @@ def sized(doc: dict[str, Any], seed: int, strategy: str, quick: bool, test: int 
 
 
 def run_config(manager: Any, doc: dict[str, Any]) -> int:
-    from core.config import parse_config
+    from core.config.schema import parse_config
 
     run_id = manager.start(parse_config(doc))
     seen = 0
@@ -106,11 +106,11 @@ def test_scores(store: Any, run_id: int, indices: list[int]) -> tuple[dict[int, 
     for them all, as within a run: an unchanged upstream predictor is asked once per example)."""
     import dspy
 
-    from core.export import run_label_choices
+    from core.bundles.export import run_label_choices
+    from core.bundles.saved import load_saved_program
     from core.lms.call_cache import CallCache
-    from core.prepare import prepare_run
+    from core.plan.prepare import prepare_run
     from core.run.build import make_adapter
-    from core.saved_programs import load_saved_program
 
     run = store.get_run(run_id)
     config = run.require_config()
@@ -137,8 +137,8 @@ def test_scores(store: Any, run_id: int, indices: list[int]) -> tuple[dict[int, 
 def round_phases(rounds: list[Any]) -> dict[str, float]:
     total: dict[str, float] = {}
     for r in rounds:
-        for name, seconds in (r.details.get("phases") or {}).items():
-            total[name] = total.get(name, 0.0) + float(seconds)
+        for name, seconds in r.details.phases.items():
+            total[name] = total.get(name, 0.0) + seconds
     return total
 
 
@@ -161,8 +161,8 @@ def measure_task(manager: Any, name: str, doc: dict[str, Any], seed: int, quick:
                  test: int | None = None, earlier_w: dict[str, Any] | None = None) -> dict[str, Any]:
     """One seed of one task: a p -> w -> p run (4 strategies) and a w run (or ``earlier_w``, the same
     seed's ``w`` measured before, see ``--reuse-w``)."""
-    from core.config import parse_config
-    from core.estimate import estimate_from_source
+    from core.config.schema import parse_config
+    from core.plan.estimate import estimate_from_source
 
     store = manager.store
     result: dict[str, Any] = {"task": name, "seed": seed, "scores": {}, "seconds": {}, "phases": {}}
@@ -178,8 +178,8 @@ def measure_task(manager: Any, name: str, doc: dict[str, Any], seed: int, quick:
     result["phases"]["baseline"] = {"baseline evaluation": 0.0, "test": 0.0}
     cumulative: dict[str, float] = {}
     for r in rounds:
-        for phase, seconds in (r.details.get("phases") or {}).items():
-            cumulative[phase] = cumulative.get(phase, 0.0) + float(seconds)
+        for phase, seconds in r.details.phases.items():
+            cumulative[phase] = cumulative.get(phase, 0.0) + seconds
         label = r.strategy or "baseline"
         if label != "baseline":
             result["scores"][label] = scores.get(r.index)
@@ -191,7 +191,7 @@ def measure_task(manager: Any, name: str, doc: dict[str, Any], seed: int, quick:
         "run_seconds": round(_seconds(run.started_at, run.finished_at), 1),
         "val": {r.strategy or "baseline": r.score for r in rounds}, "test_best": run.test_best_score,
         "best_strategy": run.best_strategy,
-        "traces": [r.details.get("traces") for r in rounds if r.details.get("traces")],
+        "traces": [r.details.traces.to_json() for r in rounds if r.details.traces is not None],
         "cache": next((e.data for e in store.list_events(run_id, kinds=["cache"])), None),
     }
     predicted = estimate_from_source(parse_config(main_doc))
@@ -292,8 +292,8 @@ def default_run_measurements(paths: list[str]) -> list[dict[str, Any]]:
             raise SystemExit(f"--default-run {path}: {problems[0]}; expected the JSON of a plain "
                              "`python bench/default_run.py`")
         if doc.get("estimate_seconds") is None:  # an output from before default_run.py printed the estimate
-            from core.defaults import default_config
-            from core.estimate import estimate_from_source
+            from core.config.defaults import default_config
+            from core.plan.estimate import estimate_from_source
 
             config = default_config(doc["template"]) if doc.get("template") else default_config()
             doc["estimate_seconds"] = round(estimate_from_source(config).seconds, 1)
@@ -330,7 +330,7 @@ def main() -> int:
     parser.add_argument("--task", action="append", default=[], help="DATA_FILE:CONFIG_JSON, repeatable")
     parser.add_argument("--seeds", nargs="*", type=int, default=None, help="default: 0 1 2 (--quick: 0)")
     parser.add_argument("--test", type=int, default=None,
-                        help="test examples per task (default: the task's own split; the README table uses 40)")
+                        help="test examples per task (default: the task's own split; docs/benchmarks.md uses 40)")
     parser.add_argument("--merge", nargs="+", default=None, metavar="JSON",
                         help="summarize the runs of earlier --out files (seeds run in separate processes) instead; "
                              "a task and seed in several files: the last file's")

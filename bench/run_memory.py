@@ -46,8 +46,8 @@ def rss_mb(pid: int | str = "self", field: str = "VmRSS") -> float | None:
 
 
 def _config(lm: str, quick: bool):
-    from core.config import parse_config
-    from core.defaults import default_config_dict, scripted_config_dict, with_smoke_budget
+    from core.config.defaults import default_config_dict, scripted_config_dict, with_smoke_budget
+    from core.config.schema import parse_config
 
     doc = scripted_config_dict("classifier") if lm == "scripted" else default_config_dict()
     if quick:

@@ -40,33 +40,36 @@ def rss_mb() -> float:
 
 
 def _round(run_id: int, index: int, strategy: str, score: float):
-    from core.records import Round
+    from core.config.strategy import last_step
     from core.store import now_iso
+    from core.store.records import Round
 
-    return Round(run_id=run_id, index=index, strategy=strategy, step_key=strategy.split(" -> ")[-1] or None,
+    return Round(run_id=run_id, index=index, strategy=strategy, step_key=last_step(strategy),
                  optimizer=None if index == 0 else ("finetune" if strategy.endswith("w") else "random_search"),
                  score=score, eval_failed=False, eval_error=None, is_best=False, started_at=now_iso(),
                  finished_at=now_iso(), lm_usage={"scripted/large": {"calls": 2000, "errors": 0, "input_tokens": 300_000,
                                                                      "output_tokens": 50_000}},
                  predictor_models={p: "scripted/large" for p in PREDICTORS}, demos={p: index % 3 for p in PREDICTORS},
-                 instructions={p: f"Instructions of {p}, version {index}." for p in PREDICTORS}, details={})
+                 instructions={p: f"Instructions of {p}, version {index}." for p in PREDICTORS})
 
 
 def _strategies(rounds: int) -> list[str]:
+    from core.config.strategy import join_steps
+
     keys = ["p", "w"] * rounds
-    return [""] + [" -> ".join(keys[:i]) for i in range(1, rounds)]
+    return [join_steps(keys[:i]) for i in range(rounds)]
 
 
 def _config(strategy: str, name: str):
     """A valid run config (scripted LMs) with ``strategy``: the store keeps typed configs only."""
-    from core.config import parse_config
-    from core.defaults import scripted_config_dict
+    from core.config.defaults import scripted_config_dict
+    from core.config.schema import parse_config
 
     return parse_config({**scripted_config_dict("analyze_classify"), "strategy": strategy, "name": name})
 
 
 def make_history(store, runs: int) -> None:
-    from core.records import RunOutcome, RunStatus
+    from core.store.records import RunOutcome, RunStatus
     from core.store.rows import round_to_row
 
     rows = []
@@ -88,8 +91,8 @@ def _program_state(index: int, model: str) -> dict:
 
 def make_big_run(store, folder: Path, examples: int, rounds: int) -> int:
     """A run with ``rounds`` validation evaluations and a test one, each of ``examples`` examples."""
-    from core.records import RunOutcome, RunStatus, TrainingRow
     from core.store.evidence import ExampleResult, LMCall, NewEvaluation, add_evaluation, add_training_rows
+    from core.store.records import RunOutcome, RunStatus, TrainingRow
 
     strategies = _strategies(rounds)
     run_id = store.create_run("big run", _config(strategies[-1], "big"), RunStatus.RUNNING)

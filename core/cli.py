@@ -2,11 +2,17 @@
 
     python -m core run CONFIG.json        progress on stderr, the run summary as JSON on stdout
     python -m core resume RUN_ID          continue a failed, cancelled or interrupted run
+    python -m core sweep CONFIG.json      the config's sweep (strategies x seeds): summary JSON on stdout
+    python -m core sweep --resume ID      continue a failed, cancelled or interrupted sweep
     python -m core export RUN_ID OUT      OUT a folder or a .zip
     python -m core report RUN_ID OUT.html one self-contained HTML report (opens offline)
     python -m core predict BUNDLE --input '{"field": "..."}'
     python -m core models [--json]
     python -m core doctor [--json]       do the embedded models run on this CPU? (child processes)
+    python -m core app [--port 8501]     start the dashboard on localhost
+
+`make install` also installs these as the `studio` command (``studio run CONFIG.json``), which works
+from any folder.
 
 Any failure exits non-zero with a one-line message on stderr.
 """
@@ -22,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from core.errors import StudioError
+from core.errors import StudioError, shown
 from core.store.secrets import install_log_redaction, redact
 
 logger = logging.getLogger("core.cli")
@@ -60,11 +66,14 @@ def _show_progress(store: Any, run_id: int, seen: int) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from core.config import load_config
+    from core.config.schema import load_config
     from core.paths import db_path
     from core.run import get_manager
 
     config = load_config(args.config)
+    if config.sweep is not None:
+        print("note: this configuration has a 'sweep'; `run` runs its strategy once (`sweep` runs the sweep)",
+              file=sys.stderr)
     manager = get_manager(args.db or db_path())
     # DSPy's optimizers print to stdout: keep stdout for the JSON summary only.
     with contextlib.redirect_stdout(sys.stderr):
@@ -99,8 +108,56 @@ def _follow(manager: Any, run_id: int) -> int:
     return 0 if summary["status"] == "finished" else 1
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from core.config.schema import load_config
+    from core.paths import db_path
+    from core.run.sweep import get_sweep_manager
+
+    if (args.config is None) == (args.resume is None):
+        raise StudioError("give the CONFIG of a sweep, or --resume SWEEP_ID (not both)")
+    manager = get_sweep_manager(args.db or db_path())
+    with contextlib.redirect_stdout(sys.stderr):
+        if args.resume is not None:
+            sweep_id = manager.resume(args.resume)
+        else:
+            sweep_id = manager.start(load_config(args.config), base_dir=Path(args.config).resolve().parent)
+    return _follow_sweep(manager, sweep_id)
+
+
+def _sweep_progress(store: Any, sweep_id: int, seen: dict[int, int]) -> None:
+    for child in store.sweep_children(sweep_id):
+        if child.run_id is None:
+            continue
+        for event in store.list_events(child.run_id, since_id=seen.get(child.run_id, 0)):
+            seen[child.run_id] = event.id
+            if event.kind != "progress":
+                print(f"[sweep {sweep_id}, run {child.run_id}: '{child.strategy}' seed {child.seed}] {event.kind}: "
+                      f"{event.message}", file=sys.stderr, flush=True)
+
+
+def _follow_sweep(manager: Any, sweep_id: int) -> int:
+    """A sweep's progress on stderr until it ends (Ctrl-C cancels it); its summary as JSON on stdout."""
+    from core.evidence.sweep import summarize_sweep
+
+    store = manager.store
+    seen: dict[int, int] = {}
+    with contextlib.redirect_stdout(sys.stderr):
+        try:
+            while not manager.wait(sweep_id, timeout=0.5):
+                _sweep_progress(store, sweep_id, seen)
+        except KeyboardInterrupt:
+            print("cancelling the sweep: the finished runs are kept...", file=sys.stderr)
+            manager.cancel(sweep_id)
+            manager.wait(sweep_id)
+        _sweep_progress(store, sweep_id, seen)
+    sweep = store.get_sweep(sweep_id)
+    summary = sweep.summary or summarize_sweep(store, sweep_id)
+    print(json.dumps({**summary.to_json(), "status": sweep.status.value, "error": sweep.error}, indent=2))
+    return 0 if sweep.status.value == "finished" else 1
+
+
 def cmd_export(args: argparse.Namespace) -> int:
-    from core.export import export_run
+    from core.bundles.export import export_run
     from core.paths import db_path
     from core.store import Store
 
@@ -121,7 +178,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from core.export import load_bundle, predict
+    from core.bundles.export import load_bundle, predict
 
     try:
         inputs = json.loads(args.input)
@@ -150,7 +207,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from core.doctor import format_report, run_doctor
+    from core.lms.doctor import format_report, run_doctor
 
     def announce(check: Any) -> None:
         print(f"checking {check.name} (in a child process)...", file=sys.stderr, flush=True)
@@ -162,8 +219,33 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_app(args: argparse.Namespace) -> int:
+    """Start the dashboard (Streamlit) on localhost, whatever the working folder; returns its exit status."""
+    import subprocess
+
+    from core.paths import REPO_ROOT
+
+    argv = [sys.executable, "-m", "streamlit", "run", str(REPO_ROOT / "app.py"), "--server.address", "localhost",
+            "--server.port", str(args.port), "--server.headless", "true"]
+    try:
+        return subprocess.call(argv, cwd=REPO_ROOT)
+    except KeyboardInterrupt:
+        return 0
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"port {shown(text)} is not a number; allowed: 1024-65535") from None
+    if not 1024 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port {port} is out of range; allowed: 1024-65535")
+    return port
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m core", description="BetterTogether Studio, headless")
+    parser = argparse.ArgumentParser(prog=Path(sys.argv[0]).name if Path(sys.argv[0]).name == "studio"
+                                     else "python -m core", description="BetterTogether Studio, headless")
     parser.add_argument("--db", help="database file (default: $STUDIO_HOME/studio.db)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log library messages too")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -173,6 +255,10 @@ def build_parser() -> argparse.ArgumentParser:
     resume = sub.add_parser("resume", help="continue a failed, cancelled or interrupted run from its last round")
     resume.add_argument("run_id", type=int)
     resume.set_defaults(func=cmd_resume)
+    sweep = sub.add_parser("sweep", help="run the config's sweep: each strategy with each seed, as one job")
+    sweep.add_argument("config", nargs="?", help="a configuration with a 'sweep'")
+    sweep.add_argument("--resume", type=int, metavar="SWEEP_ID", help="continue a failed, cancelled or interrupted sweep")
+    sweep.set_defaults(func=cmd_sweep)
     export = sub.add_parser("export", help="export a run as a bundle (folder, or .zip)")
     export.add_argument("run_id", type=int)
     export.add_argument("out")
@@ -194,6 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
     doctor = sub.add_parser("doctor", help="check that the embedded models run on this CPU (generation, a LoRA step)")
     doctor.add_argument("--json", action="store_true")
     doctor.set_defaults(func=cmd_doctor)
+    app = sub.add_parser("app", help="start the dashboard on http://localhost:PORT (never on other interfaces)")
+    app.add_argument("--port", type=_port, default=8501)
+    app.set_defaults(func=cmd_app)
     return parser
 
 
@@ -216,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except Exception as e:  # noqa: BLE001 - one line, never a traceback
         logger.debug("unexpected error", exc_info=True)
-        print(f"error: unexpected {type(e).__name__}: {redact(str(e))}", file=sys.stderr)
+        print(f"error: unexpected {type(e).__name__}: {shown(redact(str(e)), 400, quotes=False)}", file=sys.stderr)
         return 3
     finally:
         logger.info("done in %.1f s", time.monotonic() - started)

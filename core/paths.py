@@ -10,7 +10,7 @@ import os
 import re
 from pathlib import Path
 
-from core.errors import DataError
+from core.errors import DataError, shown
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = REPO_ROOT / "data"
@@ -35,7 +35,7 @@ def sample_name_problem(name: str) -> str | None:
     """Why ``name`` cannot name a bundled sample, or None."""
     if (not isinstance(name, str) or not _SAMPLE_NAME.fullmatch(name) or ".." in name
             or not name.endswith(SAMPLE_EXTENSIONS)):
-        return (f"sample name {name!r} must be the plain file name of a bundled sample in data/ "
+        return (f"sample name {shown(name)} must be the plain file name of a bundled sample in data/ "
                 f"(no folders, no '..', ending in {', '.join(SAMPLE_EXTENSIONS)})")
     return None
 
@@ -46,5 +46,5 @@ def sample_path(name: str) -> Path:
         raise DataError(problem)
     path = (DATA_DIR / name).resolve()
     if path.parent != DATA_DIR.resolve():
-        raise DataError(f"sample name {name!r} does not name a file in data/")
+        raise DataError(f"sample name {shown(name)} does not name a file in data/")
     return path

@@ -8,22 +8,8 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from core.charts import label_figure, loss_figure
-from core.charts import round_label as strategy_label
-from core.evidence.diff import diff_html, round_diff
+from core.evidence.diff import diff_html, proposed_candidates, round_diff
 from core.evidence.report import build_report
-from core.evidence.views import (
-    FILTER_LABELS,
-    cell_style,
-    column_label,
-    gold_vs_prediction,
-    loss_events,
-    matrix_records,
-    sources_legend,
-    trace_steps,
-    training_record,
-)
-from core.records import Run
 from core.store.evidence import (
     FILTERS,
     SPLITS,
@@ -36,6 +22,20 @@ from core.store.evidence import (
     training_jsonl,
     training_rows_page,
     training_sets,
+)
+from core.store.records import Round, Run
+from core.views.charts import label_figure, loss_figure
+from core.views.charts import round_label as strategy_label
+from core.views.evidence import (
+    FILTER_LABELS,
+    cell_style,
+    column_label,
+    gold_vs_prediction,
+    loss_events,
+    matrix_records,
+    sources_legend,
+    trace_steps,
+    training_record,
 )
 from pages._ui import store
 
@@ -149,6 +149,22 @@ def diffs(run: Run) -> None:
                 st.markdown(f"demos {title}")
                 st.dataframe(pd.DataFrame(list(demos)), hide_index=True, width="stretch",
                              key=f"demos_{run.id}_{a}_{b}_{d.name}_{title}")
+    candidates(run, next(r for r in rounds if r.index == b))
+
+
+def candidates(run: Run, round_: Round) -> None:
+    """The instructions the prompt step of ``round_`` tried (GEPA's candidates), with their scores."""
+    tried = proposed_candidates(store(), run.id, round_.strategy)
+    if not tried:
+        return
+    st.markdown(f"##### Candidates the step of round {round_.index} tried ({len(tried)})")
+    for c in tried:
+        with st.expander(c.label):
+            if not c.changes:
+                st.caption("instructions as the step started")
+            for name, words in c.changes:
+                st.markdown(f"`{name}`")
+                st.html(f"<div style='white-space:pre-wrap;border:1px solid #eee;padding:8px'>{diff_html(words)}</div>")
 
 
 def training(run: Run) -> None:

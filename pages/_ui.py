@@ -10,13 +10,13 @@ from collections.abc import Callable
 
 import streamlit as st
 
-from core.config import RunDraft
+from core.config.schema import RunDraft
 from core.document import new_document
 from core.errors import StudioError
 from core.paths import db_path
-from core.records import RunStatus
 from core.run import RunManager, get_manager
 from core.store import RESUMABLE, Store
+from core.store.records import RunStatus
 
 logger = logging.getLogger("studio.pages")
 

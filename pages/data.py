@@ -7,13 +7,14 @@ import hashlib
 import pandas as pd
 import streamlit as st
 
-from core import document, trust
-from core.charts import label_figure
-from core.config import RunDraft
+from core import document
+from core.config import trust
+from core.config.schema import RunDraft
 from core.data import ALLOWED_EXTENSIONS, MAX_FILE_BYTES, Table
 from core.errors import StudioError
 from core.paths import studio_home
 from core.programs import program_fields
+from core.views.charts import label_figure
 from pages._ui import allowed_files, doc, guarded, rerun_with
 
 UPLOAD_DONE = "upload_digest"

@@ -6,9 +6,9 @@ import pandas as pd
 import streamlit as st
 
 from core import document
-from core.config import LiteLLMSpec, RunDraft
+from core.config.schema import LiteLLMSpec, RunDraft
 from core.lms.catalog import list_models
-from core.probe import check_connection
+from core.lms.probe import check_connection
 from pages._ui import api_keys, doc, guarded, rerun_with
 
 
@@ -32,7 +32,7 @@ def embedded_section() -> None:
 
 def doctor_section() -> None:
     """The doctor's check (``python -m core doctor``), run only on request; the last result is kept."""
-    from core.doctor import report_rows, run_doctor
+    from core.lms.doctor import report_rows, run_doctor
 
     if st.button("Check that the embedded models run on this CPU", icon=":material/health_and_safety:",
                  help="Generates a few tokens with each default model and runs one LoRA step, in child "

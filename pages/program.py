@@ -5,8 +5,9 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from core import document, trust
-from core.config import RunDraft
+from core import document
+from core.config import trust
+from core.config.schema import RunDraft
 from core.errors import ProgramError
 from core.programs import STAGE_MODULES, TEMPLATES, Stage, parse_stage_signature
 from pages._ui import api_keys, doc, guarded, rerun_with, rev, set_doc

@@ -9,18 +9,19 @@ from datetime import datetime
 import pandas as pd
 import streamlit as st
 
-from core.charts import compare_test_scores, comparison_figure, score_figure, usage_totals
-from core.config import config_to_json
+from core.bundles.export import export_run, predict
+from core.bundles.saved import describe_program, load_run_program
+from core.config.schema import config_to_json
+from core.config.strategy import strategy_prefixes
 from core.errors import StudioError
-from core.export import export_run, predict
 from core.paths import studio_home
-from core.records import Run
-from core.saved_programs import describe_program, load_run_program
-from core.strategy import strategy_prefixes
+from core.store.records import Run
+from core.views.charts import compare_test_scores, comparison_figure, score_figure
+from core.views.rounds import round_table
 from pages._evidence import diffs, examples, report_button, training
 from pages._ui import guarded, store
 
-LOAD_SNIPPET = '''from core.export import load_bundle, predict
+LOAD_SNIPPET = '''from core.bundles.export import load_bundle, predict
 
 program = load_bundle("{file}")          # the best program, with its fine-tuned weights
 print(predict(program, {inputs}))
@@ -64,7 +65,7 @@ def pick_run(runs: list[Run]) -> Run:
     return next(r for r in runs if r.id == picked)
 
 
-def round_table(run: Run) -> None:
+def rounds_tab(run: Run) -> None:
     rounds = store().list_rounds(run.id)
     if not rounds:
         st.info("This run recorded no rounds (it stopped before its baseline was evaluated).")
@@ -76,27 +77,7 @@ def round_table(run: Run) -> None:
     if compared := compare_test_scores(run.test_baseline_score, run.test_best_score, run.best_strategy):
         getattr(st, compared[0])(compared[1])
     st.plotly_chart(score_figure(rounds, planned), width="stretch", key=f"detail_score_{run.id}")
-    rows = []
-    for r in rounds:
-        usage = usage_totals([r])
-        rows.append({
-            "round": r.index, "strategy": r.strategy or "baseline", "optimizer": r.optimizer or "-",
-            "score": "evaluation failed" if r.score is None else f"{r.score:.1f}", "best": "★" if r.is_best else "",
-            "LM calls": sum(u["calls"] for u in usage.values()),
-            "tokens": sum(u["input_tokens"] + u["output_tokens"] for u in usage.values()),
-            "models": ", ".join(sorted(set(r.predictor_models.values()))),
-            "demos": ", ".join(f"{k}: {v}" for k, v in r.demos.items()),
-            "note": r.eval_error or _traces(r.details),
-        })
-    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
-
-
-def _traces(details: dict) -> str:
-    traces = details.get("traces")
-    if not traces:
-        return ""
-    sources = ", ".join(f"{p}: {s}" for p, s in (traces.get("sources") or {}).items())
-    return f"traces kept {traces['kept']} of {traces['collected']}" + (f" ({sources})" if sources else "")
+    st.dataframe(pd.DataFrame(round_table(rounds)), hide_index=True, width="stretch")
 
 
 def _programs(run: Run):
@@ -189,7 +170,7 @@ def body() -> None:
     tabs = st.tabs(["Rounds", "Examples", "Diffs", "Training data", "Baseline vs best", "Playground", "Compare runs",
                     "Export"])
     with tabs[0]:
-        guarded(lambda: round_table(run))
+        guarded(lambda: rounds_tab(run))
     with tabs[1]:
         guarded(lambda: examples(run))
     with tabs[2]:

@@ -5,8 +5,12 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from core import document, trust
-from core.charts import (
+from core import document
+from core.config import trust
+from core.config.schema import RunDraft
+from core.store.records import RunStatus
+from core.tracking import tracking_target
+from core.views.charts import (
     compare_test_scores,
     label_figure,
     loss_figure,
@@ -17,9 +21,8 @@ from core.charts import (
     usage_figure,
     usage_rows,
 )
-from core.config import RunDraft
-from core.monitor import RunSnapshot, run_snapshot, truncation_notes
-from core.records import RunStatus
+from core.views.monitor import RunSnapshot, run_snapshot, tracking_warning, truncation_notes
+from core.views.rounds import round_table
 from pages._ui import allowed_files, api_keys, doc, guarded, manager, resume_button, store
 
 STATUS_ICONS = {
@@ -44,6 +47,8 @@ def start_section() -> None:
     summary(current)
     if urls := trust.endpoints(current):
         st.caption("On Start, requests (with the LM's API key) go to " + ", ".join(f"`{u}`" for u in urls) + ".")
+    if target := tracking_target(current):
+        st.caption(f"The run is logged to MLflow ({target.describe()}): config `tracking`, or `MLFLOW_TRACKING_URI`.")
     problems = document.run_problems(current, api_keys(), allowed_files())  # cheap and local: no LM, no network
     clicked = st.button("Start run", type="primary", disabled=bool(problems), icon=":material/play_arrow:")
     if problems:
@@ -125,23 +130,19 @@ def live_view(run_id: int) -> None:
     if snap.rounds:
         left, right = st.columns(2)
         left.plotly_chart(phases_figure(snap.rounds), width="stretch", key=f"phases_{run_id}")
-        trained = [r for r in snap.rounds if (r.details.get("traces") or {}).get("labels")]
+        trained = [r for r in snap.rounds if r.details.traces is not None and r.details.traces.labels]
         if trained:
-            traces = trained[-1].details["traces"]
-            right.plotly_chart(label_figure(traces["labels"], title=f"Training rows per label value "
-                                            f"('{round_label(trained[-1].strategy)}', balance {traces.get('balance')})"),
+            traces = trained[-1].details.traces
+            right.plotly_chart(label_figure(traces.labels, title=f"Training rows per label value "
+                                            f"('{round_label(trained[-1].strategy)}', balance {traces.balance})"),
                                width="stretch", key=f"labels_{run_id}")
     st.subheader("Rounds")
     if snap.rounds:
-        st.dataframe(pd.DataFrame([
-            {"round": r.index, "strategy": r.strategy or "baseline", "optimizer": r.optimizer or "-",
-             "score": "evaluation failed" if r.score is None else f"{r.score:.1f}", "best": "★" if r.is_best else "",
-             "trace sources": ", ".join(f"{p}: {s}" for p, s in
-                                        ((r.details.get("traces") or {}).get("sources") or {}).items()),
-             "error": r.eval_error or ""} for r in snap.rounds
-        ]), hide_index=True, width="stretch")
+        st.dataframe(pd.DataFrame(round_table(snap.rounds)), hide_index=True, width="stretch")
     for message in truncation_notes(snap.rounds):
         st.warning(message, icon=":material/content_cut:")
+    if tracking := tracking_warning(snap.log):
+        st.warning(tracking, icon=":material/cloud_off:")
     with st.expander("Event log", expanded=False):
         st.dataframe(pd.DataFrame([
             {"time": e.time[11:19], "kind": e.kind, "message": e.message} for e in reversed(snap.log)

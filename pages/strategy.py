@@ -8,12 +8,14 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from core import document, trust
-from core.config import RunDraft, config_to_json
+from core import document
+from core.config import trust
+from core.config.schema import RunDraft, config_to_json
+from core.config.strategy import MAX_STEPS, PRESETS, split_strategy
 from core.errors import StudioError
-from core.estimate import estimate, format_duration
-from core.metrics import METRICS
-from core.strategy import MAX_STEPS, PRESETS
+from core.optimizers.table import step_warnings
+from core.plan.estimate import estimate, format_duration
+from core.programs.metrics import METRICS
 from pages._ui import allowed_files, doc, guarded, rerun_with, rev
 
 CONFIG_DONE = "config_upload_digest"
@@ -32,8 +34,8 @@ def presets(current: RunDraft) -> None:
     st.caption("Presets")
     cols = st.columns(len(PRESETS))
     for col, (text, description) in zip(cols, PRESETS.items(), strict=True):
-        if col.button(text, key=f"preset_{text.replace(' -> ', '_')}", help=description, width="stretch"):
-            _apply_steps(current, text.split(" -> "))
+        if col.button(text, key=f"preset_{'_'.join(split_strategy(text))}", help=description, width="stretch"):
+            _apply_steps(current, split_strategy(text))
 
 
 def step_blocks(current: RunDraft) -> None:
@@ -41,7 +43,7 @@ def step_blocks(current: RunDraft) -> None:
     cols = st.columns(max(len(steps), 4))
     for i, key in enumerate(steps):
         with cols[i], st.container(border=True):
-            kind = document.step_kind(current, key)
+            kind = current.step_kind(key)
             st.markdown(f"**{i + 1}. {key}** {':green[weight]' if kind == 'weight' else ':blue[prompt]'}")
             st.caption(document.step_label(current, key))
             b1, b2, b3 = st.columns(3)
@@ -104,6 +106,8 @@ def settings_forms(current: RunDraft) -> None:
                                                        document.setting_options(current, field))
                 if st.form_submit_button("Save settings"):
                     rerun_with(document.set_settings(current, key, values), structural=True)
+            for warning in step_warnings(current, key):
+                st.warning(warning)
 
 
 def setting_input(col: Any, field: document.SettingField, value: Any, options: tuple[Any, ...]) -> Any:

@@ -10,10 +10,11 @@ from typing import Any
 
 import dspy
 
-from core.config import RunConfig
-from core.prepare import PreparedRun, prepare_run
+from core.config.schema import RunConfig
+from core.plan.prepare import PreparedRun, prepare_run
 from core.run.bettertogether import StudioBetterTogether
 from core.run.build import build_optimizers, make_adapter
+from core.run.execute import step_events
 from core.run.observer import RunObserver
 from core.run.recorder import RoundRecorder
 from core.store import Store
@@ -40,7 +41,7 @@ def compile_recorded(config: RunConfig, folder: Path, name: str = "compiled") ->
     recorder = RoundRecorder(store, run_id, config, observer, folder / "run", cancel)
     adapter = make_adapter(prepared.runtimes)
     with recorder.evidence, dspy.context(lm=prepared.context_lm, adapter=adapter, callbacks=[observer]):
-        optimizers = build_optimizers(prepared, recorder.weight_hooks(), adapter)
+        optimizers = build_optimizers(prepared, recorder.weight_hooks(), adapter, events=step_events(recorder))
         program = StudioBetterTogether(prepared.metric, recorder, **optimizers).compile(
             prepared.program, trainset=list(prepared.split.train), valset=list(prepared.split.val), num_threads=1,
             seed=config.seed, strategy=config.strategy)

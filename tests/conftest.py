@@ -79,6 +79,8 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
 def studio_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "studio-home"
     monkeypatch.setenv("STUDIO_HOME", str(home))
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME"):  # a user's tracking server never sees a test run
+        monkeypatch.delenv(name, raising=False)
     # Model caches (dequantized weights) are expensive: share them across tests.
     monkeypatch.setenv("STUDIO_MODEL_CACHE", str(ROOT / ".studio" / "models"))
     return home

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from core.defaults import scripted_config_dict
+from core.config.defaults import scripted_config_dict
 
 
 def scripted_evidence_config() -> dict[str, Any]:

@@ -7,12 +7,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from core.config import parse_config
-from core.defaults import scripted_config_dict
+from core.config.defaults import scripted_config_dict
+from core.config.schema import parse_config
 from core.lms.registry import build_lm
 from core.programs import build_program
-from core.records import RunOutcome, RunStatus
 from core.store import Store
+from core.store.records import RunOutcome, RunStatus
 
 
 def finished_run(tmp_path: Path, doc: dict[str, Any] | None = None) -> tuple[Store, int]:

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from core.defaults import scripted_config_dict
+from core.config.defaults import scripted_config_dict
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -58,6 +58,18 @@ def test_invalid_config_is_one_line(tmp_path: Path) -> None:
     assert len(lines) == 1 and "'q'" in lines[0] and "Traceback" not in out.stderr
 
 
+def test_a_huge_value_in_a_config_is_one_short_line(tmp_path: Path) -> None:
+    doc = scripted_config_dict("classifier")
+    doc["name"] = "n" * 100_000
+    config = tmp_path / "huge.json"
+    config.write_text(json.dumps(doc))
+    out = _cli("run", str(config), cwd=tmp_path)
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: invalid run configuration: name: ")
+    assert "(100000 characters)" in lines[0] and len(lines[0]) < 500
+
+
 def test_predict_rejects_bad_input_and_missing_bundle(tmp_path: Path) -> None:
     out = _cli("predict", str(tmp_path), "--input", "{not json", cwd=tmp_path)
     assert out.returncode == 2 and "--input is not valid JSON" in out.stderr
@@ -68,3 +80,107 @@ def test_predict_rejects_bad_input_and_missing_bundle(tmp_path: Path) -> None:
 def test_export_of_unknown_run(tmp_path: Path) -> None:
     out = _cli("--db", str(tmp_path / "x.db"), "export", "42", str(tmp_path / "b"), cwd=tmp_path)
     assert out.returncode == 2 and out.stderr.strip() == "error: no run with id 42"
+
+
+STUDIO = Path(sys.executable).parent / "studio"  # what `make install` puts beside the venv's python
+
+
+def _studio(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}  # no help from the checkout
+    return subprocess.run([str(STUDIO), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_the_studio_command_runs_a_config_from_any_folder(tmp_path: Path) -> None:
+    assert STUDIO.is_file(), f"{STUDIO} is missing: `make install` installs the studio command"
+    elsewhere = tmp_path / "somewhere" / "else"
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "config.json").write_text(json.dumps(scripted_config_dict("classifier", tag="studio")))
+    out = _studio("--db", str(tmp_path / "s.db"), "run", "config.json", cwd=elsewhere)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout)["status"] == "finished"
+    listed = _studio("models", "--json", cwd=elsewhere)
+    assert listed.returncode == 0, listed.stderr
+    assert "smollm2-135m" in {entry["name"] for entry in json.loads(listed.stdout)}
+    bad = _studio("app", "--port", "80", cwd=elsewhere)
+    assert bad.returncode == 2 and "allowed: 1024-65535" in bad.stderr
+
+
+def test_studio_app_serves_the_dashboard_on_localhost_only(tmp_path: Path) -> None:
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("localhost", 0))
+        port = probe.getsockname()[1]
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "STUDIO_HOME": str(tmp_path / "home")}
+    app = subprocess.Popen([str(STUDIO), "app", "--port", str(port)], cwd=tmp_path, env=env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline, body = time.monotonic() + 90, ""
+        while time.monotonic() < deadline and not body:
+            try:
+                with urllib.request.urlopen(f"http://localhost:{port}/_stcore/health", timeout=2) as response:
+                    body = response.read().decode()
+            except OSError:
+                time.sleep(0.5)
+        assert body == "ok", "studio app did not answer on localhost within 90 s"
+        listening = _listening_addresses(port)
+        assert listening and listening <= {"127.0.0.1", "::1"}, f"studio app listens on {listening}"
+    finally:
+        app.terminate()
+        app.wait(timeout=30)
+
+
+def _listening_addresses(port: int) -> set[str]:
+    """The local addresses of the sockets listening on ``port`` (from /proc/net/tcp and tcp6)."""
+    import ipaddress
+
+    found = set()
+    for table, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, _, hex_port = local.partition(":")
+            if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                raw = bytes.fromhex(address)
+                # the kernel writes each 32-bit word in host (little-endian) order
+                raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+                found.add(str(ipaddress.ip_address(raw)) if width == 8 else str(ipaddress.IPv6Address(raw)))
+    return found
+
+
+def test_sweep_two_strategies_two_seeds(tmp_path: Path) -> None:
+    doc = scripted_config_dict("classifier", tag="cli-sweep")
+    doc["sweep"] = {"strategies": ["p", "p -> w"], "seeds": [0, 1]}
+    config = tmp_path / "sweep.json"
+    config.write_text(json.dumps(doc))
+    db = str(tmp_path / "cli.db")
+    out = _cli("--db", db, "sweep", str(config), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    summary = json.loads(out.stdout)
+    assert (summary["status"], summary["error"], summary["strategies"], summary["seeds"]) == (
+        "finished", None, ["p", "p -> w"], [0, 1])
+    assert (summary["child_runs"], summary["standalone_runs"]) == (2, 4)  # p is read from the p -> w runs
+    for result in summary["results"]:
+        assert [s["status"] for s in result["seeds"]] == ["ok", "ok"] and result["n_ok"] == 2
+        assert result["mean"] == sum(s["test_score"] for s in result["seeds"]) / 2
+    assert summary["best"] in ("p", "p -> w") and len(summary["comparisons"]) == 1
+    assert "[sweep 1, run 2: 'p -> w' seed 1] step_start" in out.stderr  # progress went to stderr
+    again = _cli("--db", db, "sweep", "--resume", str(summary["sweep_id"]), cwd=tmp_path)
+    assert again.returncode == 2
+    assert again.stderr.strip().splitlines() == [
+        "error: sweep 1 is finished; only failed, cancelled, interrupted sweeps can be resumed"]
+
+
+def test_sweep_errors_are_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "plain.json"
+    config.write_text(json.dumps(scripted_config_dict("classifier")))
+    out = _cli("--db", str(tmp_path / "cli.db"), "sweep", str(config), cwd=tmp_path)
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.strip().splitlines() == [
+        "error: the configuration has no 'sweep'; add one, e.g. "
+        '"sweep": {"strategies": ["p", "p -> w -> p"], "seeds": [0, 1, 2]}']
+    out = _cli("--db", str(tmp_path / "cli.db"), "sweep", cwd=tmp_path)
+    assert out.returncode == 2 and "give the CONFIG of a sweep, or --resume SWEEP_ID" in out.stderr
+    out = _cli("--db", str(tmp_path / "cli.db"), "sweep", "--resume", "7", cwd=tmp_path)
+    assert out.returncode == 2 and out.stderr.strip() == "error: no sweep with id 7"

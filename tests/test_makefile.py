@@ -39,6 +39,7 @@ def test_the_install_forces_the_wheel_of_its_own_folder(tmp_path):
     assert "--force-reinstall --no-deps --no-index" in recipe
     assert "--only-binary llama-cpp-python -r requirements.txt" in recipe
     assert "-m core doctor" in recipe
+    assert "--no-deps" in recipe and "-e ." in recipe  # the studio command (pyproject.toml's console script)
 
 
 def test_native_is_opt_in_keyed_by_this_cpu_and_remembered(tmp_path):

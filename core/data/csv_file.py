@@ -14,8 +14,9 @@ import csv
 import io
 from collections.abc import Iterable, Sequence
 
+from core.data.messages import MAX_SHOWN
 from core.data.table import Table
-from core.errors import DataError
+from core.errors import DataError, shown
 
 __all__ = ["CSV_DELIMITERS", "read_csv"]
 
@@ -31,14 +32,16 @@ def _check_names(names: Sequence[str], filename: str, what: str) -> None:
     dupes: list[str] = []
     for i, name in enumerate(names, start=1):
         if not name:
-            raise DataError(f"File '{filename}': {what} {i} has an empty name. Give every column a name.")
+            raise DataError(f"File {shown(filename)}: {what} {i} has an empty name. Give every column a name.")
         if name in seen:
-            dupes.append(f"'{name}' (columns {seen[name]} and {i})")
+            dupes.append(f"{shown(name)} (columns {seen[name]} and {i})")
         else:
             seen[name] = i
     if dupes:
+        more = f", and {len(dupes) - MAX_SHOWN} more" if len(dupes) > MAX_SHOWN else ""
         raise DataError(
-            f"File '{filename}' has duplicate column names: {', '.join(dupes)}. Column names must be unique."
+            f"File {shown(filename)} has duplicate column names: {', '.join(dupes[:MAX_SHOWN])}{more}. "
+            "Column names must be unique."
         )
 
 
@@ -95,7 +98,7 @@ def read_csv(text: str, filename: str, tab: bool) -> Table:
     try:
         first = next(records, None)
         if first is None:
-            raise DataError(f"File '{filename}' is empty: it has no header and no rows.")
+            raise DataError(f"File {shown(filename)} is empty: it has no header and no rows.")
         columns = tuple(c.strip() for c in first[1])
         _check_names(columns, filename, "header column")
         rows: list[dict[str, str]] = []
@@ -105,17 +108,17 @@ def read_csv(text: str, filename: str, tab: bool) -> Table:
                 record = record[: len(columns)]
             if len(record) != len(columns):
                 raise DataError(
-                    f"File '{filename}', line {line}: expected {len(columns)} columns (like the header: "
-                    f"{', '.join(columns)}) but got {len(record)}, using delimiter {dname}. Quote values "
+                    f"File {shown(filename)}, line {line}: expected {len(columns)} columns (like the header: "
+                    f"{shown(columns, quotes=False, brackets=False)}) but got {len(record)}, using delimiter {dname}. Quote values "
                     'that contain the delimiter or line breaks with double quotes ("...").'
                 )
             rows.append({c: v.strip() for c, v in zip(columns, record, strict=True)})
             lines.append(line)
     except csv.Error as e:
-        raise DataError(f"File '{filename}' is not a readable CSV file: {e}.") from e
+        raise DataError(f"File {shown(filename)} is not a readable CSV file: {e}.") from e
     if not rows:
         raise DataError(
-            f"File '{filename}' has a header ({', '.join(columns)}) but no data rows. "
+            f"File {shown(filename)} has a header ({shown(columns, quotes=False, brackets=False)}) but no data rows. "
             "Add at least one row below the header."
         )
     return Table(columns, tuple(rows), "csv", delimiter, tuple(lines))

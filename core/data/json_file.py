@@ -12,9 +12,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from core.data.messages import MAX_SHOWN
+from core.data.messages import quoted
 from core.data.table import Table
-from core.errors import DataError
+from core.errors import DataError, shown
 
 __all__ = ["read_json", "read_jsonl"]
 
@@ -32,7 +32,7 @@ def _cell(value: Any, where: str, column: str, filename: str) -> str:
         return value.strip()
     kind = _type_name(value)
     raise DataError(
-        f"File '{filename}', {where}, column '{column}' holds {kind}; nested values are not supported. "
+        f"File {shown(filename)}, {where}, column {shown(column)} holds {kind}; nested values are not supported. "
         "Allowed cell values are text, numbers, true/false and null."
     )
 
@@ -72,24 +72,24 @@ def _rows_from_objects(objs: list[tuple[int, Any]], filename: str, fmt: str) -> 
     for pos, obj in objs:
         if not isinstance(obj, dict):
             raise DataError(
-                f"File '{filename}', {where_word} {pos} is {_type_name(obj)}; every row must be a JSON "
+                f"File {shown(filename)}, {where_word} {pos} is {_type_name(obj)}; every row must be a JSON "
                 'object like {"column": "value"}.'
             )
         dupes = getattr(obj, "duplicates", [])
         if dupes:
             raise DataError(
-                f"File '{filename}', {where_word} {pos} has duplicate column names: "
-                f"{', '.join(repr(d) for d in dupes)}. Column names must be unique."
+                f"File {shown(filename)}, {where_word} {pos} has duplicate column names: "
+                f"{quoted(dupes)}. Column names must be unique."
             )
         for key in obj:
             name = key.strip()
             if not name:
-                raise DataError(f"File '{filename}', {where_word} {pos} has a key with an empty name.")
+                raise DataError(f"File {shown(filename)}, {where_word} {pos} has a key with an empty name.")
             if name not in known:
                 known.add(name)
                 columns.append(name)
     if not columns:
-        raise DataError(f"File '{filename}' has rows but none has any keys; rows need columns with values.")
+        raise DataError(f"File {shown(filename)} has rows but none has any keys; rows need columns with values.")
     rows: list[dict[str, str]] = []
     for n, (pos, obj) in enumerate(objs, start=1):
         where = f"row {n} ({where_word} {pos})" if fmt == "jsonl" else f"row {n}"
@@ -99,7 +99,7 @@ def _rows_from_objects(objs: list[tuple[int, Any]], filename: str, fmt: str) -> 
             name = key.strip()
             if name in stripped:
                 raise DataError(
-                    f"File '{filename}', {where} has duplicate column names: '{stripped[name]}' and '{key}'."
+                    f"File {shown(filename)}, {where} has duplicate column names: {shown(stripped[name])} and {shown(key)}."
                 )
             stripped[name] = key
             row[name] = _cell(value, where, name, filename)
@@ -118,11 +118,11 @@ def read_jsonl(text: str, filename: str) -> Table:
             objs.append((number, json.loads(line, object_pairs_hook=_pairs_hook)))
         except json.JSONDecodeError as e:
             raise DataError(
-                f"File '{filename}', line {number} is not valid JSON: {e.msg} (column {e.colno}). "
+                f"File {shown(filename)}, line {number} is not valid JSON: {e.msg} (column {e.colno}). "
                 'Each line must hold one JSON object like {"column": "value"}.'
             ) from e
     if not objs:
-        raise DataError(f"File '{filename}' is empty: it has no JSON lines.")
+        raise DataError(f"File {shown(filename)} is empty: it has no JSON lines.")
     return _rows_from_objects(objs, filename, "jsonl")
 
 
@@ -135,23 +135,23 @@ def read_json(text: str, filename: str) -> Table:
         if e.msg == "Extra data":
             hint = " If the file holds one JSON object per line, rename it to .jsonl."
         raise DataError(
-            f"File '{filename}' is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}.{hint}"
+            f"File {shown(filename)} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}.{hint}"
         ) from e
     if isinstance(doc, dict):
         keys = list(doc)
-        shown = ", ".join(f"'{k}'" for k in keys[:MAX_SHOWN]) + (", ..." if len(keys) > MAX_SHOWN else "")
+        listed = quoted(keys)
         hint = 'Expected a list of objects like [{"column": "value"}, ...].'
         lists = [
             k for k, v in doc.items() if isinstance(v, list) and v and all(isinstance(x, dict) for x in v)
         ]
         if lists:
-            hint += f" The list under key '{lists[0]}' looks like the rows: save just that list."
-        raise DataError(f"File '{filename}' holds a JSON object with keys {shown or '(none)'}. {hint}")
+            hint += f" The list under key {shown(lists[0])} looks like the rows: save just that list."
+        raise DataError(f"File {shown(filename)} holds a JSON object with keys {listed or '(none)'}. {hint}")
     if not isinstance(doc, list):
         raise DataError(
-            f"File '{filename}' holds {_type_name(doc)}; expected a list of objects like "
+            f"File {shown(filename)} holds {_type_name(doc)}; expected a list of objects like "
             '[{"column": "value"}, ...].'
         )
     if not doc:
-        raise DataError(f"File '{filename}' holds an empty list: it has no rows.")
+        raise DataError(f"File {shown(filename)} holds an empty list: it has no rows.")
     return _rows_from_objects(list(enumerate(doc, start=1)), filename, "json")

@@ -17,7 +17,7 @@ from pathlib import Path
 from core.data.csv_file import read_csv
 from core.data.json_file import read_json, read_jsonl
 from core.data.table import Table
-from core.errors import DataError
+from core.errors import DataError, shown
 
 __all__ = ["ALLOWED_EXTENSIONS", "MAX_FILE_BYTES", "load_table", "load_table_from_path"]
 
@@ -44,7 +44,7 @@ def _human_size(n: int) -> str:
 
 def _too_big(filename: str, size: int) -> DataError:
     return DataError(
-        f"File '{filename}' is {_human_size(size)}; the limit is {_human_size(MAX_FILE_BYTES)}. "
+        f"File {shown(filename)} is {_human_size(size)}; the limit is {_human_size(MAX_FILE_BYTES)}. "
         "Use a smaller sample of the data."
     )
 
@@ -54,8 +54,8 @@ def _format_for(filename: str) -> str:
     fmt = ALLOWED_EXTENSIONS.get(suffix)
     if fmt is None:
         allowed = ", ".join(ALLOWED_EXTENSIONS)
-        shown = f"extension '{suffix}'" if suffix else "no extension"
-        raise DataError(f"File '{filename}' has {shown}; allowed file types are {allowed}.")
+        extension = f"extension {shown(suffix)}" if suffix else "no extension"
+        raise DataError(f"File {shown(filename)} has {extension}; allowed file types are {allowed}.")
     return fmt
 
 
@@ -63,7 +63,7 @@ def _decode(data: bytes, filename: str) -> str:
     nul = data.find(b"\x00")
     if nul != -1:
         raise DataError(
-            f"File '{filename}' contains a NUL byte at byte offset {nul}: it looks like a binary file "
+            f"File {shown(filename)} contains a NUL byte at byte offset {nul}: it looks like a binary file "
             "(e.g. an Excel workbook) or UTF-16 text, not a text file. Save it as UTF-8 CSV, JSONL or JSON."
         )
     try:
@@ -72,7 +72,7 @@ def _decode(data: bytes, filename: str) -> str:
         line = data.count(b"\n", 0, e.start) + 1
         bad = data[e.start : e.start + 1].hex().upper()
         raise DataError(
-            f"File '{filename}' is not valid UTF-8: byte 0x{bad} at byte offset {e.start} (line {line}) "
+            f"File {shown(filename)} is not valid UTF-8: byte 0x{bad} at byte offset {e.start} (line {line}) "
             "cannot be decoded. Save the file as UTF-8 (e.g. 'CSV UTF-8' in Excel) and upload it again."
         ) from e
     return text
@@ -83,13 +83,13 @@ def load_table(data: bytes, filename: str) -> Table:
     if isinstance(data, (bytearray, memoryview)):
         data = bytes(data)
     if not isinstance(data, bytes):
-        raise DataError(f"Dataset '{filename}' must be given as bytes, not {type(data).__name__}.")
+        raise DataError(f"Dataset {shown(filename)} must be given as bytes, not {type(data).__name__}.")
     if len(data) > MAX_FILE_BYTES:
         raise _too_big(filename, len(data))
     fmt = _format_for(filename)
     text = _decode(data, filename)
     if not text.strip():
-        raise DataError(f"File '{filename}' is empty: it has no header and no rows.")
+        raise DataError(f"File {shown(filename)} is empty: it has no header and no rows.")
     if fmt == "csv":
         return read_csv(text, filename, tab=Path(filename).suffix.lower() == ".tsv")
     if fmt == "jsonl":
@@ -101,9 +101,9 @@ def load_table_from_path(path: str | Path) -> Table:
     """Read and parse a dataset file from disk (size checked before reading)."""
     p = Path(path)
     if not p.exists():
-        raise DataError(f"Dataset file '{p}' does not exist.")
+        raise DataError(f"Dataset file {shown(str(p))} does not exist.")
     if not p.is_file():
-        raise DataError(f"Dataset path '{p}' is not a file.")
+        raise DataError(f"Dataset path {shown(str(p))} is not a file.")
     _format_for(p.name)
     size = p.stat().st_size
     if size > MAX_FILE_BYTES:
@@ -111,5 +111,5 @@ def load_table_from_path(path: str | Path) -> Table:
     try:
         data = p.read_bytes()
     except OSError as e:
-        raise DataError(f"Dataset file '{p}' cannot be read: {e.strerror or e}.") from e
+        raise DataError(f"Dataset file {shown(str(p))} cannot be read: {e.strerror or e}.") from e
     return load_table(data, p.name)

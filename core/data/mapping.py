@@ -14,7 +14,7 @@ import dspy
 
 from core.data.messages import MAX_SHOWN, quoted
 from core.data.table import Table
-from core.errors import DataError
+from core.errors import DataError, shown
 
 __all__ = ["auto_mapping", "build_examples", "normalize_name"]
 
@@ -59,7 +59,7 @@ def build_examples(
         )
     missing = [(f, mapping[f]) for f in fields if mapping[f] not in table.columns]
     if missing:
-        detail = ", ".join(f"'{c}' (for field '{f}')" for f, c in missing)
+        detail = ", ".join(f"{shown(c)} (for field {shown(f)})" for f, c in missing)
         raise DataError(
             f"Mapped column(s) not found in the file: {detail}. Available columns: {quoted(table.columns)}."
         )
@@ -70,7 +70,7 @@ def build_examples(
         for f in fields:
             if not values[f].strip():
                 kind = "input" if f in input_fields else "label"
-                empty.append(f"{table.where(i)} {kind} field '{f}' (column '{mapping[f]}')")
+                empty.append(f"{table.where(i)} {kind} field {shown(f)} (column {shown(mapping[f])})")
         examples.append(dspy.Example(**values).with_inputs(*input_fields))
     if empty:
         more = f"; and {len(empty) - MAX_SHOWN} more" if len(empty) > MAX_SHOWN else ""

@@ -12,11 +12,12 @@ import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import dspy
 
 from core.data.messages import quoted
-from core.errors import DataError
+from core.errors import DataError, shown
 
 __all__ = [
     "MAX_STRATA_VALUES",
@@ -49,6 +50,27 @@ class Split:
         """``(len(train), len(val), len(test))``."""
         return len(self.train), len(self.val), len(self.test)
 
+    def to_dict(self) -> dict[str, Any]:
+        """The split as plain JSON types: each example's fields (in order) and its input fields."""
+        return {part: [{"fields": example.toDict(), "inputs": _input_names(example)} for example in getattr(self, part)]
+                for part in ("train", "val", "test")}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Split:
+        """The split ``to_dict`` wrote: the same examples, in the same order, with the same inputs."""
+        def example(row: dict[str, Any]) -> dspy.Example:
+            built = dspy.Example(**row["fields"])
+            return built.with_inputs(*row["inputs"]) if row["inputs"] else built
+
+        return cls(*([example(row) for row in data[part]] for part in ("train", "val", "test")))
+
+
+def _input_names(example: dspy.Example) -> list[str]:
+    try:
+        return list(example.inputs().keys())
+    except ValueError:  # an example without declared inputs
+        return []
+
 
 def _round(x: float) -> int:
     return math.floor(x + 0.5)
@@ -77,7 +99,7 @@ MAX_STRATA_VALUES = 20
 
 def categorical_labels(examples: Sequence[dspy.Example]) -> list[str]:
     """Label fields that look like classes: 2-20 distinct values, at most half as many as examples
-    (the rule ``core.prepare.label_choices`` uses for label choices)."""
+    (the rule ``core.plan.prepare.label_choices`` uses for label choices)."""
     try:
         keys = list(examples[0].labels().keys()) if examples else []
     except ValueError:  # examples without declared inputs have no labels
@@ -119,15 +141,15 @@ def split_examples(
     """
     sizes = {"train": train, "val": val, "test": test}
     if isinstance(seed, bool) or not isinstance(seed, int):
-        raise DataError(f"Split seed must be an integer, got {seed!r}.")
+        raise DataError(f"Split seed must be an integer, got {shown(seed)}.")
     bad = [k for k, v in sizes.items() if isinstance(v, bool) or not isinstance(v, (int, float))]
     if bad:
-        raise DataError(f"Split size(s) {quoted(bad)} must be numbers (counts or ratios), got {sizes}.")
+        raise DataError(f"Split size(s) {quoted(bad)} must be numbers (counts or ratios), got {shown(sizes)}.")
     n = len(examples)
     minimums = f"at least {MIN_TRAIN} train, {MIN_VAL} val and {MIN_TEST} test"
     if all(isinstance(v, int) for v in sizes.values()):
         low = [
-            f"{k}={v} (minimum {m})"
+            f"{k}={shown(v)} (minimum {m})"
             for (k, v), m in zip(sizes.items(), (MIN_TRAIN, MIN_VAL, MIN_TEST), strict=True)
             if v < m
         ]
@@ -140,7 +162,7 @@ def split_examples(
                 f"there are {n}."
             )
     elif all(isinstance(v, float) for v in sizes.values()):
-        out = [f"{k}={v}" for k, v in sizes.items() if not (0.0 < v <= 1.0) or not math.isfinite(v)]
+        out = [f"{k}={shown(v)}" for k, v in sizes.items() if not (0.0 < v <= 1.0) or not math.isfinite(v)]
         if out:
             raise DataError(
                 f"Split ratio(s) {', '.join(out)} are out of range; each ratio must be > 0 and <= 1."
@@ -161,8 +183,8 @@ def split_examples(
             )
     else:
         raise DataError(
-            f"Split sizes must be all counts (integers) or all ratios (floats), got train={train!r}, "
-            f"val={val!r}, test={test!r}."
+            f"Split sizes must be all counts (integers) or all ratios (floats), got train={shown(train)}, "
+            f"val={shown(val)}, test={shown(test)}."
         )
     order = list(range(n))
     random.Random(seed).shuffle(order)

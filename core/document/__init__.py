@@ -78,7 +78,6 @@ from core.document.strategy import (
     set_strategy_text,
     setting_options,
     settings_fields,
-    step_kind,
     step_label,
     strategy_steps,
 )
@@ -139,7 +138,6 @@ __all__ = [
     "setting_options",
     "settings_fields",
     "stages_of",
-    "step_kind",
     "step_label",
     "strategy_steps",
     "use_file",

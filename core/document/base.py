@@ -11,7 +11,8 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from core.config import (
+from core.config.defaults import DEFAULT_TEMPLATE, default_config_dict
+from core.config.schema import (
     RunConfig,
     RunDraft,
     config_to_dict,
@@ -20,7 +21,6 @@ from core.config import (
     parse_draft,
     validation_message,
 )
-from core.defaults import DEFAULT_TEMPLATE, default_config_dict
 from core.errors import ConfigError, StudioError
 
 M = TypeVar("M", bound=BaseModel)
@@ -65,7 +65,7 @@ def document_from_json(text: str) -> RunDraft:
 
     Its ``allow_user_code`` is not taken on trust: code it names waits for the opt-in on the Program page.
     """
-    from core.trust import untrusted_document
+    from core.config.trust import untrusted_document
 
     return untrusted_document(draft_of(parse_config_text(text)))
 
@@ -77,8 +77,8 @@ def run_problems(draft: RunDraft, api_keys: dict[str, str] | None = None,
     Code the user has not allowed and a data file not yet allowed (``allowed_files``) are reported
     without running or reading them. No LM is built and nothing goes over the network.
     """
-    from core.prepare import preflight
-    from core.trust import file_to_review, user_code_notice
+    from core.config.trust import file_to_review, user_code_notice
+    from core.plan.prepare import preflight
 
     if notice := user_code_notice(draft):
         return [notice]

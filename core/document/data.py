@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from core.config import FileSource, RunDraft, SampleSource, SplitSpec, validation_message
+from core.config.schema import FileSource, RunDraft, SampleSource, SplitSpec, validation_message
 from core.data import (
     ALLOWED_EXTENSIONS,
     Table,

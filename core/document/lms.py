@@ -7,10 +7,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from core.config import EmbeddedLMSpec, FactoryLMSpec, LiteLLMSpec, RunDraft, validation_message
-from core.defaults import SCRIPTED_HINTS
+from core.config.defaults import SCRIPTED_HINTS
+from core.config.schema import EmbeddedLMSpec, FactoryLMSpec, LiteLLMSpec, RunDraft, validation_message
 from core.document.base import revise
-from core.errors import ConfigError
+from core.errors import ConfigError, shown
 from core.lms.catalog import DEFAULT_MODELS
 
 SCRIPTED_FACTORY = "core.lms.scripted:make_lm"  # one of BUILTIN_FACTORIES: runs without the user-code opt-in
@@ -64,20 +64,20 @@ def add_litellm(doc: RunDraft, name: str, spec: dict[str, Any]) -> RunDraft:
     A key typed in the form is not part of the document (the page keeps it for the session).
     """
     if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_.-]{0,40}", name or ""):
-        raise ConfigError(f"LM name {name!r}: use letters, digits, '_', '-' or '.', starting with a letter")
+        raise ConfigError(f"LM name {shown(name)}: use letters, digits, '_', '-' or '.', starting with a letter")
     if name in ("large", "small") and not isinstance(doc.lms.get(name), LiteLLMSpec):
-        raise ConfigError(f"LM name {name!r} is taken by the built-in models; pick another name")
+        raise ConfigError(f"LM name {shown(name)} is taken by the built-in models; pick another name")
     clean = {k: v for k, v in spec.items() if v not in (None, "") and k != "api_key"}
     clean["kind"] = "litellm"
     try:
         parsed = LiteLLMSpec.model_validate(clean)
     except ValidationError as e:
-        raise ConfigError(validation_message(e, f"LM {name!r}")) from e
+        raise ConfigError(validation_message(e, f"LM {shown(name)}")) from e
     return revise(doc, lms={**doc.lms, name: parsed})
 
 
 def remove_lm(doc: RunDraft, name: str) -> RunDraft:
     users = lm_users(doc, name)
     if users:
-        raise ConfigError(f"LM {name!r} is used by {', '.join(users)}; assign them another LM first")
+        raise ConfigError(f"LM {shown(name)} is used by {shown(users, quotes=False, brackets=False)}; assign them another LM first")
     return revise(doc, lms={n: s for n, s in doc.lms.items() if n != name})

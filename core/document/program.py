@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from core.config import (
+from core.config.schema import (
     ROLES,
     DataSpec,
     MetricSpec,
@@ -21,7 +21,7 @@ from core.config import (
 from core.document.base import revise
 from core.document.data import remap_columns, save_bytes
 from core.document.lms import is_scripted, scripted_delay, use_scripted
-from core.errors import ProgramError, StudioError
+from core.errors import ProgramError, StudioError, shown
 from core.lms.registry import capabilities
 from core.programs import (
     TEMPLATES,
@@ -64,7 +64,7 @@ def lm_capabilities(doc: RunDraft, name: str) -> tuple[bool, str]:
     """(fine-tunable, reason) of the document's LM ``name``."""
     spec = doc.lms.get(name)
     if spec is None:
-        return False, f"LM {name!r} is not defined; defined LMs: {sorted(doc.lms)}"
+        return False, f"LM {shown(name)} is not defined; defined LMs: {shown(sorted(doc.lms))}"
     try:
         caps = capabilities(spec, allow_user_code=doc.allow_user_code)
     except StudioError as e:
@@ -90,14 +90,14 @@ def predictor_rows(doc: RunDraft) -> list[PredictorRow]:
 def role_problem(doc: RunDraft, predictor: str, lm: str, role: str) -> str | None:
     """Why ``predictor`` cannot have ``lm`` with ``role``, or None."""
     if lm not in doc.lms:
-        return f"predictor {predictor!r}: LM {lm!r} is not defined; defined LMs: {', '.join(doc.lms)}"
+        return f"predictor {shown(predictor)}: LM {shown(lm)} is not defined; defined LMs: {shown(doc.lms, quotes=False, brackets=False)}"
     if role not in ROLES:
-        return f"predictor {predictor!r}: role {role!r} is not allowed; allowed roles: {', '.join(ROLES)}"
+        return f"predictor {shown(predictor)}: role {shown(role)} is not allowed; allowed roles: {', '.join(ROLES)}"
     if role == "small":
         finetunable, reason = lm_capabilities(doc, lm)
         if not finetunable:
             return (
-                f"predictor {predictor!r} cannot have the role 'small' on LM {lm!r}: it cannot be fine-tuned "
+                f"predictor {shown(predictor)} cannot have the role 'small' on LM {shown(lm)}: it cannot be fine-tuned "
                 f"({reason}). Give it the role 'large' or choose a fine-tunable LM."
             )
     return None
@@ -121,7 +121,7 @@ def role_preset(doc: RunDraft, preset: str) -> RunDraft:
     """``last_small``: the last predictor fine-tuned, the others prompted; ``all_small``: every predictor
     fine-tuned (the paper's setting: one LM for all modules); ``all_large``: prompts only."""
     if preset not in ("last_small", "all_small", "all_large"):
-        raise ProgramError(f"unknown role preset {preset!r}; allowed: last_small, all_small, all_large")
+        raise ProgramError(f"unknown role preset {shown(preset)}; allowed: last_small, all_small, all_large")
     names = list(doc.predictors)
     small_names = {"all_small": names, "last_small": names[-1:]}.get(preset, [])
     _, small = _default_lm_names(doc)
@@ -162,7 +162,7 @@ def _predictor_names(doc: RunDraft) -> list[str]:
 def set_template(doc: RunDraft, template: str) -> RunDraft:
     """Switch to a built-in template with its sample data, mapping and labels (LMs are kept)."""
     if template not in TEMPLATES:
-        raise ProgramError(f"unknown template {template!r}; available templates: {', '.join(TEMPLATES)}")
+        raise ProgramError(f"unknown template {shown(template)}; available templates: {', '.join(TEMPLATES)}")
     t = TEMPLATES[template]
     data = DataSpec(source=SampleSource(kind="sample", name=t.sample), mapping=dict(t.default_mapping),
                     inputs=list(t.input_fields), labels=list(t.label_fields), split=doc.data.split)
@@ -228,5 +228,5 @@ def set_user_file(doc: RunDraft, path: str, class_name: str | None = None) -> Ru
 def save_user_program(data: bytes, filename: str) -> Path:
     """Store an uploaded program file under ``studio_home()/programs``."""
     if not filename.endswith(".py"):
-        raise ProgramError(f"program file {filename!r} is not a Python file; upload a .py file")
+        raise ProgramError(f"program file {shown(filename)} is not a Python file; upload a .py file")
     return save_bytes(data, filename, "programs")

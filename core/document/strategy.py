@@ -10,29 +10,28 @@ from typing import Any, Literal, Union, get_args, get_origin
 from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 
-from core.config import (
+from core.config.schema import (
     STEP_MODELS,
     RunDraft,
-    optimizer_kind,
     validation_message,
 )
+from core.config.steps import STEP_TYPES
+from core.config.strategy import STEP_KEY_PATTERN, join_steps, normalize_strategy
 from core.document.base import revise
-from core.errors import ConfigError, StrategyError
-from core.optimizers.table import OPTIMIZERS
-from core.strategy import SEPARATOR, STEP_KEY_PATTERN, normalize_strategy
+from core.errors import ConfigError, StrategyError, shown
 
-SETTINGS_MODELS = {key: row.settings for key, row in OPTIMIZERS.items()}
-OPTIMIZER_LABELS = {key: row.label for key, row in OPTIMIZERS.items()}
-OPTIMIZER_SUMMARIES = {key: row.summary for key, row in OPTIMIZERS.items()}
+SETTINGS_MODELS = {key: row.settings for key, row in STEP_TYPES.items()}
+OPTIMIZER_LABELS = {key: row.label for key, row in STEP_TYPES.items()}
+OPTIMIZER_SUMMARIES = {key: row.summary for key, row in STEP_TYPES.items()}
 
 
 def strategy_steps(doc: RunDraft) -> list[str]:
-    return [s for s in (part.strip() for part in doc.strategy.split("->")) if s]
+    return doc.step_keys()
 
 
 def set_steps(doc: RunDraft, steps: list[str]) -> RunDraft:
     """Set the strategy from its steps (``StrategyError`` naming the allowed keys otherwise)."""
-    return revise(doc, strategy=normalize_strategy(SEPARATOR.join(steps), doc.optimizers.keys()))
+    return revise(doc, strategy=normalize_strategy(join_steps(steps), doc.optimizers.keys()))
 
 
 def set_strategy_text(doc: RunDraft, text: str) -> RunDraft:
@@ -50,16 +49,12 @@ def move_step(steps: list[str], index: int, delta: int) -> list[str]:
 def add_optimizer(doc: RunDraft, key: str, optimizer: str) -> RunDraft:
     """Define a new step key with an optimizer type and its default settings."""
     if not re.fullmatch(STEP_KEY_PATTERN, key or ""):
-        raise StrategyError(f"step key {key!r}: use lowercase letters, digits or _, starting with a letter")
+        raise StrategyError(f"step key {shown(key)}: use lowercase letters, digits or _, starting with a letter")
     if key in doc.optimizers:
-        raise StrategyError(f"step key {key!r} is already defined; defined keys: {', '.join(doc.optimizers)}")
+        raise StrategyError(f"step key {shown(key)} is already defined; defined keys: {shown(doc.optimizers, quotes=False, brackets=False)}")
     if optimizer not in SETTINGS_MODELS:
-        raise StrategyError(f"optimizer {optimizer!r} is unknown; allowed: {', '.join(SETTINGS_MODELS)}")
+        raise StrategyError(f"optimizer {shown(optimizer)} is unknown; allowed: {', '.join(SETTINGS_MODELS)}")
     return revise(doc, optimizers={**doc.optimizers, key: STEP_MODELS[optimizer](type=optimizer)})
-
-
-def step_kind(doc: RunDraft, key: str) -> str:
-    return optimizer_kind(doc.optimizers[key].type)
 
 
 def step_label(doc: RunDraft, key: str) -> str:
@@ -99,9 +94,9 @@ class SettingField:
 def settings_fields(optimizer: str) -> list[SettingField]:
     """The settings of ``optimizer`` from its pydantic model in the table of optimizers (types, bounds,
     descriptions, marks); ``StrategyError`` naming the setting when its type cannot be shown."""
-    row = OPTIMIZERS.get(optimizer)
+    row = STEP_TYPES.get(optimizer)
     if row is None:
-        raise StrategyError(f"optimizer {optimizer!r} is unknown; allowed: {', '.join(OPTIMIZERS)}")
+        raise StrategyError(f"optimizer {shown(optimizer)} is unknown; allowed: {', '.join(STEP_TYPES)}")
     return [_setting_field(optimizer, name, info) for name, info in row.settings.model_fields.items()]
 
 
@@ -159,13 +154,13 @@ def set_settings(doc: RunDraft, key: str, values: dict[str, Any]) -> RunDraft:
     try:
         settings = SETTINGS_MODELS[step.type].model_validate({**step.settings.model_dump(), **values})
     except ValidationError as e:
-        raise StrategyError(validation_message(e, f"step {key!r}", show_input=False)) from e
+        raise StrategyError(validation_message(e, f"step {shown(key)}", show_input=False)) from e
     return revise(doc, optimizers={**doc.optimizers, key: STEP_MODELS[step.type](type=step.type, settings=settings)})
 
 
 def set_metric(doc: RunDraft, name: str) -> RunDraft:
-    from core.metrics import METRICS
+    from core.programs.metrics import METRICS
 
     if name not in METRICS:
-        raise ConfigError(f"metric {name!r} is unknown; allowed metrics: {', '.join(METRICS)}")
+        raise ConfigError(f"metric {shown(name)} is unknown; allowed metrics: {', '.join(METRICS)}")
     return revise(doc, metric=revise(doc.metric, name=name))

@@ -32,9 +32,9 @@ from typing import Any
 from dspy.utils.callback import BaseCallback
 from dspy.utils.exceptions import AdapterParseError
 
-from core.records import TrainingRow
 from core.store import Store, now_iso
 from core.store.evidence import ExampleResult, LMCall, NewEvaluation, add_evaluation, add_training_rows
+from core.store.records import TrainingRow
 from core.store.secrets import redact
 
 logger = logging.getLogger(__name__)
@@ -165,9 +165,10 @@ class EvidenceCollector(BaseCallback):
     # -- scopes ----------------------------------------------------------------------------------
     @contextmanager
     def evaluation(self, split: str, label: str, program: Any, devset: list, *,
-                   program_label: str | None = None) -> Iterator[EvaluationScope]:
-        """Arm the capture for one evaluation of ``program`` on ``devset``; written when the block ends."""
-        scope = EvaluationScope(split=split, label=label, round_index=self.round_index if split == "val" else None,
+                   program_label: str | None = None, round_index: int | None = None) -> Iterator[EvaluationScope]:
+        """Arm the capture for one evaluation of ``program`` on ``devset``; written when the block ends.
+        A validation is of the round in progress; a test evaluation names its round (``round_index``) or none."""
+        scope = EvaluationScope(split=split, label=label, round_index=self.round_index if split == "val" else round_index,
                                 program=program, devset=list(devset), program_label=program_label)
         try:
             scope.names = {id(p): name for name, p in program.named_predictors()}
@@ -272,12 +273,13 @@ class UsageTap:
 
 @contextmanager
 def evidence_scope(collector: EvidenceCollector | None, split: str, label: str, program: Any, devset: list, *,
-                   program_label: str | None = None) -> Iterator[EvaluationScope]:
+                   program_label: str | None = None, round_index: int | None = None) -> Iterator[EvaluationScope]:
     """``collector.evaluation(...)``, or a scope that records nothing when there is no collector."""
     if collector is None:
         yield EvaluationScope(split=split, label=label, round_index=None, program=program, devset=[])
         return
-    with collector.evaluation(split, label, program, devset, program_label=program_label) as scope:
+    with collector.evaluation(split, label, program, devset, program_label=program_label,
+                              round_index=round_index) as scope:
         yield scope
 
 

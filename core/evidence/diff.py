@@ -1,5 +1,7 @@
 """What changed between two rounds, per predictor: the instruction diff by word, the demos added,
-removed and kept, and which model served it (the base model or a fine-tuned copy).
+removed and kept, and which model served it (the base model or a fine-tuned copy). And inside one
+round: the candidates its prompt step proposed (GEPA's), each with its score and its instructions'
+diff against the program the step started from (``proposed_candidates``).
 
 Why from the saved JSON and not by loading the program: each round's program is saved as it was
 (``round_program`` artifacts, ``Module.save`` format); reading the JSON needs no LM engine, no user
@@ -137,3 +139,48 @@ def diff_states(a: dict[str, Any], b: dict[str, Any], finetuned: set[str]) -> li
 def round_diff(store: Store, run_id: int, a: int, b: int) -> list[PredictorDiff]:
     """Per predictor, what changed from round ``a`` to round ``b`` of a run."""
     return diff_states(round_state(store, run_id, a), round_state(store, run_id, b), finetuned_models(store, run_id))
+
+
+@dataclass(frozen=True)
+class ProposedCandidate:
+    """One set of instructions a prompt step tried inside a round (a ``candidates`` event, GEPA's step)."""
+
+    index: int | None  # the step's candidate number (0: the program it started from); None: turned down
+    score: float | None  # validation score (0-100); None for a proposal the minibatch turned down
+    minibatch: tuple[float, float] | None  # a turned-down proposal's minibatch scores: (parent, proposal)
+    kept: bool  # the step returned this candidate
+    parents: tuple[int, ...]
+    changes: tuple[tuple[str, tuple[WordOp, ...]], ...]  # (predictor, word diff) where instructions changed
+
+    @property
+    def label(self) -> str:
+        """``candidate 1 (from 0): 85.0 on validation, kept`` or ``turned down: minibatch 1 -> 1``."""
+        if self.index is None:
+            before, after = self.minibatch or (None, None)
+            return f"turned down: minibatch score {before:g} -> {after:g} (sum over the minibatch)" \
+                if before is not None and after is not None else "turned down on the minibatch"
+        origin = "the step's starting program" if self.index == 0 else \
+            f"candidate {self.index} (from {', '.join(map(str, self.parents)) or '?'})"
+        score = "no validation score" if self.score is None else f"{self.score:.1f} on validation"
+        return f"{origin}: {score}" + (", kept" if self.kept else "")
+
+
+def proposed_candidates(store: Store, run_id: int, strategy: str) -> list[ProposedCandidate]:
+    """The candidates the step ending in round ``strategy`` recorded (kept ones first, by number, then the
+    proposals turned down), each diffed against the step's first candidate; empty for other steps."""
+    events = [e for e in store.list_events(run_id, kinds=["candidates"]) if e.data.get("strategy") == strategy]
+    if not events:
+        return []
+    data = events[-1].data
+    kept = data.get("candidates") or []
+    start = kept[0]["instructions"] if kept else {}
+
+    def changes(instructions: dict[str, str]) -> tuple[tuple[str, tuple[WordOp, ...]], ...]:
+        return tuple((name, tuple(word_diff(start.get(name, ""), text))) for name, text in instructions.items()
+                     if text != start.get(name, ""))
+
+    out = [ProposedCandidate(c["index"], c.get("score"), None, c["index"] == data.get("best"),
+                             tuple(c.get("parents") or ()), changes(c.get("instructions") or {})) for c in kept]
+    out += [ProposedCandidate(None, None, (r.get("minibatch_before"), r.get("minibatch_after")), False, (),
+                              changes(r.get("instructions") or {})) for r in data.get("rejected") or []]
+    return out

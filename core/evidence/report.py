@@ -3,8 +3,9 @@
 ``python -m core report RUN_ID OUT.html`` and the Results page's download button both call
 ``write_report``; the export bundle carries it as ``report.html``. It holds the run's config (any
 secret-named value masked, although the store never keeps one), the charts (plotly inlined once,
-interactive), the round table and test scores, the prompt and demo diffs between rounds, what each
-weight step trained on, and the example matrix with its filters (a small inline script, no network).
+interactive), the round table and test scores, the prompt and demo diffs between rounds (and the
+instructions a GEPA step tried, with their scores), what each weight step trained on, and the example
+matrix with its filters (a small inline script, no network).
 """
 
 from __future__ import annotations
@@ -17,13 +18,11 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-from core.charts import label_figure, loss_figure, round_label, score_figure, usage_figure
-from core.config import config_to_dict
-from core.errors import StudioError
-from core.evidence.diff import PredictorDiff, diff_html, round_diff
+from core.config.schema import config_to_dict
+from core.config.strategy import strategy_prefixes
+from core.errors import StudioError, shown
+from core.evidence.diff import PredictorDiff, ProposedCandidate, diff_html, proposed_candidates, round_diff
 from core.evidence.report_assets import CSS, MATRIX_JS
-from core.evidence.views import sources_legend
-from core.records import Round, Run
 from core.store import Store, is_secret_name, now_iso
 from core.store.evidence import (
     SPLITS,
@@ -34,8 +33,11 @@ from core.store.evidence import (
     matrix_page,
     training_sets,
 )
+from core.store.records import Round, Run
 from core.store.secrets import redact, redact_value
-from core.strategy import strategy_prefixes
+from core.views.charts import label_figure, loss_figure, round_label, score_figure, usage_figure
+from core.views.evidence import sources_legend
+from core.views.rounds import ROUND_COLUMNS, round_table
 
 logger = logging.getLogger(__name__)
 
@@ -93,17 +95,7 @@ def _scores(run: Run, rounds: list[Round]) -> str:
         ["validation", _score(run.baseline_score), _score(run.best_score)],
         ["test", _score(run.test_baseline_score), _score(run.test_best_score)],
     ])
-    rows = []
-    for r in rounds:
-        calls = sum(int(u.get("calls") or 0) for u in (r.lm_usage or {}).values())
-        tokens = sum(int(u.get("input_tokens") or 0) + int(u.get("output_tokens") or 0)
-                     for u in (r.lm_usage or {}).values())
-        rows.append([r.index, round_label(r.strategy), r.optimizer or "-",
-                     "evaluation failed" if r.score is None else f"{r.score:.1f}", "★" if r.is_best else "",
-                     calls, tokens, ", ".join(f"{k}: {v}" for k, v in r.predictor_models.items()),
-                     ", ".join(f"{k}: {v}" for k, v in r.demos.items()), r.eval_error or ""])
-    table = _table(["round", "strategy", "optimizer", "val score", "best", "LM calls", "tokens", "models", "demos",
-                    "note"], rows)
+    table = _table(list(ROUND_COLUMNS), [list(row.values()) for row in round_table(rounds)])
     return f'<h2 id="scores">Scores</h2>{summary}<h3>Rounds</h3>{table}'
 
 
@@ -141,6 +133,18 @@ def diff_section(diffs: list[PredictorDiff]) -> str:
     return "".join(out)
 
 
+def candidates_section(tried: list[ProposedCandidate]) -> str:
+    """The instructions a round's prompt step tried (GEPA's candidates): score, then the diff of each."""
+    if not tried:
+        return ""
+    items = []
+    for c in tried:
+        changes = "".join(f"<p class='small'><code>{_e(name)}</code></p><div class='diff'>{diff_html(words)}</div>"
+                          for name, words in c.changes) or "<p class='small muted'>instructions as the step started</p>"
+        items.append(f"<li>{_e(c.label)}{changes}</li>")
+    return f"<h4>Candidates the step tried ({len(tried)})</h4><ul>{''.join(items)}</ul>"
+
+
 def _diffs(store: Store, run: Run, rounds: list[Round]) -> str:
     indices = [r.index for r in rounds]
     pairs = list(zip(indices, indices[1:], strict=False))
@@ -148,12 +152,15 @@ def _diffs(store: Store, run: Run, rounds: list[Round]) -> str:
     if best not in (None, 0) and (0, best) not in pairs:
         pairs.append((0, best))
     labels = {r.index: round_label(r.strategy) for r in rounds}
+    strategies = {r.index: r.strategy for r in rounds}
     parts = []
     for a, b in pairs:
         try:
             body = diff_section(round_diff(store, run.id, a, b))
         except StudioError as e:
             body = f"<p class='muted'>{_e(e)}</p>"
+        if b == a + 1:  # the step of round b: what it tried
+            body += candidates_section(proposed_candidates(store, run.id, strategies[b]))
         parts.append(f"<h3>Round {a} ({_e(labels[a])}) → round {b} ({_e(labels[b])})</h3>{body}")
     return '<h2 id="diffs">What changed between rounds</h2>' + ("".join(parts) or "<p class='muted'>One round only.</p>")
 
@@ -253,7 +260,7 @@ def write_report(store: Store, run_id: int, out: str | Path) -> Path:
     """Write the report of run ``run_id`` to ``out`` (an ``.html`` file); returns the path."""
     out = Path(out)
     if out.suffix.lower() not in (".html", ".htm"):
-        raise StudioError(f"the report is one HTML file: give a path ending in .html, not {out.name!r}")
+        raise StudioError(f"the report is one HTML file: give a path ending in .html, not {shown(out.name)}")
     text = build_report(store, run_id)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,9 @@ never loads llama.cpp or torch):
 - ``embedded`` (engine), ``llama_models`` (loading, fine-tuned artifacts), ``generation`` (the
   cancellable token loop), ``grammar`` (GBNF from ChatAdapter messages), ``call_cache``, ``cpu``;
 - ``runtime``: how a run calls each LM (parallel-call limit, grammar), found by model name;
+- ``adapter``: the ChatAdapter every run uses, with grammar-constrained output for servers that take one;
+- ``probe`` (Test connection: one tiny call), ``doctor`` (``python -m core doctor``: do the embedded
+  models run on this CPU?);
 - ``lora`` (LoRA fine-tuning on the CPU), ``gguf_export``, ``hosted`` (LiteLLM errors, prices, OpenAI
   fine-tuning), ``scripted`` (the test LM).
 """

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 
-from core.errors import LMError
+from core.errors import LMError, shown
 
 
 def threads_for_native_code(env_name: str) -> int:
@@ -24,9 +24,9 @@ def threads_for_native_code(env_name: str) -> int:
         try:
             n = int(value)
         except ValueError as e:
-            raise LMError(f"{env_name}={value!r} must be a positive integer") from e
+            raise LMError(f"{env_name}={shown(value)} must be a positive integer") from e
         if n < 1:
-            raise LMError(f"{env_name}={value!r} must be a positive integer")
+            raise LMError(f"{env_name}={shown(value)} must be a positive integer")
         return n
     cores = os.cpu_count() or 1
     try:

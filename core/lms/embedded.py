@@ -34,7 +34,7 @@ from typing import Any
 from dspy.clients.engines.base import validate_request
 from dspy.lm15 import Message, Request, Response, TextPart, Usage, response_to_events
 
-from core.errors import LMError, RunCancelled
+from core.errors import LMError, RunCancelled, shown
 from core.lms import catalog, grammar
 from core.lms.call_cache import active_cache
 from core.lms.generation import (
@@ -104,7 +104,7 @@ class LlamaEngine:
     def register_finetuned(self, model_name: str, artifact_dir: Path) -> None:
         """Serve ``model_name`` from the artifact in ``artifact_dir`` (``meta.json`` + GGUF)."""
         if catalog.shipped_key(model_name) is not None:
-            raise LMError(f"fine-tuned model name {model_name!r} is the name of a base model")
+            raise LMError(f"fine-tuned model name {shown(model_name)} is the name of a base model")
         artifact = read_artifact(model_name, Path(artifact_dir))
         add_finetuned(artifact)
         logger.info("registered fine-tuned model %s (%s on %s)", model_name, artifact.kind, artifact.base)
@@ -126,7 +126,7 @@ class LlamaEngine:
         artifact = finetuned(model_name)
         if artifact is None:
             raise ValueError(
-                f"the embedded engine does not serve model {model_name!r}; known models are: "
+                f"the embedded engine does not serve model {shown(model_name)}; known models are: "
                 f"{', '.join(self.known_models())}"
             )
         return load_finetuned(artifact)
@@ -260,8 +260,8 @@ __all__ = [
     "artifact_dir",
     "register_finetuned",
     "request_messages",
-    # re-exported because callers reach them through the engine's module: cancel_scope (tests/test_embedded.py),
-    # n_ctx (core.optimizers.stratify), n_threads (tests/test_cpu_threads.py, bench/inference.py)
+    # re-exported because callers reach them through the engine's module: cancel_scope (tests/lms/test_embedded.py),
+    # n_ctx (core.optimizers.stratify), n_threads (tests/lms/test_cpu.py, bench/inference.py)
     "cancel_scope",
     "n_ctx",
     "n_threads",

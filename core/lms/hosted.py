@@ -23,6 +23,7 @@ from dspy.utils import exceptions as dspy_errors
 
 from core.errors import LMError, StepCancelled
 from core.lms import catalog
+from core.lms.lora.params import train_value
 from core.store.secrets import redact
 
 logger = logging.getLogger(__name__)
@@ -134,6 +135,7 @@ class StudioOpenAIProvider(Provider):
         should_stop = train_kwargs.get("should_stop") or (lambda: False)
         poll = float(train_kwargs.get("poll_seconds", self.poll_seconds))
         base = model.removeprefix("openai/")
+        hyper = {"n_epochs": train_value(train_kwargs, "epochs"), "batch_size": train_value(train_kwargs, "batch_size")}
         try:
             client = self.client()
             with tempfile.TemporaryDirectory() as tmp:
@@ -141,9 +143,6 @@ class StudioOpenAIProvider(Provider):
                 path.write_text("".join(json.dumps(row) + "\n" for row in train_data), encoding="utf-8")
                 with path.open("rb") as f:
                     uploaded = client.files.create(file=f, purpose="fine-tune")
-            hyper = {"n_epochs": int(train_kwargs.get("epochs", 1))}
-            if train_kwargs.get("batch_size"):
-                hyper["batch_size"] = int(train_kwargs["batch_size"])
             remote = client.fine_tuning.jobs.create(model=base, training_file=uploaded.id, hyperparameters=hyper)
         except Exception as e:  # noqa: BLE001 - becomes an actionable message
             raise LMError(f"cannot start the OpenAI fine-tuning job for {model}: {explain_lm_error(e, model)}") from e

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.errors import LMError
+from core.errors import LMError, shown
 from core.lms import catalog
 from core.lms.cpu import threads_for_native_code
 from core.lms.prefix_states import PrefixStates
@@ -49,7 +49,7 @@ def _env_int(name: str, default: int) -> int:
     try:
         return int(value)
     except ValueError as e:
-        raise LMError(f"{name}={value!r} must be an integer") from e
+        raise LMError(f"{name}={shown(value)} must be an integer") from e
 
 
 def n_threads() -> int:
@@ -159,13 +159,13 @@ def read_artifact(model_name: str, artifact_dir: Path) -> FinetunedArtifact:
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
-        raise LMError(f"cannot read {meta_path} for fine-tuned model {model_name!r}: {e}") from e
+        raise LMError(f"cannot read {meta_path} for fine-tuned model {shown(model_name)}: {e}") from e
     base, kind, file = meta.get("base"), meta.get("kind"), meta.get("file")
     catalog.get_model(base)  # LMError naming the allowed keys
     if kind not in ARTIFACT_KINDS:
-        raise LMError(f"{meta_path}: kind {kind!r} is not one of {', '.join(ARTIFACT_KINDS)}")
+        raise LMError(f"{meta_path}: kind {shown(kind)} is not one of {', '.join(ARTIFACT_KINDS)}")
     if not isinstance(file, str) or not (Path(artifact_dir) / file).is_file():
-        raise LMError(f"{meta_path}: file {file!r} does not exist in {artifact_dir}")
+        raise LMError(f"{meta_path}: file {shown(file)} does not exist in {artifact_dir}")
     return FinetunedArtifact(model_name, Path(artifact_dir), base, kind, file)
 
 

@@ -14,7 +14,7 @@ tokens with it (the same system message and template), else the least recently u
 Before a call, the saved state sharing the longest prefix with the new prompt is restored when it shares
 at least ``min_prefix`` tokens more than what the instance holds; ``Llama.generate`` then evaluates only
 the suffix. The restored KV cells are the ones the same model computed for the same tokens, so answers
-do not change (tests/test_prefix_states.py compares them with a model that never restores).
+do not change (tests/lms/test_prefix_states.py compares them with a model that never restores).
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ from typing import Any
 import dspy
 from dspy.clients.provider import Provider
 
-from core.config import EmbeddedLMSpec, FactoryLMSpec, LiteLLMSpec
-from core.errors import LMError
+from core.config.schema import EmbeddedLMSpec, FactoryLMSpec, LiteLLMSpec
+from core.errors import LMError, shown
 from core.lms import catalog
 from core.lms.hosted import StudioOpenAIProvider
 
@@ -57,7 +57,7 @@ def capabilities(spec: Any, *, allow_user_code: bool = False) -> LMCapabilities:
         ok = bool(getattr(provider, "finetunable", False))
         local = bool(spec.options.get("local_cpu", False))
         return LMCapabilities(ok, local, 1, "its provider fine-tunes" if ok else "its provider cannot fine-tune")
-    raise LMError(f"unknown LM spec {spec!r}")
+    raise LMError(f"unknown LM spec {shown(spec)}")
 
 
 def resolve_api_key(spec: LiteLLMSpec) -> str | None:
@@ -96,7 +96,7 @@ def build_lm(name: str, spec: Any, *, allow_user_code: bool = False) -> dspy.LM:
         return _build_litellm(spec)
     if isinstance(spec, FactoryLMSpec):
         return _build_factory(name, spec, allow_user_code=allow_user_code)
-    raise LMError(f"LM {name!r}: unknown kind; allowed kinds: embedded, litellm, factory")
+    raise LMError(f"LM {shown(name)}: unknown kind; allowed kinds: embedded, litellm, factory")
 
 
 def _build_litellm(spec: LiteLLMSpec) -> dspy.LM:
@@ -120,27 +120,27 @@ def _build_litellm(spec: LiteLLMSpec) -> dspy.LM:
     try:
         lm = dspy.LM(spec.model, **kwargs)
     except Exception as e:  # noqa: BLE001 - any construction failure becomes a user message
-        raise LMError(f"cannot set up LM {spec.model!r}: {e}") from e
+        raise LMError(f"cannot set up LM {shown(spec.model)}: {e}") from e
     return lm  # its grammar option travels in the run's LMRuntimes (core.lms.runtime), not on the LM
 
 
 def _build_factory(name: str, spec: FactoryLMSpec, *, allow_user_code: bool) -> dspy.LM:
     if not spec.is_builtin and not allow_user_code:
-        raise LMError(f"LM {name!r}: the factory {spec.factory!r} runs your code and was not run; "
+        raise LMError(f"LM {shown(name)}: the factory {shown(spec.factory)} runs your code and was not run; "
                       "allow user code for this configuration to use it")
     module_name, func_name = spec.factory.split(":")
     try:
         module = importlib.import_module(module_name)
         factory = getattr(module, func_name)
     except (ImportError, AttributeError) as e:
-        raise LMError(f"LM {name!r}: cannot import factory {spec.factory!r}: {e}") from e
+        raise LMError(f"LM {shown(name)}: cannot import factory {shown(spec.factory)}: {e}") from e
     options = {k: v for k, v in spec.options.items() if k != "local_cpu"}
     try:
         lm = factory(**options)
     except TypeError as e:
-        raise LMError(f"LM {name!r}: factory {spec.factory!r} rejected its options {sorted(options)}: {e}") from e
+        raise LMError(f"LM {shown(name)}: factory {shown(spec.factory)} rejected its options {shown(sorted(options))}: {e}") from e
     if not isinstance(lm, dspy.BaseLM):
-        raise LMError(f"LM {name!r}: factory {spec.factory!r} returned {type(lm).__name__}, not a dspy.LM")
+        raise LMError(f"LM {shown(name)}: factory {shown(spec.factory)} returned {type(lm).__name__}, not a dspy.LM")
     return lm
 
 

@@ -7,9 +7,9 @@ keyed by object identity: DSPy copies LMs all the time (``Module.deepcopy`` duri
 lost on reload. What every copy, save and reload keeps is the LM's endpoint: its model name and its
 ``api_base``. So a run holds one ``LMRuntimes``, endpoint -> ``LMRuntime``:
 
-* built once by ``core.prepare.prepare_run`` from the configured LMs (``for_lms``);
+* built once by ``core.plan.prepare.build_run`` from the configured LMs (``for_lms``);
 * read by ``core.run.observer.RunObserver`` (one semaphore per configured LM) and by
-  ``core.adapter.StudioChatAdapter`` (the GBNF grammar in ``extra_body``);
+  ``core.lms.adapter.StudioChatAdapter`` (the GBNF grammar in ``extra_body``);
 * a fine-tuned model keeps the options of the LM it was trained from: an embedded fine-tune
   (``embedded/<key>:ft-...``) through ``catalog.base_model_name``; a hosted fine-tune gets a new
   name from its provider (``openai/ft:...``), which the weight step registers as an alias when it
@@ -29,8 +29,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from core.config import LiteLLMSpec
-from core.errors import LMError
+from core.config.schema import LiteLLMSpec
+from core.errors import LMError, shown
 from core.lms import catalog
 
 Endpoint = tuple[str, str | None]  # (model name, api_base or None)
@@ -89,7 +89,7 @@ class LMRuntimes:
         """Record ``runtime`` for ``lm``'s endpoint (shared with an LM already there)."""
         key = endpoint_of(lm)
         if key is None:
-            raise LMError(f"LM {runtime.name!r} has no model name; a run finds each LM's options by its model name")
+            raise LMError(f"LM {shown(runtime.name)} has no model name; a run finds each LM's options by its model name")
         with self._lock:
             known = self._by_endpoint.get(key)
             self._by_endpoint[key] = runtime if known is None else known.shared_with(runtime)

@@ -11,6 +11,9 @@ It honours DSPy's engine + provider contract like the embedded models do:
   outputs of the nearest training row (so weight steps change behaviour);
 * ``hints`` (keyword -> outputs) give the base model a weak, partial competence, so that some
   traces are correct before any optimization, as with a real LM;
+* ``follows`` (phrase -> hints) are instructions the model follows: when the system message (where
+  the adapter puts a predictor's instructions) holds the phrase, those hints apply as well, ahead of
+  ``hints`` (so that an optimizer that rewrites instructions can find one that helps);
 * options simulate slow calls (``delay``), an LM that starts failing after N calls
   (``fail_after``), unparseable answers (every ``garble_every``-th call) and slow training
   steps (``train_step_delay``);
@@ -40,9 +43,10 @@ import dspy
 from dspy.clients.provider import Provider, TrainingJob
 from dspy.lm15 import Message, Response, TextPart, Usage
 
-from core.errors import LMError, StepCancelled
+from core.errors import LMError, StepCancelled, shown
 from core.lms import catalog
 from core.lms.grammar import literal_choices
+from core.lms.lora.params import train_value
 
 _FIELD_RE = re.compile(r"\[\[ ## (\w+) ## \]\]")
 _WORD_RE = re.compile(r"\w+")
@@ -139,7 +143,9 @@ class ScriptedEngine:
         crash_at_round: int | None = None,
         crash_signal: str = "SIGKILL",
         crash_marker: str | None = None,
+        follows: dict[str, dict[str, dict[str, str]]] | None = None,
     ):
+        self.follows = {phrase: {k.lower(): v for k, v in hints.items()} for phrase, hints in (follows or {}).items()}
         self.crash_at_round = crash_at_round
         self.crash_signal = crash_signal
         self.crash_marker = crash_marker
@@ -173,6 +179,7 @@ class ScriptedEngine:
             "crash_at_round": self.crash_at_round,
             "crash_signal": self.crash_signal,
             "crash_marker": self.crash_marker,
+            "follows": self.follows,
         }
 
     def __deepcopy__(self, memo: dict) -> ScriptedEngine:
@@ -232,7 +239,7 @@ class ScriptedEngine:
             return Response(id=None, model=request.model, message=Message.assistant([TextPart(text)]),
                             finish_reason="stop", usage=Usage(input_tokens=1, output_tokens=9))
         if catalog.is_finetuned_name(request.model) and request.model not in self._finetuned:
-            raise LMError(f"unknown fine-tuned model {request.model!r}; known: {sorted(self._finetuned)}")
+            raise LMError(f"unknown fine-tuned model {shown(request.model)}; known: {sorted(self._finetuned)}")
         system = request.system if isinstance(request.system, str) else ""
         turns = [(m.role, m.text or "") for m in request.messages]
         text = self._answer(request.model, system, turns)
@@ -253,10 +260,12 @@ class ScriptedEngine:
     def close(self) -> None:
         return None
 
-    def _hinted(self, query: set[str], wanted: list[str]) -> dict[str, str] | None:
-        """Per output field, the value of the first hint keyword found in the inputs."""
+    def _hinted(self, query: set[str], wanted: list[str], system: str = "") -> dict[str, str] | None:
+        """Per output field, the value of the first hint keyword found in the inputs (the hints of the
+        instructions it follows that ``system`` holds first)."""
         found: dict[str, str] = {}
-        for keyword, outputs in self.hints.items():
+        followed = [hints for phrase, hints in self.follows.items() if phrase in system]
+        for keyword, outputs in [item for hints in followed for item in hints.items()] + list(self.hints.items()):
             if keyword in query:
                 for name, value in outputs.items():
                     if name in wanted:
@@ -278,7 +287,7 @@ class ScriptedEngine:
         if answer is None:
             answer = demos.nearest(query, wanted, self.demo_threshold)
         if answer is None:
-            answer = self._hinted(query, wanted)
+            answer = self._hinted(query, wanted, system)
         types = output_types(system)
         values = {}
         for name in wanted:
@@ -335,10 +344,11 @@ class ScriptedProvider(Provider):
             raise LMError("fine-tuning needs at least one training row")
         progress = train_kwargs.get("progress")
         should_stop = train_kwargs.get("should_stop")
-        batch_size = int(train_kwargs.get("batch_size", 8))
-        steps = int(train_kwargs.get("epochs", 1)) * math.ceil(len(train_data) / batch_size)
-        if train_kwargs.get("max_steps"):
-            steps = min(steps, int(train_kwargs["max_steps"]))
+        batch_size = train_value(train_kwargs, "batch_size")
+        steps = train_value(train_kwargs, "epochs") * math.ceil(len(train_data) / batch_size)
+        max_steps = train_value(train_kwargs, "max_steps")
+        if max_steps is not None:
+            steps = min(steps, max_steps)
         for step in range(1, steps + 1):
             if should_stop and should_stop():
                 raise StepCancelled(f"fine-tuning cancelled at step {step - 1} of {steps}")
@@ -379,12 +389,13 @@ def make_lm(
     crash_at_round: int | None = None,
     crash_signal: str = "SIGKILL",
     crash_marker: str | None = None,
+    follows: dict[str, dict[str, dict[str, str]]] | None = None,
 ) -> dspy.LM:
     """Factory used by configs: ``{"kind": "factory", "factory": "core.lms.scripted:make_lm"}``."""
     engine = ScriptedEngine.shared(
         delay=delay, fail_after=fail_after, demo_threshold=demo_threshold, tag=tag, hints=hints,
         garble_every=garble_every, crash_at_round=crash_at_round, crash_signal=crash_signal,
-        crash_marker=crash_marker,
+        crash_marker=crash_marker, follows=follows,
     )
     provider = ScriptedProvider(train_step_delay=train_step_delay)
     return dspy.LM(f"{SCRIPTED_PREFIX}{name}", engine=engine, provider=provider, cache=False, num_retries=0)

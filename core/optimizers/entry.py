@@ -1,29 +1,27 @@
-"""What an optimizer declares in the table of optimizers (``core.optimizers.table``).
+"""What an optimizer adds to its step type's declaration in the table of optimizers.
 
-One optimizer = one module that defines its settings model (defaults and bounds, shown by the
-Strategy page and validated by the run configuration), how to build it for a run and how to
-estimate its cost, and one ``Optimizer`` row that ties them together under its key.
+A step type's key, kind and settings model are declared in ``core.config.steps`` (pure settings
+models, which the run configuration reads). One optimizer = one module here that says how to build
+that step for a run and how to estimate its cost, and one ``Optimizer`` row that ties the behaviour
+to its declaration.
 
-The contexts below are plain records so that the optimizer modules never import the run
-configuration or the runner: the configuration imports the table (its union of step types is built
-from it), so anything the table reaches must not reach back.
+The contexts below are plain records so that the optimizer modules never import the runner.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from core.config.steps import Kind, Settings, StepType
 
-Kind = Literal["prompt", "weight"]
+Events = Callable[[str, str, dict[str, Any]], None]
+"""A run's event log: ``events(kind, message, data)``."""
 
 
-class Settings(BaseModel):
-    """Base of every optimizer's settings model: unknown fields are refused."""
-
-    model_config = ConfigDict(extra="forbid")
+def no_events(kind: str, message: str, data: dict[str, Any]) -> None:
+    """The event log of a context that records none (an optimizer built outside a run)."""
 
 
 @dataclass(frozen=True)
@@ -37,7 +35,10 @@ class BuildContext:
     context_lm: Any  # the LM a prompt optimizer proposes instructions with
     small_predictors: Sequence[str]  # predictors whose role is small (fine-tuned)
     weight_hooks: Any  # core.optimizers.weights.WeightStepHooks: how the run observes a weight step
-    teacher: Callable[[str | None], Any]  # LM name (None: the default) -> the teacher LM, or None
+    # LM name (None: the first large-role LM) -> that LM, or None: the weight step's teacher, GEPA's reflection LM
+    teacher: Callable[[str | None], Any]
+    # the run's event log for the step in progress: (kind, message, data); the run adds the step's strategy
+    events: Events = no_events
 
 
 @dataclass(frozen=True)
@@ -75,15 +76,30 @@ class StepCost:
 
 @dataclass(frozen=True)
 class Optimizer:
-    """One row of the table of optimizers."""
+    """One row of the table of optimizers: a step type's declaration and its behaviour."""
 
-    key: str  # the ``type`` of a step in the configuration
-    kind: Kind
-    summary: str  # one line for the Strategy page
-    settings: type[Settings]
+    declaration: StepType
     build: Callable[[Any, BuildContext], Any]  # (settings, context) -> a DSPy teleprompter
     estimate: Callable[[Any, EstimateContext], StepCost]  # (settings, context) -> the step's cost
+    # (settings, the run document) -> what the Strategy page warns about this step (none by default)
+    warnings: Callable[[Any, Any], list[str]] = lambda settings, doc: []
+
+    @property
+    def key(self) -> str:
+        return self.declaration.key
+
+    @property
+    def kind(self) -> Kind:
+        return self.declaration.kind
+
+    @property
+    def summary(self) -> str:
+        return self.declaration.summary
+
+    @property
+    def settings(self) -> type[Settings]:
+        return self.declaration.settings
 
     @property
     def label(self) -> str:
-        return f"{self.kind} · {self.key}"
+        return self.declaration.label

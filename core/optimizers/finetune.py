@@ -8,52 +8,10 @@ configuration, the Strategy page and the provider agree on defaults and ranges.
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import Field
-
-from core.lms.lora.params import PARAMS as TRAIN_PARAMS
-from core.optimizers.entry import BuildContext, EstimateContext, Optimizer, Settings, StepCost
-
-TraceSource = Literal["auto", "self", "teacher", "gold", "hinted"]
-
-
-def _train_param(name: str) -> Any:
-    """The field of the fine-tuning hyper-parameter ``name``: default, range and description from the
-    provider's one table (``core.lms.lora.params.PARAMS``)."""
-    spec = TRAIN_PARAMS[name]
-    return Field(spec.default, **spec.bounds(), description=spec.description or None)
-
-
-class FinetuneSettings(Settings):
-    # hyper-parameters passed to the provider as train_kwargs (see train_kwargs())
-    epochs: int = _train_param("epochs")
-    max_steps: int | None = _train_param("max_steps")
-    learning_rate: float = _train_param("learning_rate")
-    lora_rank: int = _train_param("lora_rank")
-    lora_alpha: int = _train_param("lora_alpha")
-    batch_size: int = _train_param("batch_size")
-    max_length: int = _train_param("max_length")
-    # how the weight step picks its training rows
-    min_score: float = Field(
-        1.0,
-        ge=0.0,
-        le=1.0,
-        description="keep traces whose metric score is at least this (1.0 = only fully correct)",
-    )
-    exclude_demos: bool = False
-    trace_source: TraceSource = Field(
-        "auto", description="training rows: self, teacher, gold, hinted, or auto (gold for label predictors, else teacher, hinted or self)"
-    )
-    teacher_lm: str | None = Field(
-        None, description="LM serving the small predictors for 'teacher' (default: large role)",
-        json_schema_extra={"choices": "lms", "unset": "large role"},  # one of the run's LM names
-    )
-    balance: Literal["cap", "upsample", "off"] = Field("cap", description="rows per label value balanced")
-
-    def train_kwargs(self) -> dict[str, Any]:
-        """The provider's hyper-parameters among these settings, by name (for ``lm.finetune``)."""
-        return {name: getattr(self, name) for name in type(self).model_fields if name in TRAIN_PARAMS}
+from core.config.steps import STEP_TYPES, FinetuneSettings
+from core.optimizers.entry import BuildContext, EstimateContext, Optimizer, StepCost
 
 
 def build(s: FinetuneSettings, ctx: BuildContext) -> Any:
@@ -92,11 +50,4 @@ def estimate(s: FinetuneSettings, ctx: EstimateContext) -> StepCost:
     return StepCost(int(calls), int(cached), steps, steps * s.batch_size, ctx.export_seconds)
 
 
-OPTIMIZER = Optimizer(
-    key="finetune",
-    kind="weight",
-    summary="fine-tunes the small predictors' LM on rows from their trace source",
-    settings=FinetuneSettings,
-    build=build,
-    estimate=estimate,
-)
+OPTIMIZER = Optimizer(STEP_TYPES["finetune"], build=build, estimate=estimate)

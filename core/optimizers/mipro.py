@@ -5,17 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field
-
-from core.optimizers.entry import BuildContext, EstimateContext, Optimizer, Settings, StepCost
-
-
-class MiproSettings(Settings):
-    num_candidates: int = Field(3, ge=3, le=30, description=">= 3 is needed for any bootstrapped set")
-    num_trials: int = Field(4, ge=1, le=100)
-    max_bootstrapped_demos: int = Field(2, ge=0, le=16)
-    max_labeled_demos: int = Field(2, ge=0, le=16)
-    minibatch: bool = Field(False, description="True needs a validation set of at least 35")
+from core.config.steps import STEP_TYPES, MiproSettings
+from core.optimizers.entry import BuildContext, EstimateContext, Optimizer, StepCost
 
 
 def build(s: MiproSettings, ctx: BuildContext) -> Any:
@@ -47,11 +38,4 @@ def estimate(s: MiproSettings, ctx: EstimateContext) -> StepCost:
     return StepCost(int(trials + proposals) + p * v)
 
 
-OPTIMIZER = Optimizer(
-    key="mipro",
-    kind="prompt",
-    summary="DSPy's MIPROv2: proposed instructions and demo sets, searched by trials",
-    settings=MiproSettings,
-    build=build,
-    estimate=estimate,
-)
+OPTIMIZER = Optimizer(STEP_TYPES["mipro"], build=build, estimate=estimate)

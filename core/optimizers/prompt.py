@@ -42,8 +42,9 @@ from dspy.predict.predict import Predict
 from dspy.teleprompt import BootstrapFewShotWithRandomSearch, MIPROv2
 
 from core.errors import StudioError
-from core.optimizers.stratify import label_predictors, stratified_candidate
+from core.optimizers.stratify import stratified_candidate
 from core.optimizers.traces import TraceRow, collect_rows
+from core.programs.build import label_keys, label_predictors
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ class KeepLMsRandomSearch(BootstrapFewShotWithRandomSearch):
     ) -> dspy.Module:
         with keep_predictor_lms():
             if self.stratify:
-                labelled = label_predictors(student, trainset)
+                labelled = label_predictors(student, label_keys(trainset))
                 kept = served_as_trained(student, labelled)
                 targets = {name: fields for name, fields in labelled.items() if name not in kept}
                 if targets:

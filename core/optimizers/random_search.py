@@ -6,25 +6,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from pydantic import Field
-
-from core.optimizers.entry import BuildContext, EstimateContext, Optimizer, Settings, StepCost
+from core.config.steps import STEP_TYPES, RandomSearchSettings
+from core.optimizers.entry import BuildContext, EstimateContext, Optimizer, StepCost
 
 DEMO_EXAMPLES = 4
 """Examples a stratified demo set needs (one per value of the main label)."""
-
-
-class RandomSearchSettings(Settings):
-    max_bootstrapped_demos: int = Field(2, ge=0, le=16)
-    max_labeled_demos: int = Field(2, ge=0, le=16)
-    num_candidate_programs: int = Field(2, ge=1, le=32)
-    max_rounds: int = Field(1, ge=1, le=5)
-    stratify: bool = Field(
-        True, description="candidates are labeled demo sets covering every label value (else DSPy's random search)"
-    )
-    max_prompt_tokens: int | None = Field(
-        None, ge=64, le=1_000_000, description="bound on a prompt's tokens; default: what fits the model's context"
-    )
 
 
 def build(s: RandomSearchSettings, ctx: BuildContext) -> Any:
@@ -72,11 +58,4 @@ def estimate(s: RandomSearchSettings, ctx: EstimateContext) -> StepCost:
     return StepCost(search_calls(s, p, n, v) + p * v)
 
 
-OPTIMIZER = Optimizer(
-    key="random_search",
-    kind="prompt",
-    summary="demo sets (stratified by label for small models) searched on the validation set",
-    settings=RandomSearchSettings,
-    build=build,
-    estimate=estimate,
-)
+OPTIMIZER = Optimizer(STEP_TYPES["random_search"], build=build, estimate=estimate)

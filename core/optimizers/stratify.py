@@ -21,22 +21,11 @@ from typing import Any
 
 import dspy
 
-from core.optimizers.traces import REASONING, gold_fields, gold_rows
+from core.optimizers.traces import REASONING, gold_rows
 
 logger = logging.getLogger(__name__)
 
 CHARS_PER_TOKEN = 3.5  # conservative for English with the small models' tokenizers
-
-
-def label_predictors(program: dspy.Module, trainset: Sequence[dspy.Example]) -> dict[str, list[str]]:
-    """Predictor name -> its label fields, for predictors whose outputs are all label fields."""
-    keys = set().union(*(set(ex.labels().keys()) for ex in trainset)) if trainset else set()
-    out = {}
-    for name, predictor in program.named_predictors():
-        fields = gold_fields(predictor, keys)
-        if fields:
-            out[name] = fields
-    return out
 
 
 def cover_examples(trainset: Sequence[dspy.Example], fields: Sequence[str], seed: int) -> list[dspy.Example]:
@@ -129,4 +118,4 @@ def context_tokens(lm: Any) -> int | None:
     return embedded.n_ctx() if isinstance(getattr(lm, "engine", None), embedded.LlamaEngine) else None
 
 
-__all__ = ["REASONING", "cover_examples", "fit_demos", "label_predictors", "prompt_budget", "stratified_candidate"]
+__all__ = ["REASONING", "cover_examples", "fit_demos", "prompt_budget", "stratified_candidate"]

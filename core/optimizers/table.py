@@ -1,17 +1,24 @@
-"""The table of optimizers: every step type a strategy can use, by key.
+"""The table of optimizers: the behaviour of every step type a strategy can use, by key.
 
-Each row (``core.optimizers.entry.Optimizer``) says in one place what the configuration, the
-Strategy page, the estimate and the runner need: its key and kind (prompt or weight), its settings
-model (defaults and bounds), how to build it and how to estimate it. Adding an optimizer means one
-new module and one row here; the configuration's union of step types is built from this table.
+Each row (``core.optimizers.entry.Optimizer``) ties a step type's declaration (key, kind and
+settings model, in ``core.config.steps``, which the configuration reads) to how it is built for a
+run and how its cost is estimated. Adding an optimizer means its declaration there, one new module
+here and one row below.
 """
 
 from __future__ import annotations
 
-from core.optimizers import finetune, mipro, random_search
+from typing import Any
+
+from core.config.steps import STEP_TYPES
+from core.errors import shown
+from core.optimizers import finetune, gepa, mipro, random_search
 from core.optimizers.entry import Optimizer
 
-OPTIMIZERS: dict[str, Optimizer] = {o.key: o for o in (random_search.OPTIMIZER, mipro.OPTIMIZER, finetune.OPTIMIZER)}
+OPTIMIZERS: dict[str, Optimizer] = {o.key: o for o in (random_search.OPTIMIZER, mipro.OPTIMIZER, gepa.OPTIMIZER,
+                                                     finetune.OPTIMIZER)}
+if list(OPTIMIZERS) != list(STEP_TYPES):  # a declared step type without behaviour, or the reverse
+    raise RuntimeError(f"optimizers {list(OPTIMIZERS)} do not match the declared step types {list(STEP_TYPES)}")
 
 
 def get_optimizer(key: str) -> Optimizer:
@@ -19,9 +26,12 @@ def get_optimizer(key: str) -> Optimizer:
     try:
         return OPTIMIZERS[key]
     except KeyError:
-        raise KeyError(f"optimizer {key!r} is unknown; allowed: {', '.join(OPTIMIZERS)}") from None
+        raise KeyError(f"optimizer {shown(key)} is unknown; allowed: {', '.join(OPTIMIZERS)}") from None
 
 
-def optimizer_kind(key: str) -> str:
-    """'prompt' or 'weight' for an optimizer key (configurations only hold keys of the table)."""
-    return get_optimizer(key).kind
+def step_warnings(doc: Any, key: str) -> list[str]:
+    """What the row of step ``key``'s type warns about that step in the run document ``doc`` (a draft), for the
+    Strategy page; none for an unknown key or type."""
+    step = getattr(doc, "optimizers", {}).get(key)
+    row = OPTIMIZERS.get(getattr(step, "type", None))
+    return [] if row is None else list(row.warnings(step.settings, doc))

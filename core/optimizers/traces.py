@@ -43,11 +43,12 @@ import dspy
 from dspy.primitives.prediction import Prediction
 from dspy.teleprompt.bootstrap_trace import FailedPrediction, bootstrap_trace_data
 
-from core.errors import StudioError
+from core.errors import StudioError, shown
+from core.programs.build import label_fields
+from core.programs.stages import REASONING
 
 logger = logging.getLogger(__name__)
 
-REASONING = "reasoning"
 HINT_FIELD = "correct_answer"
 PROGRAM_HINT_FIELD = "correct_final_answer"
 UPSAMPLE_MAX_FACTOR = 3
@@ -77,14 +78,6 @@ class Collected:
 # --- which source for which predictor ---------------------------------------------------------------
 
 
-def gold_fields(predictor: Any, label_keys: set[str]) -> list[str] | None:
-    """The predictor's outputs when all of them (besides a ChainOfThought reasoning) are label fields."""
-    outputs = [n for n in predictor.signature.output_fields if n != REASONING]
-    if outputs and all(n in label_keys for n in outputs):
-        return outputs
-    return None
-
-
 def categorical_fields(predictor: Any) -> list[str]:
     """Output fields typed as a Literal (label choices): the values rows are balanced on."""
     return [n for n, f in predictor.signature.output_fields.items() if typing.get_origin(f.annotation) is Literal]
@@ -94,7 +87,7 @@ def plan_sources(requested: str, small: dict[str, Any], label_keys: set[str], te
     """Small predictor name -> the source its rows come from (raises when ``requested`` cannot apply)."""
     plan: dict[str, str] = {}
     for name, predictor in small.items():
-        gold = gold_fields(predictor, label_keys) is not None
+        gold = label_fields(predictor, label_keys) is not None
         different_teacher = teacher_lm is not None and getattr(teacher_lm, "model", None) != predictor.lm.model
         if requested == "auto":
             plan[name] = "gold" if gold else (
@@ -374,7 +367,7 @@ def balance_rows(rows: list[TraceRow], categorical: dict[str, list[str]], mode: 
                 extra = min(target, UPSAMPLE_MAX_FACTOR * len(group)) - len(group)
                 out += [group[i % len(group)] for i in range(extra)]
         else:
-            raise StudioError(f"balance {mode!r} is unknown; allowed: cap, upsample, off")
+            raise StudioError(f"balance {shown(mode)} is unknown; allowed: cap, upsample, off")
     return out
 
 

@@ -25,13 +25,14 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import dspy
 from dspy.clients.utils_finetune import TrainDataFormat
 from dspy.teleprompt.teleprompt import Teleprompter
 
-from core.errors import LMError, StepCancelled, StudioError
+from core.config.steps import FinetuneSettings
+from core.errors import LMError, StepCancelled, StudioError, shown
 from core.optimizers.traces import (
     Collected,
     TraceRow,
@@ -41,24 +42,10 @@ from core.optimizers.traces import (
     label_distribution,
     plan_sources,
 )
-from core.records import TrainingRow
-
-if TYPE_CHECKING:  # the table of optimizers (which the configuration imports) builds this step
-    from core.optimizers.finetune import FinetuneSettings
+from core.programs.build import label_keys
+from core.store.records import TraceStats, TrainingRow
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TraceStats:
-    collected: int  # training examples run through the program
-    kept: int  # traces usable for training (parsed, score >= min_score)
-    failed: int  # examples whose run crashed or did not parse
-    rows: dict[str, int]  # model name -> training rows
-    sources: dict[str, str] = field(default_factory=dict)  # predictor -> trace source
-    balance: str = "off"
-    labels: dict[str, dict[str, int]] = field(default_factory=dict)  # training rows per label value
-    labels_before: dict[str, dict[str, int]] = field(default_factory=dict)  # the same before balancing
 
 
 @dataclass(frozen=True)
@@ -149,9 +136,9 @@ class RoleAwareFinetune(Teleprompter):
         for name, predictor in small.values():
             lm = predictor.lm
             if lm is None:
-                raise StudioError(f"predictor {name!r} has no LM assigned")
+                raise StudioError(f"predictor {shown(name)} has no LM assigned")
             if not getattr(getattr(lm, "provider", None), "finetunable", False):
-                raise LMError(f"predictor {name!r} has the role 'small' but its LM {lm.model!r} cannot be fine-tuned")
+                raise LMError(f"predictor {shown(name)} has the role 'small' but its LM {shown(lm.model)} cannot be fine-tuned")
         return small
 
     def _collect_rows(
@@ -159,8 +146,7 @@ class RoleAwareFinetune(Teleprompter):
     ) -> tuple[list[TraceRow], TraceStats]:
         """The balanced rows of the small predictors, and their statistics (rows per model not yet known)."""
         by_name = {name: predictor for name, predictor in small.values()}
-        label_keys = set().union(*(set(ex.labels().keys()) for ex in trainset)) if trainset else set()
-        plan = plan_sources(self.settings.trace_source, by_name, label_keys, self.teacher_lm)
+        plan = plan_sources(self.settings.trace_source, by_name, label_keys(trainset), self.teacher_lm)
         collected: Collected = collect_rows(
             student, trainset, plan=plan, metric=self.metric, min_score=self.settings.min_score,
             teacher_lm=self.teacher_lm, num_threads=self.num_threads,

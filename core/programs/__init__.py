@@ -13,7 +13,7 @@ named after the stages, so predictor names are DSPy's ``named_predictors()`` nam
 Modules: ``specs`` (the config's program specs and small records), ``stages`` (signatures,
 validation, ``StagedPipeline``), ``templates`` (the built-in templates), ``user_file`` (loading a
 user's module, opt-in), ``build`` (spec -> program, fields, description, export definitions,
-label choices).
+label choices, label predictors), ``metrics`` (the built-in metrics, each a float in [0, 1]).
 """
 
 from core.programs.build import (
@@ -21,6 +21,9 @@ from core.programs.build import (
     build_program,
     build_program_from_definition,
     describe_predictors,
+    label_fields,
+    label_keys,
+    label_predictors,
     module_fields,
     program_definition,
     program_fields,
@@ -57,6 +60,9 @@ __all__ = [
     "build_program",
     "build_program_from_definition",
     "describe_predictors",
+    "label_fields",
+    "label_keys",
+    "label_predictors",
     "module_fields",
     "parse_stage_signature",
     "program_definition",

@@ -1,4 +1,5 @@
-"""Building a program from its spec, listing its fields and predictors, export definitions, label choices."""
+"""Building a program from its spec, listing its fields and predictors, export definitions, label choices,
+label predictors."""
 
 from __future__ import annotations
 
@@ -6,13 +7,14 @@ import hashlib
 import inspect
 import logging
 import typing
+from collections.abc import Collection, Iterable
 from pathlib import Path
 from typing import Any, Literal
 
 import dspy
 from dspy.utils import magicattr
 
-from core.errors import ProgramError
+from core.errors import ProgramError, shown
 from core.programs.specs import PredictorInfo, StagesProgram, TemplateProgram, UserFileProgram
 from core.programs.stages import REASONING, ProgramFields, StagedPipeline, validate_stages
 from core.programs.templates import TEMPLATES, Template
@@ -103,7 +105,7 @@ def _template(name: str) -> Template:
         return TEMPLATES[name]
     except KeyError:
         raise ProgramError(
-            f"Unknown template {name!r}; available templates: {', '.join(TEMPLATES)}."
+            f"Unknown template {shown(name)}; available templates: {', '.join(TEMPLATES)}."
         ) from None
 
 
@@ -209,7 +211,7 @@ def build_program_from_definition(
             )
         return load_user_program(path, defn.get("class_name"), allow_user_code=allow_user_code)
     raise ProgramError(
-        f"Unknown program definition kind {kind!r}; expected 'template', 'stages' or 'user_file'."
+        f"Unknown program definition kind {shown(kind)}; expected 'template', 'stages' or 'user_file'."
     )
 
 
@@ -231,3 +233,29 @@ def apply_label_choices(program: dspy.Module, choices: dict[str, list[str]]) -> 
             if name in signature.output_fields and values:
                 signature = signature.with_updated_fields(name, type_=Literal[tuple(values)])
         predictor.signature = signature
+
+
+# --------------------------------------------------------------------------------------------
+# Label predictors: the predictors that answer with label fields only
+# --------------------------------------------------------------------------------------------
+
+
+def label_keys(examples: Iterable[dspy.Example]) -> set[str]:
+    """The label fields of ``examples`` (every key of their ``labels()``)."""
+    return set().union(*(set(example.labels().keys()) for example in examples))
+
+
+def label_fields(predictor: Any, labels: Collection[str]) -> list[str] | None:
+    """The predictor's outputs when all of them (besides a ChainOfThought reasoning) are among ``labels``;
+    None otherwise: the one definition of a label predictor."""
+    outputs = [name for name in predictor.signature.output_fields if name != REASONING]
+    if outputs and all(name in labels for name in outputs):
+        return outputs
+    return None
+
+
+def label_predictors(program: dspy.Module, labels: Collection[str]) -> dict[str, list[str]]:
+    """Predictor name -> its label fields, for the predictors of ``program`` whose outputs (besides a
+    reasoning) are all label fields (``label_fields``), in ``named_predictors()`` order."""
+    found = {name: label_fields(predictor, labels) for name, predictor in program.named_predictors()}
+    return {name: fields for name, fields in found.items() if fields}

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from core.errors import ProgramError
+from core.errors import ProgramError, shown
 from core.programs.stages import MAX_STAGES, Stage, validate_stages
 from core.programs.templates import TEMPLATES
 
@@ -27,7 +27,7 @@ class TemplateProgram(BaseModel):
     @classmethod
     def _check_template(cls, name: str) -> str:
         if name not in TEMPLATES:
-            raise ValueError(f"unknown template {name!r}; available templates: {', '.join(TEMPLATES)}")
+            raise ValueError(f"unknown template {shown(name)}; available templates: {', '.join(TEMPLATES)}")
         return name
 
 

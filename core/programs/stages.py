@@ -12,7 +12,7 @@ from typing import Any, Literal
 import dspy
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-from core.errors import ProgramError
+from core.errors import ProgramError, shown
 
 logger = logging.getLogger(__name__)
 
@@ -66,12 +66,12 @@ class ProgramFields:
 def stage_name_problem(name: str) -> str | None:
     """Why ``name`` cannot name a stage, or ``None`` when it can."""
     if not name.isidentifier() or keyword.iskeyword(name):
-        return f"stage name {name!r} is not a Python identifier (letters, digits, '_'; not a keyword)"
+        return f"stage name {shown(name)} is not a Python identifier (letters, digits, '_'; not a keyword)"
     if name.startswith("__") and name.endswith("__"):
-        return f"stage name {name!r} is a dunder name; pick a plain name such as 'classify'"
+        return f"stage name {shown(name)} is a dunder name; pick a plain name such as 'classify'"
     if name in _reserved_stage_names():
         return (
-            f"stage name {name!r} is taken by dspy.Module (like 'forward', 'predictors', 'history'); "
+            f"stage name {shown(name)} is taken by dspy.Module (like 'forward', 'predictors', 'history'); "
             "pick another name such as 'classify'"
         )
     return None
@@ -98,32 +98,32 @@ def _parse_signature(sig: str) -> type[dspy.Signature]:
     text = sig.strip() if isinstance(sig, str) else sig
     if not isinstance(text, str) or text.count("->") != 1:
         raise ProgramError(
-            f"Invalid signature {sig!r}: it must contain exactly one '->'. Write it as {SIGNATURE_FORM}."
+            f"Invalid signature {shown(sig)}: it must contain exactly one '->'. Write it as {SIGNATURE_FORM}."
         )
     left, right = text.split("->")
     in_names, out_names = _field_names(left), _field_names(right)
     if not in_names or not out_names:
         side = "input" if not in_names else "output"
         raise ProgramError(
-            f"Invalid signature {sig!r}: it needs at least one {side} field. Write it as {SIGNATURE_FORM}."
+            f"Invalid signature {shown(sig)}: it needs at least one {side} field. Write it as {SIGNATURE_FORM}."
         )
     for names, side in ((in_names, "input"), (out_names, "output")):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ProgramError(
-                f"Invalid signature {sig!r}: {side} field {dupes[0]!r} is listed twice. "
+                f"Invalid signature {shown(sig)}: {side} field {shown(dupes[0])} is listed twice. "
                 f"Write it as {SIGNATURE_FORM} with distinct names."
             )
     both = [n for n in out_names if n in in_names]
     if both:
         raise ProgramError(
-            f"Invalid signature {sig!r}: field {both[0]!r} is both an input and an output; a step "
+            f"Invalid signature {shown(sig)}: field {shown(both[0])} is both an input and an output; a step "
             f"cannot output a field it takes as input. Write it as {SIGNATURE_FORM}."
         )
     try:
         return dspy.Signature(text)
     except Exception as e:  # DSPy raises ValueError, SyntaxError, TypeError, NameError ...
-        raise ProgramError(f"Invalid signature {sig!r}: {e}. Write it as {SIGNATURE_FORM}.") from e
+        raise ProgramError(f"Invalid signature {shown(sig)}: {e}. Write it as {SIGNATURE_FORM}.") from e
 
 
 def _field_names(side: str) -> list[str]:
@@ -166,10 +166,10 @@ def validate_stages(stages: Sequence[Stage] | Sequence[dict[str, Any]]) -> Progr
                     available.append(name)
             elif made_at > index:
                 raise ProgramError(
-                    f"Stage {stage.name!r} takes {name!r} as input, but {name!r} is only produced by "
-                    f"the later stage {parsed[made_at].name!r}, so it is unresolvable. Fields available "
-                    f"at stage {stage.name!r}: {', '.join(available) or '(none yet)'}, or a new program "
-                    f"input. Move {parsed[made_at].name!r} before {stage.name!r}."
+                    f"Stage {shown(stage.name)} takes {shown(name)} as input, but {shown(name)} is only produced by "
+                    f"the later stage {shown(parsed[made_at].name)}, so it is unresolvable. Fields available "
+                    f"at stage {shown(stage.name)}: {shown(available, quotes=False, brackets=False) or '(none yet)'}, or a new program "
+                    f"input. Move {shown(parsed[made_at].name)} before {shown(stage.name)}."
                 )
         available.extend(signature.output_fields)
 
@@ -196,7 +196,7 @@ def _coerce_stages(stages: Sequence[Stage] | Sequence[dict[str, Any]]) -> list[S
             label = stage.get("name", index) if isinstance(stage, dict) else index
             reasons = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
             raise ProgramError(
-                f"Stage {label!r} is invalid: {reasons}. A stage has a name, a module "
+                f"Stage {shown(label)} is invalid: {reasons}. A stage has a name, a module "
                 f"({' or '.join(STAGE_MODULES)}), a signature {SIGNATURE_FORM} and optional instructions."
             ) from e
     return parsed
@@ -207,7 +207,7 @@ def _check_unique_names(stages: list[Stage]) -> None:
     for index, stage in enumerate(stages, start=1):
         if stage.name in seen:
             raise ProgramError(
-                f"Stage name {stage.name!r} is used by stages {seen[stage.name]} and {index}; "
+                f"Stage name {shown(stage.name)} is used by stages {seen[stage.name]} and {index}; "
                 "stage names must be unique."
             )
         seen[stage.name] = index
@@ -218,11 +218,11 @@ def _stage_signature(stage: Stage) -> type[dspy.Signature]:
     try:
         signature = _parse_signature(stage.signature)
     except ProgramError as e:
-        raise ProgramError(f"Stage {stage.name!r}: {e}") from e
+        raise ProgramError(f"Stage {shown(stage.name)}: {e}") from e
     if stage.module == "ChainOfThought" and REASONING in {*signature.input_fields, *signature.output_fields}:
         raise ProgramError(
-            f"Stage {stage.name!r} is a ChainOfThought stage, which adds its own {REASONING!r} "
-            f"field; rename the field {REASONING!r} in {stage.signature!r}."
+            f"Stage {shown(stage.name)} is a ChainOfThought stage, which adds its own {REASONING!r} "
+            f"field; rename the field {REASONING!r} in {shown(stage.signature)}."
         )
     return signature
 
@@ -234,8 +234,8 @@ def _producers(stages: list[Stage], signatures: list[type[dspy.Signature]]) -> d
         for name in signature.output_fields:
             if name in producer:
                 raise ProgramError(
-                    f"Field {name!r} is produced by stage {stages[producer[name]].name!r} and again by "
-                    f"stage {stages[index].name!r}; each output field must be produced by one stage only."
+                    f"Field {shown(name)} is produced by stage {shown(stages[producer[name]].name)} and again by "
+                    f"stage {shown(stages[index].name)}; each output field must be produced by one stage only."
                 )
             producer[name] = index
     return producer
@@ -294,8 +294,8 @@ class StagedPipeline(dspy.Module):
         missing = [name for name in self._fields.inputs if name not in inputs]
         if missing:
             raise ProgramError(
-                f"Missing program input(s) {', '.join(missing)}; this program takes "
-                f"{', '.join(self._fields.inputs)}."
+                f"Missing program input(s) {shown(missing, quotes=False, brackets=False)}; this program takes "
+                f"{shown(self._fields.inputs, quotes=False, brackets=False)}."
             )
         return dict(inputs)
 

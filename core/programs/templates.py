@@ -70,7 +70,7 @@ TEMPLATES: dict[str, Template] = {
         # Both stages are fine-tuned by default. The tutorial keeps the analysis on a large prompted LM
         # (GPT-4o); the embedded default has no larger model than the small one (SmolLM2-135M in both
         # roles), and prompted, its analyses do not carry the document's category or risk: validation
-        # stayed at chance (bench/quality.py, README). Fine-tuned on hinted rows (trace source 'auto'
+        # stayed at chance (bench/quality.py, docs/benchmarks.md). Fine-tuned on hinted rows (trace source 'auto'
         # -> 'hinted' for analyze, 'gold' for classify), they do. With a larger LM, give analyze the
         # large role on the Program page.
         small_stages=("analyze", "classify"),

@@ -14,7 +14,7 @@ from types import ModuleType
 
 import dspy
 
-from core.errors import ProgramError
+from core.errors import ProgramError, shown
 
 logger = logging.getLogger(__name__)
 
@@ -53,11 +53,11 @@ def load_user_program(path: Path, class_name: str | None, *, allow_user_code: bo
 
 def check_user_file(path: Path) -> None:
     if not path.exists():
-        raise ProgramError(f"Program file not found: {path}")
+        raise ProgramError(f"Program file not found: {shown(str(path), quotes=False)}")
     if not path.is_file():
-        raise ProgramError(f"Program path {path} is not a file; give the path of a .py file.")
+        raise ProgramError(f"Program path {shown(str(path), quotes=False)} is not a file; give the path of a .py file.")
     if path.suffix != ".py":
-        raise ProgramError(f"Program file {path} is not a Python file; only .py files can be loaded.")
+        raise ProgramError(f"Program file {shown(str(path), quotes=False)} is not a Python file; only .py files can be loaded.")
 
 
 def _import_user_file(path: Path) -> ModuleType:
@@ -95,7 +95,7 @@ def _pick_module_class(module: ModuleType, path: Path, class_name: str | None) -
         if not (inspect.isclass(chosen) and issubclass(chosen, dspy.Module)):
             available = ", ".join(cls.__name__ for cls in candidates) or "(none)"
             raise ProgramError(
-                f"Class {class_name!r} is not a dspy.Module subclass defined in {path}; "
+                f"Class {shown(class_name)} is not a dspy.Module subclass defined in {path}; "
                 f"available: {available}."
             )
         return chosen

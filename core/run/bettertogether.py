@@ -17,6 +17,7 @@ import dspy
 from dspy.teleprompt import BetterTogether
 from dspy.teleprompt.bootstrap_finetune import launch_lms
 
+from core.config.strategy import last_step
 from core.errors import RunCancelled, StepCancelled
 from core.evidence.capture import evidence_scope
 from core.lms.registry import engine_of
@@ -96,7 +97,7 @@ class StudioBetterTogether(BetterTogether):
         self._step_index += 1
         if self._step_index < len(self._replay):
             return self._replay_step(student, candidate_programs, current_strategy)
-        key = current_strategy.split(" -> ")[-1]
+        key = last_step(current_strategy)
         self.recorder.step_started(self._step_index, current_strategy, key)
         _notify_round_start(student, self._step_index)
         try:

@@ -8,21 +8,22 @@ from typing import Any
 
 import dspy
 
-from core.adapter import StudioChatAdapter
-from core.config import LiteLLMSpec, RunConfig
+from core.config.schema import LiteLLMSpec, RunConfig
+from core.lms.adapter import StudioChatAdapter
 from core.lms.hosted import base_model_of, price_per_token
 from core.lms.runtime import LMRuntimes
-from core.optimizers.entry import BuildContext
+from core.optimizers.entry import BuildContext, Events, no_events
 from core.optimizers.table import get_optimizer
 from core.optimizers.weights import WeightStepHooks
-from core.prepare import PreparedRun
+from core.plan.prepare import PreparedRun
 
 logger = logging.getLogger(__name__)
 
 
-def build_optimizers(prepared: PreparedRun, weight_hooks: WeightStepHooks, adapter: dspy.Adapter) -> dict[str, Any]:
+def build_optimizers(prepared: PreparedRun, weight_hooks: WeightStepHooks, adapter: dspy.Adapter, *,
+                     events: Events = no_events) -> dict[str, Any]:
     """One optimizer instance per strategy key, built by its row of the table of optimizers; weight steps
-    report through ``weight_hooks``."""
+    report through ``weight_hooks``, and any step may write the run's ``events`` (a prompt step's progress)."""
     config = prepared.config
     context = BuildContext(
         metric=prepared.metric,
@@ -33,6 +34,7 @@ def build_optimizers(prepared: PreparedRun, weight_hooks: WeightStepHooks, adapt
         small_predictors=prepared.small_predictors,
         weight_hooks=inheriting_runtimes(weight_hooks, prepared.runtimes),  # a fine-tune keeps its base's limit
         teacher=lambda name: teacher_lm(prepared, name),
+        events=events,
     )
     return {key: get_optimizer(spec.type).build(spec.settings, context) for key, spec in config.optimizers.items()}
 

@@ -12,31 +12,36 @@ from collections.abc import Callable
 
 import dspy
 
+from core.config.strategy import split_strategy, strategy_prefixes
 from core.errors import RunCancelled, StoreError
 from core.evidence.capture import CallbackTee, UsageTap, evidence_scope
 from core.lms.call_cache import run_cache
 from core.paths import run_dir
-from core.prepare import PreparedRun
-from core.records import RunOutcome, RunStatus
-from core.run.bettertogether import StudioBetterTogether, candidates_of
+from core.plan.prepare import PreparedRun
+from core.run.bettertogether import Candidate, StudioBetterTogether, candidates_of
 from core.run.build import build_optimizers, effective_threads, make_adapter
 from core.run.observer import RunObserver
 from core.run.recorder import RoundRecorder
 from core.run.resume import load_replay
 from core.store import Store
+from core.store.records import RunOutcome, RunStatus
+from core.store.sweep_records import TestPlan
 
 logger = logging.getLogger(__name__)
 
 
 def evaluate_score(program: dspy.Module, devset: list, metric: Callable, threads: int,
-                   recorder: RoundRecorder, which: str = "best") -> float | None:
+                   recorder: RoundRecorder, which: str = "best", *, round_index: int | None = None,
+                   label: str | None = None) -> float | None:
     """Score on ``devset``; None (never a silent 0) when every example failed or the evaluation crashed.
 
-    Each example's evidence is recorded as the test evaluation of the ``which`` program."""
+    Each example's evidence is recorded as the test evaluation of the ``which`` program (of round
+    ``round_index`` when given; labelled ``label``, by default "test: <which>")."""
     recorder.evaluation_started()
     evaluate = dspy.Evaluate(devset=devset, metric=metric, num_threads=threads, display_progress=False,
                              display_table=False, max_errors=len(devset) + 1, provide_traceback=False)
-    with evidence_scope(recorder.evidence, "test", f"test: {which}", program, devset, program_label=which) as scope:
+    with evidence_scope(recorder.evidence, "test", label or f"test: {which}", program, devset, program_label=which,
+                        round_index=round_index) as scope:
         try:
             scope.result = evaluate(program)
             score = float(scope.result.score)
@@ -72,7 +77,7 @@ def execute_run(prepared: PreparedRun, store: Store, run_id: int, cancel: thread
     with evidence, dspy.context(lm=prepared.context_lm, adapter=adapter,
                                 callbacks=[CallbackTee(observer, evidence)], usage_tracker=UsageTap(observer, evidence),
                                 num_threads=threads, studio_cancel_event=cancel, studio_call_cache=call_cache):
-        optimizers = build_optimizers(prepared, recorder.weight_hooks(), adapter)
+        optimizers = build_optimizers(prepared, recorder.weight_hooks(), adapter, events=step_events(recorder))
         optimizer = StudioBetterTogether(prepared.metric, recorder, **optimizers)
         if resume:
             _replay_finished_rounds(optimizer, recorder, prepared, store, run_id, folder)
@@ -108,7 +113,13 @@ def execute_run(prepared: PreparedRun, store: Store, run_id: int, cancel: thread
         cancelled = cancel.is_set()
         flagged = bool(compiled.flag_compilation_error_occurred) and not cancelled
         test_base = test_best = None
-        if not cancelled and best_candidate.score is not None:
+        tests = store.test_plan(run_id)
+        if not cancelled and best_candidate.score is not None and tests.strategies:
+            try:
+                test_base, test_best = _test_rounds(prepared, store, run_id, recorder, candidates, tests, threads)
+            except RunCancelled:
+                cancelled = True
+        elif not cancelled and best_candidate.score is not None:
             recorder.testing_started(len(prepared.split.test))
             try:
                 test = prepared.split.test
@@ -142,12 +153,46 @@ def execute_run(prepared: PreparedRun, store: Store, run_id: int, cancel: thread
         )
 
 
+def _test_rounds(prepared: PreparedRun, store: Store, run_id: int, recorder: RoundRecorder,
+                 candidates: list[Candidate], tests: TestPlan, threads: int) -> tuple[float | None, float | None]:
+    """A sweep's run (``tests.strategies`` set): record which round each of those strategies keeps (its best
+    on validation among its rounds, as a run of it alone would) and evaluate on test, once each, those
+    rounds, the baseline and the best round. Rounds a resumed run evaluated already, and a baseline that
+    ``tests.baseline_from`` evaluated, are not evaluated again. Returns the baseline's and the best's test scores."""
+    best = recorder.best
+    assert best is not None  # the caller checked that a round has a score
+    labels = strategy_prefixes(prepared.config.strategy)
+    kept = {s: r.index for s in tests.strategies if (r := recorder.best_of(len(split_strategy(s)))) is not None}
+    store.set_kept_rounds(run_id, kept)
+    scores = {index: score for index, (_, score) in store.test_evaluations(run_id).items()}
+    if tests.baseline_from is not None and scores.get(0) is None:
+        scores[0] = store.test_evaluations(tests.baseline_from).get(0, (0, None))[1]
+    todo = sorted(i for i in {best.index, 0, *kept.values()} if scores.get(i) is None)
+    recorder.testing_started(len(prepared.split.test), "round(s) " + ", ".join(map(str, todo)) if todo else
+                             "no round not evaluated yet")
+    by_strategy = {c.strategy: c for c in candidates}
+    for index in todo:
+        which = "baseline" if index == 0 else "best" if index == best.index else f"round {index}"
+        scores[index] = evaluate_score(by_strategy[labels[index]].program, prepared.split.test, prepared.metric,
+                                       threads, recorder, which, round_index=index,
+                                       label=f"test: {labels[index] or 'baseline'}")
+    return scores.get(0), scores.get(best.index)
+
+
+def step_events(recorder: RoundRecorder) -> Callable[[str, str, dict], None]:
+    """The run's event log as an optimizer writes it: each event names the step in progress (its strategy)."""
+    def record(kind: str, message: str, data: dict) -> None:
+        step = recorder.current_step
+        recorder.event(kind, f"{step}: {message}", {**data, "strategy": step})
+
+    return record
+
+
 def _replay_finished_rounds(optimizer: StudioBetterTogether, recorder: RoundRecorder, prepared: PreparedRun,
                             store: Store, run_id: int, folder) -> None:
     """Load the rounds an earlier attempt finished and make the optimizer replay them."""
     replay = load_replay(store, run_id, prepared, folder)
-    steps = prepared.config.strategy.split(" -> ")
-    expected = [" -> ".join(steps[:i]) for i in range(len(steps) + 1)]
+    expected = strategy_prefixes(prepared.config.strategy)
     recorded = [r.strategy for r in replay]
     if recorded != expected[: len(recorded)]:
         raise StoreError(f"run {run_id} cannot be resumed: its rounds {recorded} do not follow its strategy "

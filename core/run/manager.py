@@ -1,11 +1,12 @@
 """Background runs: start, resume, cancel and watch runs; each run's optimization is its own process.
 
-``RunManager.start(config)`` checks the configuration here (``prepare_run`` raises a
-``StudioError`` before anything is stored), creates the run (``queued``) and returns its id at
-once. A supervising thread of this process (``core.run.supervisor``) then waits for the CPU lease
-if the run uses the embedded models and spawns the worker process (``core.run.worker``) that runs
-and records it. Why a process: a native crash (SIGILL, SIGSEGV, the OOM killer) then fails only
-that run, the app keeps serving and the next queued run starts; and the models, fine-tuned
+``RunManager.start(config)`` checks the configuration here (``plan_run`` raises a
+``StudioError`` before anything is stored; it contacts each configured endpoint once and reads and
+splits the data once), creates the run (``queued``) and returns its id at once. A supervising
+thread of this process (``core.run.supervisor``) then waits for the CPU lease if the run uses the
+embedded models and spawns the worker process (``core.run.worker``) that builds the run from that
+plan, runs it and records it. Why a process: a native crash (SIGILL, SIGSEGV, the OOM killer) then
+fails only that run, the app keeps serving and the next queued run starts; and the models, fine-tuned
 weights and DSPy's history are freed with the worker, so the app's memory stays flat.
 
 Ownership lives in the database, so that several app processes, the CLI and the app, or two
@@ -26,14 +27,14 @@ import threading
 import time
 from pathlib import Path
 
-from core.config import RunConfig, config_to_dict
+from core.config.schema import RunConfig
 from core.errors import StoreError
 from core.paths import studio_home
-from core.prepare import prepare_run
-from core.records import RunStatus
+from core.plan.prepare import RunPlan, plan_run
 from core.run.supervisor import CANCEL_GRACE_S, Supervision
 from core.run.worker import WorkerJob
 from core.store import HEARTBEAT_EVERY_S, RESUMABLE, Store
+from core.store.records import RunStatus
 
 logger = logging.getLogger(__name__)
 
@@ -54,12 +55,10 @@ class RunManager:
 
     def start(self, config: RunConfig, *, base_dir: Path | None = None) -> int:
         """Check ``config``, create the run and start supervising it; returns the run id at once."""
-        prepared = prepare_run(config, base_dir=base_dir)
-        local = prepared.uses_local_cpu
-        document = config_to_dict(config)
-        run_id = self.store.create_run(config.name, config, RunStatus.QUEUED, local_cpu=local,
-                                       base_dir=None if base_dir is None else Path(base_dir).resolve())
-        self._supervise(run_id, document, base_dir, local, resume=False, api_keys=config.typed_api_keys())
+        plan = plan_run(config, base_dir=base_dir)
+        run_id = self.store.create_run(config.name, config, RunStatus.QUEUED, local_cpu=plan.uses_local_cpu,
+                                       base_dir=plan.base_dir)
+        self._supervise(run_id, plan, resume=False)
         return run_id
 
     def resume(self, run_id: int, *, api_keys: dict[str, str] | None = None) -> int:
@@ -73,16 +72,19 @@ class RunManager:
             raise StoreError(f"run {run_id} is {run.status.value}; only {allowed} runs can be resumed")
         row = self.store.db.execute("select base_dir from runs where id = ?", [run_id]).fetchone()
         base_dir = Path(row[0]) if row and row[0] else None
-        config = run.require_config().with_api_keys(api_keys or {})
-        keys = config.typed_api_keys()  # only the LMs that take a key keep one
-        prepared = prepare_run(config, base_dir=base_dir)
+        config = run.require_config().with_api_keys(api_keys or {})  # only the LMs that take a key keep one
+        plan = plan_run(config, base_dir=base_dir)  # the same config and seed: the same split
         rounds = self.store.list_rounds(run_id)
-        self.store.reopen_run(run_id, local_cpu=prepared.uses_local_cpu)
+        self.store.reopen_run(run_id, local_cpu=plan.uses_local_cpu)
         self.store.add_event(run_id, "status", f"resume requested after {len(rounds)} recorded round(s)",
                              {"rounds": len(rounds)})
-        self._supervise(run_id, config_to_dict(config), base_dir, prepared.uses_local_cpu, resume=True,
-                        api_keys=keys)
+        self._supervise(run_id, plan, resume=True)
         return run_id
+
+    def launch(self, run_id: int, plan: RunPlan, *, resume: bool = False) -> None:
+        """Supervise run ``run_id``, already recorded (queued) with ``plan``'s config: a sweep's child run
+        (``core.run.sweep``). ``resume``: replay the rounds it holds already."""
+        self._supervise(run_id, plan, resume=resume)
 
     def cancel(self, run_id: int) -> bool:
         """Ask a run (of any process) to stop, keeping the best program so far; False if it is not active."""
@@ -117,12 +119,14 @@ class RunManager:
 
     # -- internals ------------------------------------------------------------------------------
 
-    def _supervise(self, run_id: int, config: dict, base_dir: Path | None, local: bool, *, resume: bool,
-                   api_keys: dict[str, str]) -> None:
-        job = WorkerJob(run_id=run_id, db_path=str(self.store.path.resolve()), config=config,
-                        base_dir=None if base_dir is None else str(Path(base_dir).resolve()),
-                        studio_home=str(studio_home().resolve()), resume=resume, api_keys=api_keys)
-        supervision = Supervision(self.store, job, local, self.cancel_grace_s)
+    def _supervise(self, run_id: int, plan: RunPlan, *, resume: bool) -> None:
+        with self._lock:
+            earlier = self._threads.get(run_id)
+        if earlier is not None and earlier.is_alive():  # a resume right after the end: let its worker exit first,
+            earlier.join(self.cancel_grace_s + 15)  # or its supervisor would take the new attempt for a dead worker
+        job = WorkerJob(run_id=run_id, db_path=str(self.store.path.resolve()), plan=plan,
+                        studio_home=str(studio_home().resolve()), resume=resume)
+        supervision = Supervision(self.store, job, plan.uses_local_cpu, self.cancel_grace_s)
         thread = threading.Thread(target=supervision.run, name=f"run-{run_id}", daemon=True)
         with self._lock:
             self._threads[run_id] = thread

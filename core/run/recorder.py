@@ -25,17 +25,18 @@ from typing import Any
 
 import dspy
 
-from core.config import RunConfig, optimizer_kind
+from core.config.schema import RunConfig
+from core.config.strategy import last_step
 from core.errors import StudioError
 from core.evidence.capture import EvidenceCollector
 from core.lms.lora.provider import truncated_rows, truncation_message
 from core.lms.registry import engine_of
-from core.optimizers.weights import TraceStats, WeightStepHooks
-from core.records import Round
+from core.optimizers.weights import WeightStepHooks
 from core.run.build import model_prices, with_costs
 from core.run.observer import RunObserver, usage_delta
 from core.run.resume import ReplayedRound
 from core.store import Store, now_iso
+from core.store.records import Round, RoundDetails, TraceStats, Truncation
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +77,11 @@ class RoundRecorder:
         self._step_error: str | None = None
         self._round_started_at = now_iso()
         self._usage_before: dict = {}
-        self._details: dict[str, Any] = {}
+        # what the round in progress recorded so far (its RoundDetails once it ends)
+        self._phase_seconds: dict[str, float] = {}
+        self._traces: TraceStats | None = None
+        self._finetuned: dict[str, str] = {}
+        self._truncated: dict[str, Truncation] = {}
         self._step_clock = time.monotonic()  # when the current round began
         self._eval_clock: float | None = None  # when its evaluation began
         self._errors_before_eval = 0
@@ -110,6 +115,15 @@ class RoundRecorder:
     def best(self) -> BestRound | None:
         """The best round recorded (or replayed) so far; None while every evaluation failed."""
         index = best_index(self._scores)
+        return None if index is None else BestRound(index, self._strategies[index], self._scores[index])
+
+    def best_of(self, steps: int) -> BestRound | None:
+        """The best of rounds 0..``steps``: what a run of the strategy's first ``steps`` steps keeps (a sweep
+        reads shorter strategies from a longer run); None until those rounds are all recorded, or when every
+        one of them failed."""
+        if not 0 <= steps < len(self._scores):
+            return None
+        index = best_index(self._scores[: steps + 1])
         return None if index is None else BestRound(index, self._strategies[index], self._scores[index])
 
     def event(self, kind: str, message: str, data: dict | None = None) -> None:
@@ -169,20 +183,16 @@ class RoundRecorder:
             self._step_error += f" (last LM error: {last})"
         self.event("error", self._step_error, {"strategy": strategy, "type": type(error).__name__})
 
-    def testing_started(self, examples: int) -> None:
-        """The steps are over; baseline and best are evaluated on ``examples`` test examples."""
+    def testing_started(self, examples: int, programs: str = "baseline and best") -> None:
+        """The steps are over; ``programs`` are evaluated on ``examples`` test examples."""
         self._step = "test"
-        self.event("status", f"evaluating baseline and best on {examples} test examples")
+        self.event("status", f"evaluating {programs} on {examples} test examples")
 
     # weight-step hooks
     def weight_hooks(self) -> WeightStepHooks:
         def on_traces(stats: TraceStats) -> None:
-            self._details["traces"] = {
-                "collected": stats.collected, "kept": stats.kept, "failed": stats.failed, "rows": stats.rows,
-                "sources": stats.sources, "balance": stats.balance, "labels": stats.labels,
-                "labels_before_balance": stats.labels_before,
-            }
-            self.event("traces", f"traces: {stats.kept} kept of {stats.collected} collected", self._details["traces"])
+            self._traces = stats
+            self.event("traces", f"traces: {stats.kept} kept of {stats.collected} collected", stats.to_json())
 
         def on_job_start(model: str, rows: int) -> None:
             self.event("train_start", f"fine-tuning {model} on {rows} rows", {"model": model, "rows": rows})
@@ -194,7 +204,7 @@ class RoundRecorder:
 
         def on_finetuned(old: str, new_lm: Any) -> None:
             new = new_lm.model
-            self._details.setdefault("finetuned", {})[old] = new
+            self._finetuned[old] = new
             self.event("finetuned", f"{old} fine-tuned as {new}", {"base": old, "model": new})
             engine = engine_of(new_lm)
             folder = engine.artifact_dir(new) if hasattr(engine, "artifact_dir") else None
@@ -204,15 +214,14 @@ class RoundRecorder:
                 })
                 cut = truncated_rows(Path(folder))
                 if cut:
-                    self._details.setdefault("truncated_rows", {})[old] = cut
+                    self._truncated[old] = Truncation.from_json(cut)
                     self.event("truncated", truncation_message(old, cut), {"model": old, **cut})
 
         def on_rows(model: str, rows: list) -> None:
             self._evidence.training_rows(model, rows)
 
         def on_phase(name: str, seconds: float) -> None:
-            phases = self._details.setdefault("phases", {})
-            phases[name] = round(phases.get(name, 0.0) + seconds, 2)
+            self._phase_seconds[name] = round(self._phase_seconds.get(name, 0.0) + seconds, 2)
 
         return WeightStepHooks(
             output_dir=self._folder / "weights",
@@ -227,14 +236,13 @@ class RoundRecorder:
 
     # rounds
     def round_finished(self, index: int, strategy: str, score: float | None, program: dspy.Module) -> None:
-        key = strategy.split(" -> ")[-1] if strategy else None
+        key = last_step(strategy)
         predictors = program.named_predictors()
         snapshot = self._folder / "rounds" / f"{index}.json"
         snapshot.parent.mkdir(parents=True, exist_ok=True)
         program.save(str(snapshot))
-        details = dict(self._details)
-        details["lm_errors"] = self.evaluation_errors()
-        details["phases"] = self._phases(index, key)
+        details = RoundDetails(phases=self._phases(index, key), lm_errors=self.evaluation_errors(),
+                               traces=self._traces, finetuned=dict(self._finetuned), truncated=dict(self._truncated))
         record = Round(
             run_id=self._run_id,
             index=index,
@@ -274,18 +282,18 @@ class RoundRecorder:
         self._round_started_at = now_iso()
         self._step_clock, self._eval_clock = time.monotonic(), None
         self._usage_before = self._observer.snapshot()
-        self._details = {}
+        self._phase_seconds, self._traces, self._finetuned, self._truncated = {}, None, {}, {}
 
     def _phases(self, index: int, key: str | None) -> dict[str, float]:
         """Seconds per phase of the round ending now: the weight step's own phases (trace collection,
         training, GGUF export), the prompt search (the rest of a prompt step) and the evaluation."""
         now = time.monotonic()
-        phases = dict(self._details.get("phases", {}))
+        phases = dict(self._phase_seconds)
         evaluated = self._eval_clock is not None and self._eval_clock >= self._step_clock
         if index == 0:
             return {"baseline evaluation": round(now - (self._eval_clock if evaluated else self._step_clock), 2)}
         rest = (self._eval_clock if evaluated else now) - self._step_clock - sum(phases.values())
-        if key and optimizer_kind(self._config.optimizers[key].type) == "prompt":
+        if key and self._config.step_kind(key) == "prompt":
             phases["prompt search"] = round(max(rest, 0.0), 2)
         elif rest > 0.5:
             phases["other"] = round(rest, 2)

@@ -11,12 +11,11 @@ remaining steps run for real and are appended with the next round indexes.
 A recorded round is rebuilt from what the run saved: ``rounds/<i>.json`` (demos, instructions),
 the model that served each predictor (the round's ``predictor_models``) and the fine-tuned
 weights of the run (its ``weights`` artifacts, registered again with their engine). Base models
-are the LMs ``prepare_run`` built from the same config.
+are the LMs ``build_run`` built from the same config.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,11 +23,13 @@ from typing import Any
 
 import dspy
 
-from core.errors import StoreError
+from core.bundles.engines import register_finetuned
+from core.bundles.saved import load_saved_state
+from core.errors import StoreError, shown
 from core.lms.registry import engine_of
-from core.prepare import PreparedRun
-from core.records import Round
+from core.plan.prepare import PreparedRun
 from core.store import Store
+from core.store.records import Round
 
 logger = logging.getLogger(__name__)
 
@@ -76,11 +77,8 @@ def _language_models(store: Store, run_id: int, prepared: PreparedRun) -> dict[s
         if not folder.is_dir():
             logger.warning("run %s: the weights of %s are missing from %s", run_id, model, folder)
             continue
-        engine = engine_of(base_lm)
-        if engine is None or not hasattr(engine, "register_finetuned"):
-            continue
-        engine.register_finetuned(model, folder)
-        lms[model] = base_lm.copy(model=model)
+        if register_finetuned(engine_of(base_lm), model, folder):
+            lms[model] = base_lm.copy(model=model)
     return lms
 
 
@@ -88,16 +86,12 @@ def _load_round(round_: Round, prepared: PreparedRun, folder: Path, lms: dict[st
     path = folder / "rounds" / f"{round_.index}.json"
     if not path.is_file():
         raise StoreError(f"round {round_.index} cannot be resumed: its program {path} is missing")
-    state = json.loads(path.read_text(encoding="utf-8"))
-    for entry in state.values():  # the LMs come from this run's config and weights, not from the file
-        if isinstance(entry, dict) and "lm" in entry:
-            entry["lm"] = None
     program = prepared.program.deepcopy()
-    program.load_state(state)
-    for name, predictor in program.named_predictors():
+    served = {}  # the LMs come from this run's config and weights, not from the file
+    for name, _ in program.named_predictors():
         model = round_.predictor_models.get(name)
         if model not in lms:
-            raise StoreError(f"round {round_.index} cannot be resumed: predictor {name!r} was served by {model!r}, "
+            raise StoreError(f"round {round_.index} cannot be resumed: predictor {shown(name)} was served by {shown(model)}, "
                              f"whose weights are not in the run; known models: {sorted(lms)}")
-        predictor.lm = lms[model]
-    return program
+        served[name] = lms[model]
+    return load_saved_state(program, path, lms=served)

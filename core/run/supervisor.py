@@ -21,9 +21,10 @@ import time
 from dataclasses import dataclass
 
 from core.crash import SIGNAL_MEANING, signal_of
-from core.records import RunStatus
 from core.run.worker import WorkerJob, spawn_worker
 from core.store import Store, process_start_time
+from core.store.records import RunStatus
+from core.tracking.follow import start_tracking
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +76,7 @@ class Supervision:
     def run(self) -> None:
         """Queue, start, watch; always leaves the run terminal and the CPU lease released."""
         store = self.store
+        tracking = start_tracking(store, self.run_id, home=self.job.studio_home)  # MLflow when asked; never raises
         try:
             if not self._admit():
                 return
@@ -91,6 +93,8 @@ class Supervision:
         finally:
             if self.local_cpu:
                 store.release_cpu(self.run_id)
+            if tracking is not None:
+                tracking.close()  # the run has ended: its MLflow run is completed from the store (final scores, artifacts)
             store.close()
 
     def _admit(self) -> bool:

@@ -14,12 +14,15 @@ The job travels as one JSON line on the child's stdin (API keys typed in the app
 stored, travel only there); the pipe then stays open and its end of file tells the child that its
 supervisor died.
 
-The child receives only plain data (``WorkerJob``), prepares the run again from its config (the
-parent already checked it), opens its own ``Store`` on the same database file and does all the
-writing of rounds, events and the final status. A watch thread polls the database for a cancel
-request (any process may write one) and sets the run's Event, so that the cooperative cancel of
-``execute_run`` applies; it also stops the worker when the run was ended by another process, and
-when the supervising process is gone (then the run is marked interrupted: nobody watches it).
+The child receives only plain data: a ``WorkerJob`` holding the ``RunPlan`` that Start checked
+(``core.plan.prepare.plan_run``: the validated config, the data already split, the label choices,
+each LM's capabilities). It builds the run's objects from it (``build_run``) without reading the
+data file or contacting an endpoint again, opens its own ``Store`` on the same database file and
+does all the writing of rounds, events and the final status. A watch thread polls the database for
+a cancel request (any process may write one) and sets the run's Event, so that the cooperative
+cancel of ``execute_run`` applies; it also stops the worker when the run was ended by another
+process, and when the supervising process is gone (then the run is marked interrupted: nobody
+watches it).
 """
 from __future__ import annotations
 
@@ -32,11 +35,11 @@ import sys
 import threading
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 from core.errors import RunCancelled, StepCancelled, StudioError
+from core.plan.prepare import RunPlan, build_run
 
 logger = logging.getLogger(__name__)
 
@@ -46,18 +49,29 @@ CANCEL_POLL_S = 0.25
 
 @dataclass(frozen=True)
 class WorkerJob:
-    """What a worker needs, as plain data (it crosses a process boundary)."""
+    """What a worker needs: the run's checked plan and where to record it.
+
+    It crosses the process boundary as one JSON line, written by ``to_json`` and read by
+    ``from_json`` only. The typed API keys (on the plan's config, in memory) are in that line and
+    nowhere else: not in a repr, the database or a log.
+    """
 
     run_id: int
     db_path: str
-    config: dict[str, Any]
-    base_dir: str | None
+    plan: RunPlan
     studio_home: str | None
     resume: bool = False
-    api_keys: dict[str, str] = field(default_factory=dict, repr=False)  # typed keys: only through the pipe
 
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    def to_json(self) -> str:
+        return json.dumps({"run_id": self.run_id, "db_path": self.db_path, "studio_home": self.studio_home,
+                           "resume": self.resume, "plan": self.plan.to_dict(),
+                           "api_keys": self.plan.config.typed_api_keys()}, ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> WorkerJob:
+        data = json.loads(text)
+        return cls(run_id=int(data["run_id"]), db_path=str(data["db_path"]), studio_home=data["studio_home"],
+                   resume=bool(data["resume"]), plan=RunPlan.from_dict(data["plan"], api_keys=data["api_keys"]))
 
 
 class WorkerProcess:
@@ -97,27 +111,27 @@ def spawn_worker(job: WorkerJob) -> WorkerProcess:
     popen = subprocess.Popen([sys.executable, "-c", "from core.run.worker import main; main()"],
                              stdin=subprocess.PIPE, env=env, cwd=str(REPO_ROOT))
     assert popen.stdin is not None
-    popen.stdin.write((json.dumps(job.as_dict()) + "\n").encode("utf-8"))
+    popen.stdin.write((job.to_json() + "\n").encode("utf-8"))  # JSON escapes newlines: one line
     popen.stdin.flush()  # the pipe stays open: its end of file means the supervisor died
     return WorkerProcess(popen)
 
 
 def main() -> None:
     """Entry point of the worker interpreter: the job is the first line of stdin."""
-    line = b""
-    while not line.endswith(b"\n"):  # unbuffered, so that nothing after the line is left in a buffer
-        chunk = os.read(0, 1)
-        if not chunk:
+    chunks = []
+    while True:  # os.read, not sys.stdin: nothing is left in a buffer (the supervisor writes only this line)
+        chunk = os.read(0, 1 << 16)
+        chunks.append(chunk)
+        if not chunk or b"\n" in chunk:
             break
-        line += chunk
+    line = b"".join(chunks)
     if not line.strip():
         raise SystemExit("no job on stdin: the worker is started by core.run.supervisor")
-    worker_main(json.loads(line))
+    worker_main(WorkerJob.from_json(line))
 
 
-def worker_main(job_dict: dict[str, Any]) -> None:
+def worker_main(job: WorkerJob) -> None:
     """Entry point of the child process: run the job and record its outcome in the store."""
-    job = WorkerJob(**job_dict)
     # Ctrl-C in a terminal reaches the whole process group: the supervisor turns it into a cancel request.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _stdout_to_stderr()
@@ -127,7 +141,7 @@ def worker_main(job_dict: dict[str, Any]) -> None:
     from core.store.secrets import install_log_redaction, register_secret
 
     install_log_redaction()  # log lines never carry a key
-    for key in job.api_keys.values():
+    for key in job.plan.config.typed_api_keys().values():
         register_secret(key)  # nor any message or stored error, whatever the key looks like
     for name in ("dspy", "LiteLLM", "litellm", "httpx", "urllib3"):
         logging.getLogger(name).setLevel(logging.ERROR)
@@ -157,16 +171,12 @@ def _stdout_to_stderr() -> None:
 
 
 def _run(job: WorkerJob, store: Any, cancel: threading.Event, finishing: threading.Event) -> None:
-    from core.config import parse_config
-    from core.prepare import prepare_run
-    from core.records import RunStatus
     from core.run.execute import execute_run
+    from core.store.records import RunStatus
 
     run_id = job.run_id
     try:
-        # the JSON document crossed the pipe: parsed once here; typed keys join only the LMs that take one
-        config = parse_config(job.config).with_api_keys(job.api_keys)
-        prepared = prepare_run(config, base_dir=Path(job.base_dir) if job.base_dir else None)
+        prepared = build_run(job.plan)  # checked and split at Start: no endpoint call, no data read here
         outcome = execute_run(prepared, store, run_id, cancel, resume=job.resume)
         finishing.set()
         store.finish_run(run_id, outcome)
@@ -189,7 +199,7 @@ def _run(job: WorkerJob, store: Any, cancel: threading.Event, finishing: threadi
 def _watch(store: Any, run_id: int, cancel: threading.Event, finishing: threading.Event) -> None:
     """Poll for a cancel request, for the run being ended by another process (its owner was taken for
     dead) and for the supervisor's death, until the process ends."""
-    from core.records import RunStatus
+    from core.store.records import RunStatus
 
     parent_gone = threading.Event()
     threading.Thread(target=_wait_for_eof, args=(parent_gone,), name="parent-watch", daemon=True).start()

@@ -3,9 +3,12 @@ the pages (which read).
 
 - ``db``: the ``Store`` (connections per thread, WAL, runs, rounds, events, artifacts);
 - ``migrations``: the ordered schema migrations;
+- ``records``: the frozen records read from and written to the store (``Run``, ``Round``...) and ``RunStatus``;
 - ``rows``: records <-> rows and JSON helpers;
 - ``liveness``: who owns a run across processes: heartbeats, cancel requests, the CPU lease;
-- ``secrets``: the guard that keeps secret-named values out of the store.
+- ``evidence``: per-example results, their LM calls and the weight steps' training rows;
+- ``secrets``: the guard that keeps secret-named values out of the store;
+- ``sweeps`` / ``sweep_records``: sweeps (strategies x seeds as one job), their child runs and summaries.
 """
 
 from core.store.db import BUSY_TIMEOUT_MS, Store

@@ -26,11 +26,11 @@ from typing import Any
 
 from sqlite_utils import Database
 
-from core.config import RunConfig, config_to_dict
+from core.config.schema import RunConfig, config_to_dict
 from core.errors import StoreError
-from core.records import TERMINAL, Artifact, Event, Round, Run, RunOutcome, RunStatus
 from core.store.liveness import OwnershipMixin, host_name, process_start_time
 from core.store.migrations import MIGRATIONS
+from core.store.records import TERMINAL, Artifact, Event, Round, Run, RunOutcome, RunStatus
 from core.store.rows import (
     TERMINAL_VALUES,
     artifact_from_row,
@@ -44,6 +44,7 @@ from core.store.rows import (
     to_json,
 )
 from core.store.secrets import find_secrets, redact, redact_value
+from core.store.sweeps import SweepsMixin
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ BUSY_TIMEOUT_MS = 30_000
 """How long a writer waits for another writer's transaction before giving up."""
 
 
-class Store(OwnershipMixin):
+class Store(OwnershipMixin, SweepsMixin):
     """The run store at one SQLite file; safe to share between threads.
 
     The object holds only the path; each thread that uses it gets its own connection.

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core.errors import StoreError
-from core.records import TrainingRow
 from core.store.db import Store
+from core.store.records import TrainingRow
 from core.store.rows import now_iso
 
 logger = logging.getLogger(__name__)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import StoreError
-from core.records import RunStatus
+from core.store.records import RunStatus
 from core.store.rows import ACTIVE_VALUES, now_iso, placeholders
 
 logger = logging.getLogger(__name__)

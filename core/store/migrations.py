@@ -165,3 +165,46 @@ def m002_worker_ownership(db: Database) -> None:
     db["runs"].add_column("worker_pid", int)
     db.execute("update runs set queued_at = id")
     db["leases"].create({"name": str, "run_id": int, "heartbeat_at": float, "acquired_at": float}, pk="name")
+
+
+@MIGRATIONS()
+def m004_sweeps(db: Database) -> None:
+    """Sweeps (strategies x seeds as one job) and their child runs; ``runs.test_plan`` says which rounds a
+    run evaluates on the test split (NULL: the baseline and the best, as before) and ``runs.kept_rounds``
+    which round each strategy read from the run keeps. A child's run row stays a run like any other;
+    deleting it leaves the child without a run (``ON DELETE SET NULL``)."""
+    statements = """
+        CREATE TABLE IF NOT EXISTS sweeps (
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL,
+            status TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            started_at TEXT,
+            finished_at TEXT,
+            config TEXT NOT NULL,
+            error TEXT,
+            summary TEXT,
+            base_dir TEXT,
+            owner_pid INTEGER,
+            owner_host TEXT,
+            heartbeat_at REAL,
+            cancel_requested_at REAL
+        );
+        CREATE INDEX IF NOT EXISTS idx_sweeps_status ON sweeps (status);
+        CREATE TABLE IF NOT EXISTS sweep_children (
+            sweep_id INTEGER NOT NULL REFERENCES sweeps(id) ON DELETE CASCADE,
+            position INTEGER NOT NULL,
+            seed INTEGER NOT NULL,
+            strategy TEXT NOT NULL,
+            covers TEXT NOT NULL,
+            baseline_from INTEGER,
+            run_id INTEGER REFERENCES runs(id) ON DELETE SET NULL,
+            PRIMARY KEY (sweep_id, position)
+        );
+        CREATE INDEX IF NOT EXISTS idx_sweep_children_run ON sweep_children (run_id)
+    """
+    for statement in statements.split(";"):
+        if statement.strip():
+            db.execute(statement)
+    db["runs"].add_column("test_plan", str)
+    db["runs"].add_column("kept_rounds", str)

@@ -8,9 +8,9 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from core.config import RunConfig, parse_config
+from core.config.schema import RunConfig, parse_config
 from core.errors import ConfigError, StoreError
-from core.records import TERMINAL, Artifact, Event, Round, Run, RunStatus
+from core.store.records import TERMINAL, Artifact, Event, Round, RoundDetails, Run, RunStatus
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ def round_from_row(row: Mapping[str, Any]) -> Round:
         predictor_models=from_json(row["predictor_models"]),
         demos=from_json(row["demos"]),
         instructions=from_json(row["instructions"]),
-        details=from_json(row["details"]),
+        details=RoundDetails.from_json(from_json(row["details"])),
     )
 
 
@@ -121,8 +121,9 @@ def round_to_row(round_: Round) -> dict[str, Any]:
         "started_at": round_.started_at,
         "finished_at": round_.finished_at,
     }
-    for column in ("lm_usage", "predictor_models", "demos", "instructions", "details"):
+    for column in ("lm_usage", "predictor_models", "demos", "instructions"):
         row[column] = to_json(getattr(round_, column), f"{column} of {where}")
+    row["details"] = to_json(round_.details.to_json(), f"details of {where}")
     return row
 
 

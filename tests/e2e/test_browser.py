@@ -177,7 +177,7 @@ def test_whole_flow_on_the_scripted_lm(page, server, screenshots, tmp_path):
     shot(page, screenshots, "results")
 
     code = (
-        "import json, sys; from core.export import load_bundle, predict; "
+        "import json, sys; from core.bundles.export import load_bundle, predict; "
         f"p = load_bundle({str(bundle)!r}); "
         "print(json.dumps(predict(p, {'document': 'A court ruled against the company; a moderate risk.'})))"
     )

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from core.errors import LMError
+from core.errors import LMError, shown
 from core.lms.cpu import threads_for_native_code
 
 logger = logging.getLogger(__name__)
@@ -67,14 +67,14 @@ class HyperParam:
                 return None
             value = self.default
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise LMError(f"train_kwargs[{name!r}] = {value!r} is not a number; allowed: {self.describe(name)}")
+            raise LMError(f"train_kwargs[{shown(name)}] = {shown(value)} is not a number; allowed: {self.describe(name)}")
         if self.kind is int and isinstance(value, float) and not value.is_integer():
-            raise LMError(f"train_kwargs[{name!r}] = {value!r} is not an integer; allowed: {self.describe(name)}")
+            raise LMError(f"train_kwargs[{shown(name)}] = {shown(value)} is not an integer; allowed: {self.describe(name)}")
         value = self.kind(value)
         too_low = self.low is not None and (value <= self.low if self.low_open else value < self.low)
         too_high = self.high is not None and (value >= self.high if self.high_open else value > self.high)
         if too_low or too_high or (isinstance(value, float) and not math.isfinite(value)):
-            raise LMError(f"train_kwargs[{name!r}] = {value!r} is out of range; allowed: {self.describe(name)}")
+            raise LMError(f"train_kwargs[{shown(name)}] = {shown(value)} is out of range; allowed: {self.describe(name)}")
         return value
 
 
@@ -96,6 +96,28 @@ PARAMS: dict[str, HyperParam] = {
     "weight_decay": HyperParam(float, 0.0, 0.0, 1.0, description="AdamW weight decay"),
 }
 FLAGS: dict[str, bool] = {"bf16": True}
+
+
+def train_value(train_kwargs: dict[str, Any] | None, name: str) -> Any:
+    """Hyper-parameter ``name`` of ``train_kwargs`` checked against ``PARAMS``; its ``PARAMS`` default when
+    absent or None (None for an optional one). How a provider that reads only a few of them (the scripted
+    and hosted ones) takes its defaults: from this table, never from a fallback of its own."""
+    return PARAMS[name].check(name, (train_kwargs or {}).get(name))
+
+
+def train_overrides(**values: Any) -> dict[str, Any]:
+    """Hyper-parameters a recipe sets differently from ``PARAMS``'s defaults (a model family's measured
+    values, a smoke test's tiny budget), each checked against its range. ``LMError`` for a name ``PARAMS``
+    does not hold, a bad value, or a value equal to the default (not an override: it would hide the
+    default's later changes)."""
+    unknown = sorted(set(values) - set(PARAMS))
+    if unknown:
+        raise LMError(f"unknown fine-tuning hyper-parameter(s) {', '.join(unknown)}; allowed: {', '.join(PARAMS)}")
+    same = sorted(name for name, value in values.items() if value == PARAMS[name].default)
+    if same:
+        raise LMError(f"override(s) {', '.join(f'{n}={values[n]!r}' for n in same)} equal the PARAMS default; "
+                      "drop them from the overrides")
+    return {name: PARAMS[name].check(name, value) for name, value in values.items()}
 CALLBACKS = ("progress", "should_stop")
 OTHER_KEYS = ("output_dir", "quant")
 
@@ -128,18 +150,18 @@ def parse_train_kwargs(key: str, train_kwargs: dict[str, Any] | None) -> tuple[T
     output_dir = kw.get("output_dir")
     if not output_dir or not isinstance(output_dir, (str, os.PathLike)):
         raise LMError(
-            f"fine-tuning needs train_kwargs['output_dir'] (the run's artifact folder, a path); got {output_dir!r}"
+            f"fine-tuning needs train_kwargs['output_dir'] (the run's artifact folder, a path); got {shown(output_dir)}"
         )
     values: dict[str, Any] = {name: spec.check(name, kw.get(name, spec.default)) for name, spec in PARAMS.items()}
     for name, default in FLAGS.items():
         value = kw.get(name, default)
         if not isinstance(value, bool):
-            raise LMError(f"train_kwargs[{name!r}] = {value!r} must be True or False (default {default})")
+            raise LMError(f"train_kwargs[{shown(name)}] = {shown(value)} must be True or False (default {default})")
         values[name] = value
     quant = kw.get("quant") or DEFAULT_QUANT.get(key, "Q8_0")
     if quant not in ALLOWED_QUANTS:
         raise LMError(
-            f"train_kwargs['quant'] = {quant!r} is not allowed; allowed: {', '.join(ALLOWED_QUANTS)} "
+            f"train_kwargs['quant'] = {shown(quant)} is not allowed; allowed: {', '.join(ALLOWED_QUANTS)} "
             f"(default for {key}: {DEFAULT_QUANT.get(key, 'Q8_0')}; 4-bit types like the shipped Q4_1 "
             "erase the fine-tune)"
         )

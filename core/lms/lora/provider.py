@@ -15,7 +15,7 @@ from typing import Any
 from dspy.clients.provider import Provider, TrainingJob
 from dspy.clients.utils_finetune import TrainingStatus
 
-from core.errors import LMError, RunCancelled, StepCancelled
+from core.errors import LMError, RunCancelled, StepCancelled, shown
 from core.lms import catalog
 from core.lms.lora.params import PARAMS, parse_train_kwargs, peak_rss_mb
 from core.lms.lora.train import export_merged, train_lora
@@ -106,7 +106,7 @@ class LocalLoRAProvider(Provider):
     ) -> str:
         fmt = getattr(train_data_format, "value", train_data_format)
         if fmt not in (None, "chat"):
-            raise LMError(f"train_data_format {fmt!r} is not supported by the embedded models; allowed: chat")
+            raise LMError(f"train_data_format {shown(fmt)} is not supported by the embedded models; allowed: chat")
         key = catalog.model_key(model)
         params, output_dir = parse_train_kwargs(key, train_kwargs)
         if not train_data:

@@ -1,0 +1,1 @@
+"""Before a run: the cheap checks and the full preparation, and the pre-run estimate."""

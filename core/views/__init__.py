@@ -1,0 +1,1 @@
+"""What pages show, computed without streamlit: live snapshots, figures, the round table."""
