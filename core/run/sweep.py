@@ -29,7 +29,7 @@ from pathlib import Path
 from core.config.schema import RunConfig
 from core.errors import StoreError
 from core.evidence.sweep import summarize_sweep
-from core.paths import run_dir
+from core.paths import run_dir, studio_home
 from core.plan.prepare import RunPlan, plan_run
 from core.plan.sweep import child_config, plan_sweep
 from core.run.executors import ChildExecutor, executor_for
@@ -37,6 +37,7 @@ from core.run.manager import RunManager, get_manager
 from core.store import HEARTBEAT_EVERY_S, RESUMABLE, Store
 from core.store.records import RunStatus
 from core.store.sweep_records import SweepChild, TestPlan
+from core.tracking.sweep import start_sweep_tracking
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +75,7 @@ class _Driver:
         self.executor = executor
 
     def run(self) -> None:
+        tracking = start_sweep_tracking(self.store, self.sweep_id, home=studio_home())  # MLflow when asked
         try:
             cancelled = self._loop()
             self._finish(cancelled)
@@ -83,6 +85,8 @@ class _Driver:
                                                                               f"{type(e).__name__}: {e}")
         finally:
             self.executor.close()
+            if tracking is not None:
+                tracking.close()
             self.store.close()
 
     def _loop(self) -> bool:

@@ -99,6 +99,10 @@ class RunTracking:
     def _open_run(self, store: Store, run_id: int) -> None:
         """Open the MLflow run: the one this tracker or an earlier supervision of the run began, else a new one."""
         previous = self.log.run_id or previous_mlflow_run(store, run_id, self.target)
+        if self.log.parent_run_id is None and previous is None:  # a sweep's child nests under the sweep's run
+            from core.tracking.sweep import sweep_parent_run
+
+            self.log.parent_run_id = sweep_parent_run(store, run_id, self.target)
         mlflow_id = self.log.open(store.get_run(run_id), previous)
         self._opened = True
         verb = "continuing" if previous == mlflow_id else "logging to"
