@@ -36,8 +36,9 @@ CPU_FLAGS    := $(if $(filter native,$(LLAMA_BUILD)),$(shell grep -m1 -E '^(flag
 LLAMA_KEY    := $(shell echo "$(LLAMA_VERSION) $(ARCH) $(LLAMA_CMAKE)$(if $(CPU_FLAGS), $(CPU_FLAGS))" | sha1sum | cut -c1-10)
 LLAMA_WHEELS := $(HOME)/.cache/bettertogether-studio/llama-cpp-python-$(LLAMA_VERSION)-$(LLAMA_BUILD)-$(LLAMA_KEY)
 STAMP   := $(VENV)/.installed-$(shell sha1sum requirements.txt | cut -c1-12)-$(LLAMA_BUILD)-$(LLAMA_KEY)
+RAY_STAMP := $(VENV)/.ray-installed-$(shell sha1sum requirements-ray.txt | cut -c1-12)
 
-.PHONY: install llama-wheel llama-wheel-dir doctor run test test-fast lint bench bench-build chromium clean
+.PHONY: install install-ray llama-wheel llama-wheel-dir doctor run test test-fast lint bench bench-build chromium clean
 
 # The wheel folder is reused by every later install on this machine with the same flags.
 llama-wheel:
@@ -76,6 +77,15 @@ $(VENV)/bin/studio: pyproject.toml $(STAMP)
 
 install: $(STAMP) $(VENV)/bin/studio
 
+# Ray, for sweeps on a cluster ("executor": {"kind": "ray"}): an extra, not in `make install` (about 260 MB;
+# the app imports it only when a sweep asks for Ray). `make test` installs it: its tests start a local Ray.
+$(RAY_STAMP): requirements-ray.txt $(STAMP)
+	$(VENV)/bin/pip install --disable-pip-version-check $(PIP_FLAGS) -r requirements-ray.txt
+	@rm -f $(VENV)/.ray-installed-*
+	@touch $(RAY_STAMP)
+
+install-ray: install $(RAY_STAMP)
+
 doctor: install
 	$(PY) -m core doctor
 
@@ -89,12 +99,12 @@ run: install
 	$(VENV)/bin/streamlit run app.py --server.address localhost --server.port $(PORT)
 
 # pytest's exit status 5 means it collected no tests: a failure, said in words.
-test: install chromium
+test: install install-ray chromium
 	$(VENV)/bin/ruff check core tests bench pages app.py
 	@echo "$(PY) -m pytest"; $(PY) -m pytest; status=$$?; \
 	if [ $$status -eq 5 ]; then echo ">>> pytest collected no tests (exit 5): failing" >&2; fi; exit $$status
 
-test-fast: install
+test-fast: install install-ray
 	$(PY) -m pytest -m "not e2e and not slow"
 
 lint: install

@@ -5,7 +5,9 @@ start them), on a fresh store:
 
 * ``scripted``: a sweep of the five strategies (p, w, p -> w, w -> p, p -> w -> p) x 3 seeds on the
   scripted test LM (the classifier template): the wall time of the sweep and of each child run, and the
-  table (mean +- sd per strategy). ``--executor ray`` runs it through Ray (when that executor is installed).
+  table (mean +- sd per strategy). ``--executor ray`` runs it through Ray (``RAY_ADDRESS``, else a local
+  instance of this machine's CPUs, started before the sweep and timed apart: ``ray_start_s``; the Ray extra,
+  ``make install-ray``), each child run a Ray task, up to 4 at once.
 * ``shared``: the default template's three strategies that share ``p -> w -> p`` (p, p -> w, p -> w -> p),
   3 seeds, as one sweep (one run per seed) against three separate runs per seed: both wall times and the
   saving as a ratio (separate / sweep), and whether every strategy's test score is the same both ways (it
@@ -84,8 +86,17 @@ def scripted_part(args: argparse.Namespace, home: Path) -> dict[str, Any]:
 
     _runs, sweeps = _managers(home / "scripted")
     seeds = args.seeds or [0, 1, 2]
+    ray: dict[str, Any] = {}
+    if args.executor == "ray":  # the instance starts once per process: timed apart from the sweep
+        from core.run.ray_executor import connect
+
+        started = time.perf_counter()
+        module = connect(os.environ.get("RAY_ADDRESS") or None)
+        ray = {"ray_version": module.__version__, "ray_start_s": round(time.perf_counter() - started, 2),
+               "ray_cpus": module.cluster_resources().get("CPU")}
+        _log(f"Ray {ray['ray_version']} ready in {ray['ray_start_s']} s ({ray['ray_cpus']} CPUs)")
     _log(f"scripted sweep: {len(FIVE)} strategies x {len(seeds)} seeds, executor {args.executor}")
-    return {"strategies": FIVE, "seeds": seeds, "executor": args.executor,
+    return {"strategies": FIVE, "seeds": seeds, "executor": args.executor, **ray,
             **_sweep(sweeps, scripted_config_dict("classifier", tag="bench-sweep"), FIVE, seeds, args.executor)}
 
 

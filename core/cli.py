@@ -6,6 +6,7 @@
     python -m core sweep --resume ID      continue a failed, cancelled or interrupted sweep
     python -m core export RUN_ID OUT      OUT a folder or a .zip
     python -m core report RUN_ID OUT.html one self-contained HTML report (opens offline)
+    python -m core sweep-report ID OUT.html  a sweep's report: which strategy won, by how much, how sure
     python -m core predict BUNDLE --input '{"field": "..."}'
     python -m core models [--json]
     python -m core doctor [--json]       do the embedded models run on this CPU? (child processes)
@@ -148,7 +149,9 @@ def _follow_sweep(manager: Any, sweep_id: int) -> int:
         except KeyboardInterrupt:
             print("cancelling the sweep: the finished runs are kept...", file=sys.stderr)
             manager.cancel(sweep_id)
-            manager.wait(sweep_id)
+            # not manager.wait: a join interrupted by Ctrl-C leaves Python thinking the thread has stopped
+            while not store.sweep_status(sweep_id).is_terminal:
+                time.sleep(0.5)
         _sweep_progress(store, sweep_id, seen)
     sweep = store.get_sweep(sweep_id)
     summary = sweep.summary or summarize_sweep(store, sweep_id)
@@ -174,6 +177,16 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     out = write_report(Store(args.db or db_path()), args.run_id, args.out)
     print(json.dumps({"run_id": args.run_id, "report": str(out)}))
+    return 0
+
+
+def cmd_sweep_report(args: argparse.Namespace) -> int:
+    from core.evidence.sweep_report import write_sweep_report
+    from core.paths import db_path
+    from core.store import Store
+
+    out = write_sweep_report(Store(args.db or db_path()), args.sweep_id, args.out)
+    print(json.dumps({"sweep_id": args.sweep_id, "report": str(out)}))
     return 0
 
 
@@ -267,6 +280,11 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("run_id", type=int)
     report.add_argument("out", help="the .html file to write")
     report.set_defaults(func=cmd_report)
+    sweep_report = sub.add_parser("sweep-report", help="write a sweep's self-contained HTML report (the verdict, "
+                                  "the strategies x seeds table, the chart, example by example)")
+    sweep_report.add_argument("sweep_id", type=int)
+    sweep_report.add_argument("out", help="the .html file to write")
+    sweep_report.set_defaults(func=cmd_sweep_report)
     pred = sub.add_parser("predict", help="run one input through a bundle")
     pred.add_argument("bundle")
     pred.add_argument("--input", required=True, help="JSON object of input fields")

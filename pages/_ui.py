@@ -15,6 +15,7 @@ from core.document import new_document
 from core.errors import StudioError
 from core.paths import db_path
 from core.run import RunManager, get_manager
+from core.run.sweep import SweepManager, get_sweep_manager
 from core.store import RESUMABLE, Store
 from core.store.records import RunStatus
 
@@ -75,6 +76,11 @@ def manager() -> RunManager:
 
 def store() -> Store:
     return manager().store
+
+
+def sweeps() -> SweepManager:
+    """The process-wide sweep manager of the current database (on the same run manager)."""
+    return get_sweep_manager(db_path())
 
 
 def _through_entry_point() -> None:

@@ -1,5 +1,6 @@
 """Results: run history, round table, the example matrix with traces, round diffs, training rows,
-baseline vs best per predictor, playground, comparison, export and the shareable report."""
+baseline vs best per predictor, playground, comparison, export and the shareable report; the Sweep
+view (which strategy won, by how much, with what confidence) for sweeps."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from core.store.records import Run
 from core.views.charts import compare_test_scores, comparison_figure, score_figure
 from core.views.rounds import round_table
 from pages._evidence import diffs, examples, report_button, training
+from pages._sweep import sweep_view
 from pages._ui import guarded, store
 
 LOAD_SNIPPET = '''from core.bundles.export import load_bundle, predict
@@ -159,8 +161,18 @@ def export(run: Run) -> None:
         st.code(LOAD_SNIPPET.format(file=target.name, inputs=inputs, inputs_json=json.dumps(inputs)), language="python")
 
 
+VIEWS = ("Runs", "Sweeps")
+
+
 def body() -> None:
     st.title("Results")
+    found = store().list_sweeps(100)
+    if found:
+        view = st.radio("View", VIEWS, index=1 if st.query_params.get("sweep") else 0, horizontal=True,
+                        key="results_view", label_visibility="collapsed")
+        if view == "Sweeps":
+            sweep_view(found)
+            return
     runs = store().list_runs(100)
     if not runs:
         st.info("No runs yet. Configure a run (or keep the defaults) and start it on the **Run** page.")

@@ -1,4 +1,4 @@
-"""Run: start the configured run and watch it live (the view reads the store every second)."""
+"""Run: start the configured run (or sweep) and watch it live (the view reads the store every second)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import streamlit as st
 from core import document
 from core.config import trust
 from core.config.schema import RunDraft
+from core.store import RESUMABLE
 from core.store.records import RunStatus
 from core.tracking import tracking_target
 from core.views.charts import (
@@ -23,7 +24,10 @@ from core.views.charts import (
 )
 from core.views.monitor import RunSnapshot, run_snapshot, tracking_warning, truncation_notes
 from core.views.rounds import round_table
-from pages._ui import allowed_files, api_keys, doc, guarded, manager, resume_button, store
+from core.views.sweep import children_rows, current_summary, live_children, sweep_progress, verdicts
+from pages._ui import allowed_files, api_keys, doc, guarded, manager, resume_button, store, sweeps
+
+FOLLOWED = "sweep_followed"  # session: sweep id -> the child run the live view last followed
 
 STATUS_ICONS = {
     RunStatus.QUEUED: ":material/hourglass_top:", RunStatus.RUNNING: ":material/autorenew:",
@@ -38,8 +42,12 @@ def summary(current: RunDraft) -> None:
     lms = ", ".join(f"{n} ({document.lm_model(s).split(':')[0]})" for n, s in current.lms.items())
     source = current.data.source
     data = source.name if source.kind == "sample" else source.path.rsplit("/", 1)[-1]
-    st.markdown(f"**Program** `{what}` · **Data** `{data}` · **Strategy** `{current.strategy}` · "
-                f"**LMs** {lms}")
+    if current.sweep is not None:
+        plan = (f"**Sweep** {', '.join(f'`{s}`' for s in current.sweep.strategies)} x seeds "
+                f"{', '.join(str(s) for s in current.sweep.seeds)}")
+    else:
+        plan = f"**Strategy** `{current.strategy}`"
+    st.markdown(f"**Program** `{what}` · **Data** `{data}` · {plan} · **LMs** {lms}")
 
 
 def start_section() -> None:
@@ -50,9 +58,16 @@ def start_section() -> None:
     if target := tracking_target(current):
         st.caption(f"The run is logged to MLflow ({target.describe()}): config `tracking`, or `MLFLOW_TRACKING_URI`.")
     problems = document.run_problems(current, api_keys(), allowed_files())  # cheap and local: no LM, no network
-    clicked = st.button("Start run", type="primary", disabled=bool(problems), icon=":material/play_arrow:")
+    what = "run" if current.sweep is None else "sweep"
+    clicked = st.button(f"Start {what}", type="primary", disabled=bool(problems), icon=":material/play_arrow:")
     if problems:
-        st.error("The run cannot start yet:\n\n" + "\n".join(f"- {p}" for p in problems))
+        st.error(f"The {what} cannot start yet:\n\n" + "\n".join(f"- {p}" for p in problems))
+    if clicked and current.sweep is not None:
+        with st.spinner("Checking the configuration once for every run of the sweep..."):
+            sweep_id = sweeps().start(document.build_config(current, api_keys()))  # typed keys reach every run
+        st.query_params["sweep"] = str(sweep_id)
+        st.query_params.pop("run", None)  # the live view follows the sweep's running child
+        st.rerun()
     if clicked:
         with st.spinner("Checking the configuration and loading the models..."):
             run_id = manager().start(document.build_config(current, api_keys()))
@@ -149,10 +164,92 @@ def live_view(run_id: int) -> None:
         ]), hide_index=True, width="stretch", height=260)
 
 
+def chosen_sweep(current: RunDraft) -> int | None:
+    """The sweep to show: the one in the URL; else the newest, while it runs or when the draft is a sweep."""
+    found = store().list_sweeps(50)
+    if not found:
+        return None
+    wanted = st.query_params.get("sweep")
+    if not (wanted and wanted.isdigit() and int(wanted) in {s.id for s in found}):
+        if current.sweep is None and found[0].status.is_terminal:
+            return None
+        wanted = str(found[0].id)
+    ids = [s.id for s in found]
+    labels = {s.id: f"#{s.id} {s.name} ({s.status.value})" for s in found}
+    picked = st.selectbox("Sweep", ids, index=ids.index(int(wanted)), format_func=labels.get)
+    if str(picked) != st.query_params.get("sweep"):
+        st.query_params["sweep"] = str(picked)
+    return picked
+
+
+def _follow(sweep_id: int, running: int | None) -> None:
+    """Show the sweep's running child below while the user watches the one it ran before (or none)."""
+    followed = st.session_state.setdefault(FOLLOWED, {})
+    last = followed.get(sweep_id)
+    if running is None or running == last:
+        return
+    followed[sweep_id] = running
+    if last is None or st.query_params.get("run") in (None, str(last)):
+        st.query_params["run"] = str(running)
+        st.rerun()
+
+
+def sweep_view(sweep_id: int) -> None:
+    sweep = store().get_sweep(sweep_id)
+    st.markdown(f"### {STATUS_ICONS.get(sweep.status, '')} Sweep #{sweep.id}: {sweep.status.value}")
+    if sweep.error:
+        (st.warning if sweep.status == RunStatus.CANCELLED else st.error)(sweep.error)
+    children = live_children(store(), sweep)
+    progress = sweep_progress(children)
+    st.progress(progress.fraction, text=progress.text)
+    st.dataframe(pd.DataFrame(children_rows(children)), hide_index=True, width="stretch")
+    c1, c2, c3 = st.columns(3)
+    if not sweep.status.is_terminal and c1.button("Cancel sweep (keeps the finished runs)", icon=":material/stop:",
+                                                  key=f"cancel_sweep_{sweep_id}"):
+        if sweeps().cancel(sweep_id):
+            st.toast("Cancel requested: the running run stops, no other one starts.")
+        else:
+            st.warning("This sweep has already ended.")
+    if sweep.status in RESUMABLE and c1.button("Resume sweep (runs what did not finish)", icon=":material/replay:",
+                                               key=f"resume_sweep_{sweep_id}"):
+        sweeps().resume(sweep_id, api_keys=api_keys())
+        st.rerun()
+    started = [c.run_id for c in children if c.run_id is not None]
+    if started:
+        labels = {c.run_id: f"#{c.run_id} '{c.strategy}' seed {c.seed} ({c.status})" for c in children if c.run_id}
+        shown_run = st.query_params.get("run")
+        options = [None, *started]
+        index = options.index(int(shown_run)) if shown_run and shown_run.isdigit() and int(shown_run) in started else 0
+        picked = c2.selectbox("Watch a run of this sweep", options, index=index, key=f"watch_{sweep_id}_{shown_run}",
+                              format_func=lambda i: "(another run)" if i is None else labels[i])
+        if picked is not None and str(picked) != shown_run:
+            st.query_params["run"] = str(picked)
+            st.rerun()
+    if sweep.status.is_terminal:
+        for line in verdicts(current_summary(store(), sweep)):
+            (st.success if line.kind == "beats" else st.info)(line.text)
+        if c3.button("Open the Sweep view (Results)", icon=":material/leaderboard:", key=f"results_{sweep_id}"):
+            st.switch_page("pages/results.py", query_params={"sweep": str(sweep_id)})
+    else:
+        _follow(sweep_id, next((c.run_id for c in progress.running), None))
+
+
 def body() -> None:
     st.title("Run")
     start_section()
     st.divider()
+    sweep_id = chosen_sweep(doc())
+    if sweep_id is not None:
+        sweep_active = not store().sweep_status(sweep_id).is_terminal
+
+        @st.fragment(run_every=1.0 if sweep_active else None)
+        def sweep_refresh() -> None:
+            guarded(lambda: sweep_view(sweep_id))
+            if sweep_active and store().sweep_status(sweep_id).is_terminal:
+                st.rerun()
+
+        sweep_refresh()
+        st.divider()
     run_id = chosen_run()
     if run_id is None:
         st.info("No runs yet. The defaults are ready: press **Start run** above.")

@@ -1,4 +1,5 @@
-"""Strategy: compose prompt and weight steps, their settings, the metric; estimate; config download/upload."""
+"""Strategy: compose prompt and weight steps, their settings, the metric; compare strategies (a sweep);
+estimate; config download/upload."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ import streamlit as st
 
 from core import document
 from core.config import trust
-from core.config.schema import RunDraft, config_to_json
+from core.config.schema import RunConfig, RunDraft, config_to_json
 from core.config.strategy import MAX_STEPS, PRESETS, split_strategy
+from core.config.sweep import MAX_SWEEP_SEEDS
+from core.data import Table
 from core.errors import StudioError
 from core.optimizers.table import step_warnings
 from core.plan.estimate import estimate, format_duration
@@ -71,6 +74,39 @@ def strategy_text(current: RunDraft) -> None:
             rerun_with(document.set_strategy_text(current, typed), structural=True)
         except StudioError as e:
             st.error(str(e))
+
+
+def sweep_section(current: RunDraft) -> None:
+    """Compare strategies: each picked strategy run with each seed, as one job (the draft's ``sweep``)."""
+    on = st.toggle("Compare strategies: a sweep of several strategies x seeds, as one job", current.sweep is not None,
+                   key=f"sweep_on_{rev()}", help="Which strategy wins on your program and data, by how much, and "
+                   "is it more than noise? Each strategy is scored on the test split with every seed.")
+    if on != (current.sweep is not None):
+        try:
+            rerun_with(document.turn_sweep_on(current, on), structural=True)
+        except StudioError as e:
+            st.error(str(e))
+        return
+    if current.sweep is None:
+        return
+    sweep = current.sweep
+    c1, c2 = st.columns([3, 1])
+    picked = c1.multiselect("Strategies to compare", document.sweep_choices(current), default=sweep.strategies,
+                            key=f"sweep_strategies_{rev()}")
+    count = c2.number_input("Seeds per strategy", min_value=1, max_value=MAX_SWEEP_SEEDS, value=len(sweep.seeds),
+                            step=1, key=f"sweep_seeds_{rev()}")
+    typed = c1.text_input("...or add a composed strategy", key=f"sweep_add_{rev()}", placeholder="e.g. p -> w -> p -> w")
+    seeds = sweep.seeds if count == len(sweep.seeds) else document.first_seeds(int(count))
+    strategies = [*picked, typed] if typed.strip() else picked
+    c2.caption(f"seeds {', '.join(str(s) for s in seeds)}")
+    if strategies != sweep.strategies or seeds != sweep.seeds:
+        try:
+            rerun_with(document.set_sweep(current, strategies, seeds), structural=True)
+        except StudioError as e:
+            st.error(str(e))
+    st.caption("Start runs every strategy above with every seed (the strategy composed above is not run on its "
+               "own). Per seed, a strategy that another one extends is read from that longer run, and the baseline "
+               "is evaluated once.")
 
 
 def new_key(current: RunDraft) -> None:
@@ -159,6 +195,9 @@ def estimate_section(current: RunDraft) -> None:
             table = document.load_document_table(current)
         except StudioError:
             table = None
+    if config.sweep is not None:
+        sweep_estimate(config, table)
+        return
     result = estimate(config, table=table)
     c1, c2, c3 = st.columns(3)
     c1.metric("LM calls", f"~{result.calls:,}")
@@ -171,6 +210,30 @@ def estimate_section(current: RunDraft) -> None:
     ]), hide_index=True, width="stretch")
     st.caption(f"Split {result.sizes[0]}/{result.sizes[1]}/{result.sizes[2]}; plus {result.test_calls} calls "
                "for the final test evaluation. " + "; ".join(result.notes))
+
+
+def _cost(cost: float | None) -> str:
+    return "unknown" if cost is None else ("free (local)" if cost == 0 else f"~${cost:.2f}")
+
+
+def sweep_estimate(config: RunConfig, table: Table | None) -> None:
+    """The whole sweep: its child runs, and what prefix sharing saves against separate runs."""
+    result = document.estimate_sweep(config, table)
+    c1, c2, c3, c4 = st.columns(4)
+    c1.metric("Runs", f"{result.child_runs}", help=f"instead of {result.standalone_runs} separate runs")
+    c2.metric("LM calls", f"~{result.calls:,}")
+    c3.metric("Time", f"~{format_duration(result.seconds)}")
+    c4.metric("Cost", _cost(result.cost))
+    st.dataframe(pd.DataFrame([
+        {"seed": c.seed, "run": c.strategy, "reads": ", ".join(c.covers),
+         "baseline": "reused" if c.reuses_baseline else "evaluated", "LM calls": c.calls,
+         "time": format_duration(c.seconds)} for c in result.children
+    ]), hide_index=True, width="stretch")
+    st.caption(f"Prefix sharing: {result.child_runs} runs instead of {result.standalone_runs} separate runs, "
+               f"~{format_duration(result.seconds)} instead of ~{format_duration(result.standalone_seconds)} "
+               f"(saves ~{format_duration(result.saved_seconds)}; ~{result.standalone_calls:,} LM calls and "
+               f"{_cost(result.standalone_cost)} for separate runs). Each run evaluates on test the round each "
+               "strategy it holds keeps, and its baseline. " + "; ".join(result.notes))
 
 
 def config_files(current: RunDraft) -> None:
@@ -211,6 +274,7 @@ def body() -> None:
         st.error(problem)
     step_blocks(current)
     strategy_text(current)
+    sweep_section(current)
     new_key(current)
     metric(current)
     settings_forms(current)

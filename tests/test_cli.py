@@ -184,3 +184,32 @@ def test_sweep_errors_are_one_line(tmp_path: Path) -> None:
     assert out.returncode == 2 and "give the CONFIG of a sweep, or --resume SWEEP_ID" in out.stderr
     out = _cli("--db", str(tmp_path / "cli.db"), "sweep", "--resume", "7", cwd=tmp_path)
     assert out.returncode == 2 and out.stderr.strip() == "error: no sweep with id 7"
+
+
+def test_ctrl_c_cancels_a_sweep_and_waits_for_it_to_end(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    doc = scripted_config_dict("classifier", tag="cli-sweep-cancel", delay=0.2)  # slow calls: time to press Ctrl-C
+    doc["sweep"] = {"strategies": ["p", "w"], "seeds": [0, 1]}
+    config = tmp_path / "sweep.json"
+    config.write_text(json.dumps(doc))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cli = subprocess.Popen([sys.executable, "-m", "core", "--db", str(tmp_path / "s.db"), "sweep", str(config)],
+                           cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        from core.store import Store
+
+        store = Store(tmp_path / "s.db")
+        while time.monotonic() < deadline and not any(r.status.value == "running" for r in store.list_runs()):
+            time.sleep(0.3)
+        cli.send_signal(signal.SIGINT)
+        out, err = cli.communicate(timeout=120)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+    assert cli.returncode == 1, err[-2000:]
+    summary = json.loads(out)
+    assert summary["status"] == "cancelled", summary  # the sweep had ended when the command returned
+    assert all(r.status.is_terminal for r in store.list_runs())

@@ -58,3 +58,11 @@ def test_the_llama_version_comes_from_requirements():
     pinned = next(line.split("==")[1].split()[0] for line in (ROOT / "requirements.txt").read_text().splitlines()
                   if line.startswith("llama-cpp-python=="))
     assert f"llama-cpp-python-{pinned}-portable-" in make("llama-wheel-dir")
+
+
+def test_the_tests_install_the_ray_extra_that_make_install_leaves_out(tmp_path):
+    venv = f"VENV={tmp_path / 'venv'}"
+    assert "-r requirements-ray.txt" in make("-n", "test", venv, "HOME=" + str(tmp_path))
+    assert "-r requirements-ray.txt" not in make("-n", "install", venv, "HOME=" + str(tmp_path))
+    pinned = [line for line in (ROOT / "requirements-ray.txt").read_text().splitlines() if line and line[0] != "#"]
+    assert pinned == [line for line in pinned if "==" in line] and any(p.startswith("ray[client]==") for p in pinned)

@@ -8,7 +8,7 @@ lists those, and ``build_config`` runs the checks across fields and adds the ses
 keys (they never enter the draft). Uploaded JSON and the template defaults become drafts at this
 boundary (``document_from_json``, ``new_document``). One module per page's part of the document:
 ``base`` (the whole draft, validation, problems before a run), ``program``, ``lms``, ``data``,
-``strategy``.
+``strategy``, ``sweep``.
 """
 
 from core.document.base import (
@@ -81,9 +81,21 @@ from core.document.strategy import (
     step_label,
     strategy_steps,
 )
+from core.document.sweep import (
+    DEFAULT_SEEDS,
+    ChildEstimate,
+    SweepEstimate,
+    estimate_sweep,
+    first_seeds,
+    set_sweep,
+    sweep_choices,
+    turn_sweep_on,
+)
 
 __all__ = [
     "CHOICE_SOURCES",
+    "ChildEstimate",
+    "DEFAULT_SEEDS",
     "DataCheck",
     "OPTIMIZER_LABELS",
     "OPTIMIZER_SUMMARIES",
@@ -92,6 +104,7 @@ __all__ = [
     "SETTING_KINDS",
     "SETTINGS_MODELS",
     "SettingField",
+    "SweepEstimate",
     "add_litellm",
     "add_optimizer",
     "assign_predictors",
@@ -101,6 +114,8 @@ __all__ = [
     "document_from_json",
     "draft_of",
     "embedded_lms",
+    "estimate_sweep",
+    "first_seeds",
     "is_scripted",
     "keep_stages",
     "label_distribution",
@@ -131,6 +146,7 @@ __all__ = [
     "set_settings",
     "set_split",
     "set_stages",
+    "set_sweep",
     "set_steps",
     "set_strategy_text",
     "set_template",
@@ -140,6 +156,8 @@ __all__ = [
     "stages_of",
     "step_label",
     "strategy_steps",
+    "sweep_choices",
+    "turn_sweep_on",
     "use_file",
     "use_sample",
     "use_scripted",

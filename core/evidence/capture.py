@@ -188,7 +188,7 @@ class EvidenceCollector(BaseCallback):
             new = NewEvaluation(run_id=self.run_id, split=scope.split, round_index=scope.round_index,
                                 label=scope.label, program=scope.program_label, started_at=scope.started_at,
                                 score=scope.score, error=scope.error)
-            self.written.append(add_evaluation(self.store, new, results))
+            self.written.append(self._forwarded("add_evaluation", add_evaluation)(new, results))
             self.write_seconds.append(time.perf_counter() - started)
         except Exception:  # noqa: BLE001 - evidence must never break the run
             logger.exception("cannot record the evidence of evaluation %r", scope.label)
@@ -196,9 +196,15 @@ class EvidenceCollector(BaseCallback):
     def training_rows(self, model: str, rows: list[TrainingRow]) -> None:
         """Record what the weight step of the current round trains ``model`` on."""
         try:
-            add_training_rows(self.store, self.run_id, self.round_index, model, rows)
+            self._forwarded("add_training_rows", add_training_rows)(self.run_id, self.round_index, model, rows)
         except Exception:  # noqa: BLE001 - evidence must never break the run
             logger.exception("cannot record the training rows of %s", model)
+
+    def _forwarded(self, name: str, write: Any) -> Any:
+        """``write`` on this collector's store; a Ray task's store proxy (``core.run.ray_remote``) has a method
+        of that name that sends the whole write to the Studio that started the run."""
+        forward = getattr(self.store, name, None)
+        return forward if forward is not None else lambda *args: write(self.store, *args)
 
     # -- callbacks -------------------------------------------------------------------------------
     def on_module_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:

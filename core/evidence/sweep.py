@@ -68,6 +68,15 @@ def _test_evaluation(store: Store, run_id: int, index: int) -> tuple[int, float 
     return found
 
 
+def seed_evaluation(store: Store, result: SeedResult) -> int | None:
+    """The id of the test evaluation behind a seed's result (the baseline's may be a sibling run's); None
+    when the seed has no result ("failed" or "pending")."""
+    if result.status != "ok" or result.run_id is None or result.round_index is None:
+        return None
+    found = _test_evaluation(store, result.run_id, result.round_index)
+    return None if found is None else found[0]
+
+
 def _cell(store: Store, child: SweepChild | None, seed: int, strategy: str, cache: dict[int, tuple]) -> _Cell:
     if child is None or child.run_id is None:
         return _Cell(SeedResult(seed, "pending"))

@@ -10,7 +10,9 @@
 - ``observer``: ``RunObserver`` counts calls and tokens per model, caps parallel calls per LM, raises on cancel;
 - ``build``: optimizers, adapter and prices of a prepared run;
 - ``sweep``: ``SweepManager`` drives sweeps (strategies x seeds, children are runs; ``get_sweep_manager``);
-- ``executors``: where a sweep's child runs execute (``local``: this process's ``RunManager``).
+- ``executors``: where a sweep's child runs execute (``local``: this process's ``RunManager``; ``ray``);
+- ``ray_executor``, ``ray_remote``, ``ray_service``: each child run as a Ray task, its records sent back to
+  this process's store (Ray is imported only when a sweep asks for it).
 """
 
 from core.run.build import build_optimizers, effective_threads, make_adapter, model_prices, with_costs

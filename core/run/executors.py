@@ -6,8 +6,9 @@ in the store. An executor must leave every run it was given terminal in the stor
 to it (a worker that dies fails its run, as ``core.run.supervisor`` does locally).
 
 ``local`` (``LocalExecutor``) is today's queue: the ``RunManager`` of this process supervises each
-run in its worker process, embedded CPU runs one at a time through the CPU lease. Other kinds
-register a factory in ``EXECUTORS`` (the configuration declares ``"executor": {"kind": "ray", ...}``).
+run in its worker process, embedded CPU runs one at a time through the CPU lease. ``ray``
+(``core.run.ray_executor``, for ``"executor": {"kind": "ray", ...}``) runs each as a task on a Ray
+cluster. Other kinds register a factory in ``EXECUTORS``.
 """
 
 from __future__ import annotations
@@ -65,7 +66,14 @@ class LocalExecutor:
 
 ExecutorFactory = Callable[[Any, RunManager], ChildExecutor]
 
-EXECUTORS: dict[str, ExecutorFactory] = {"local": lambda spec, runs: LocalExecutor(runs)}
+def _ray_executor(spec: RayExecutorSpec, runs: RunManager) -> ChildExecutor:
+    """Each run as a task on a Ray cluster (``core.run.ray_executor``; Ray is imported only here)."""
+    from core.run.ray_executor import RayExecutor
+
+    return RayExecutor(spec, runs)
+
+
+EXECUTORS: dict[str, ExecutorFactory] = {"local": lambda spec, runs: LocalExecutor(runs), "ray": _ray_executor}
 """Executor kind -> factory (the executor spec of the configuration, the process's ``RunManager``)."""
 
 

@@ -137,14 +137,7 @@ def worker_main(job: WorkerJob) -> None:
     _stdout_to_stderr()
     if job.studio_home:
         os.environ["STUDIO_HOME"] = job.studio_home
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
-    from core.store.secrets import install_log_redaction, register_secret
-
-    install_log_redaction()  # log lines never carry a key
-    for key in job.plan.config.typed_api_keys().values():
-        register_secret(key)  # nor any message or stored error, whatever the key looks like
-    for name in ("dspy", "LiteLLM", "litellm", "httpx", "urllib3"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    setup_worker_logging(job)
     from core.store import Store
 
     store = Store(job.db_path)
@@ -155,9 +148,22 @@ def worker_main(job: WorkerJob) -> None:
                              daemon=True)
     watch.start()
     try:
-        _run(job, store, cancel, finishing)
+        run_job(job, store, cancel, finishing)
     finally:
         store.close()
+
+
+def setup_worker_logging(job: WorkerJob) -> None:
+    """Warnings to stderr, and no log line, message or stored error that carries one of the job's keys
+    (also what a Ray task does first, ``core.run.ray_remote``)."""
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    from core.store.secrets import install_log_redaction, register_secret
+
+    install_log_redaction()  # log lines never carry a key
+    for key in job.plan.config.typed_api_keys().values():
+        register_secret(key)  # nor any message or stored error, whatever the key looks like
+    for name in ("dspy", "LiteLLM", "litellm", "httpx", "urllib3"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def _stdout_to_stderr() -> None:
@@ -170,7 +176,9 @@ def _stdout_to_stderr() -> None:
     sys.stdout = sys.stderr
 
 
-def _run(job: WorkerJob, store: Any, cancel: threading.Event, finishing: threading.Event) -> None:
+def run_job(job: WorkerJob, store: Any, cancel: threading.Event, finishing: threading.Event) -> None:
+    """Build and execute the job's run, recording it in ``store`` (this worker's ``Store``, or a Ray task's
+    proxy of the Studio's store), and always leave a final status; ``finishing`` is set before it is written."""
     from core.run.execute import execute_run
     from core.store.records import RunStatus
 

@@ -310,6 +310,29 @@ def matrix_page(store: Store, run_id: int, query: MatrixQuery, *, limit: int = 5
     return MatrixPage(columns, tuple(rows), int(total), offset, limit)
 
 
+def get_evaluation(store: Store, evaluation_id: int) -> Evaluation:
+    """Evaluation ``evaluation_id`` (of any run); ``StoreError`` when there is none."""
+    rows = list(store.db.query("select * from evaluations where id = ?", [evaluation_id]))
+    if not rows:
+        raise StoreError(f"no evaluation with id {evaluation_id}")
+    return _evaluation(rows[0])
+
+
+def paired_rows(store: Store, a: int, b: int) -> list[MatrixRow]:
+    """The examples of evaluations ``a`` and ``b`` (of any runs: two strategies of a sweep) side by side,
+    one row per example index with the cells (a, b); None where an evaluation has no such example."""
+    sql = ("select example_index, min(substr(inputs, 1, 240)) as inputs, min(substr(gold, 1, 160)) as gold, "
+           + ", ".join(f"max(case when evaluation_id = ? then {c} end) as {c}{i}" for i in (0, 1)
+                       for c in ("passed", "score", "error_kind"))
+           + ", max(case when evaluation_id = ? then 1 else 0 end) as e0, max(case when evaluation_id = ? then 1 "
+             "else 0 end) as e1 from example_results where evaluation_id in (?, ?) group by example_index "
+             "order by example_index")
+    rows = store.db.query(sql, [a, a, a, b, b, b, a, b, a, b])
+    return [MatrixRow(r["example_index"], r["inputs"] or "", r["gold"] or "", tuple(
+        Cell(None if r[f"passed{i}"] is None else bool(r[f"passed{i}"]), r[f"score{i}"], r[f"error_kind{i}"])
+        if r[f"e{i}"] else None for i in (0, 1))) for r in rows]
+
+
 def example_trace(store: Store, evaluation_id: int, example_index: int) -> ExampleResult:
     """One example of one evaluation with its LM calls in call (pipeline) order."""
     db = store.db

@@ -152,6 +152,12 @@ class OwnershipMixin:
         row = self.db.execute("select run_id from leases where name = ?", [CPU_LEASE]).fetchone()
         return None if row is None else row[0]
 
+    def leave_cpu_queue(self, run_id: int) -> None:
+        """Take run ``run_id`` out of this database's CPU queue: it runs on another machine's CPU (a Ray
+        node's, ``core.run.ray_executor``), so it must not hold back the runs waiting for this one's."""
+        with self._write() as db:
+            db.execute("update runs set local_cpu = 0 where id = ?", [run_id])
+
     def set_worker_pid(self, run_id: int, pid: int | None) -> None:
         with self._write() as db:
             db.execute("update runs set worker_pid = ? where id = ?", [pid, run_id])

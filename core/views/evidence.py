@@ -57,7 +57,8 @@ def cell_mark(cell: Cell | None) -> str:
     return mark
 
 
-def _preview(text: str, limit: int) -> str:
+def preview(text: str, limit: int) -> str:
+    """A short line of a stored JSON preview (its values joined by " | "), cut to ``limit`` characters."""
     try:
         value = json.loads(text)
         text = " | ".join(str(v) for v in value.values()) if isinstance(value, dict) else str(value)
@@ -77,8 +78,8 @@ def matrix_records(page: MatrixPage, preview_chars: int = 90) -> list[dict[str, 
     labels = [column_label(c) for c in page.columns]
     records = []
     for row in page.rows:
-        record: dict[str, Any] = {"example": row.example_index, "inputs": _preview(row.inputs, preview_chars),
-                                  "gold": _preview(row.gold, 40)}
+        record: dict[str, Any] = {"example": row.example_index, "inputs": preview(row.inputs, preview_chars),
+                                  "gold": preview(row.gold, 40)}
         record.update({label: cell_mark(cell) for label, cell in zip(labels, row.cells, strict=True)})
         records.append(record)
     return records
