@@ -233,17 +233,19 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_app(args: argparse.Namespace) -> int:
-    """Start the dashboard (Streamlit) on localhost, whatever the working folder; returns its exit status."""
-    import subprocess
+    """Start the dashboard (Streamlit) on localhost, whatever the working folder. The process becomes
+    Streamlit (``exec``), so a signal that stops ``studio app`` stops the server, never orphans it."""
+    import os
 
     from core.paths import REPO_ROOT
 
     argv = [sys.executable, "-m", "streamlit", "run", str(REPO_ROOT / "app.py"), "--server.address", "localhost",
             "--server.port", str(args.port), "--server.headless", "true"]
-    try:
-        return subprocess.call(argv, cwd=REPO_ROOT)
-    except KeyboardInterrupt:
-        return 0
+    os.chdir(REPO_ROOT)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, argv)
+    return 1  # not reached: execv replaces this process or raises
 
 
 def _port(text: str) -> int:

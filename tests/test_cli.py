@@ -130,6 +130,8 @@ def test_studio_app_serves_the_dashboard_on_localhost_only(tmp_path: Path) -> No
     finally:
         app.terminate()
         app.wait(timeout=30)
+    time.sleep(1)
+    assert not _listening_addresses(port), "the server outlived `studio app` (an orphaned Streamlit)"
 
 
 def _listening_addresses(port: int) -> set[str]:
