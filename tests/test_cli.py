@@ -197,8 +197,11 @@ def test_ctrl_c_cancels_a_sweep_and_waits_for_it_to_end(tmp_path: Path) -> None:
     config = tmp_path / "sweep.json"
     config.write_text(json.dumps(doc))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # a background job of a non-interactive shell (CI) starts with SIGINT ignored, and Python then keeps it
+    # ignored: give the command the terminal's default, as a user's Ctrl-C finds it
     cli = subprocess.Popen([sys.executable, "-m", "core", "--db", str(tmp_path / "s.db"), "sweep", str(config)],
-                           cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                           cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 120
         from core.store import Store

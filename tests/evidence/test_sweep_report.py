@@ -27,13 +27,13 @@ ENV_KEY = "canary-sweep-env-value-9a8b7c6d5e"
 
 @pytest.fixture
 def sweep_id(monkeypatch: pytest.MonkeyPatch) -> int:
-    """A finished scripted sweep (p and w, seeds 0 and 1) whose config holds a hosted LM with a key from the
+    """A finished scripted sweep (p and p -> w, seeds 0 and 1) whose config holds a hosted LM with a key from the
     environment and a key typed in the app (no predictor calls it)."""
     monkeypatch.setenv("STUDIO_SWEEP_CANARY", ENV_KEY)
     doc = scripted_config_dict("classifier", tag="sweep-report")
     doc["lms"]["hosted"] = {"kind": "litellm", "model": "openai/gpt-4o-mini", "api_key_env": "STUDIO_SWEEP_CANARY"}
     doc["lms"]["typed"] = {"kind": "litellm", "model": "openai/gpt-4o-mini"}
-    doc["sweep"] = {"strategies": ["p", "w"], "seeds": [0, 1]}
+    doc["sweep"] = {"strategies": ["p", "p -> w"], "seeds": [0, 1]}  # one run per seed holds both
     sweeps = get_sweep_manager(db_path())
     sweep = sweeps.start(parse_config(doc).with_api_keys({"typed": TYPED_KEY}))
     assert sweeps.wait(sweep, timeout=180)
