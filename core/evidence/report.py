@@ -256,16 +256,22 @@ def build_report(store: Store, run_id: int) -> str:
             f"<style>{CSS}</style></head><body>{body}</body></html>")
 
 
-def write_report(store: Store, run_id: int, out: str | Path) -> Path:
-    """Write the report of run ``run_id`` to ``out`` (an ``.html`` file); returns the path."""
+def write_html(text: str, out: str | Path, what: str) -> Path:
+    """Write a self-contained report (``what``: "run 3", "sweep 2") to ``out``, an ``.html`` file."""
     out = Path(out)
     if out.suffix.lower() not in (".html", ".htm"):
         raise StudioError(f"the report is one HTML file: give a path ending in .html, not {shown(out.name)}")
-    text = build_report(store, run_id)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text, encoding="utf-8")
     except OSError as e:
         raise StudioError(f"cannot write the report to {out}: {e}") from e
-    logger.info("wrote the report of run %s to %s (%d kB)", run_id, out, len(text) // 1024)
+    logger.info("wrote the report of %s to %s (%d kB)", what, out, len(text) // 1024)
     return out
+
+
+def write_report(store: Store, run_id: int, out: str | Path) -> Path:
+    """Write the report of run ``run_id`` to ``out`` (an ``.html`` file); returns the path."""
+    if Path(out).suffix.lower() not in (".html", ".htm"):
+        return write_html("", out, f"run {run_id}")  # refused before the report is built
+    return write_html(build_report(store, run_id), out, f"run {run_id}")

@@ -19,8 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from core.config.schema import config_to_dict
-from core.errors import StudioError, shown
-from core.evidence.report import without_secrets
+from core.evidence.report import without_secrets, write_html
 from core.evidence.report_assets import CSS
 from core.store import Store, now_iso
 from core.store.secrets import redact, redact_value
@@ -136,14 +135,6 @@ def build_sweep_report(store: Store, sweep_id: int) -> str:
 
 def write_sweep_report(store: Store, sweep_id: int, out: str | Path) -> Path:
     """Write the report of sweep ``sweep_id`` to ``out`` (an ``.html`` file); returns the path."""
-    out = Path(out)
-    if out.suffix.lower() not in (".html", ".htm"):
-        raise StudioError(f"the report is one HTML file: give a path ending in .html, not {shown(out.name)}")
-    text = build_sweep_report(store, sweep_id)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text, encoding="utf-8")
-    except OSError as e:
-        raise StudioError(f"cannot write the report to {out}: {e}") from e
-    logger.info("wrote the report of sweep %s to %s (%d kB)", sweep_id, out, len(text) // 1024)
-    return out
+    if Path(out).suffix.lower() not in (".html", ".htm"):
+        return write_html("", out, f"sweep {sweep_id}")  # refused before the report is built
+    return write_html(build_sweep_report(store, sweep_id), out, f"sweep {sweep_id}")
