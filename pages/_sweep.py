@@ -29,21 +29,14 @@ from core.views.sweep import (
     verdicts,
 )
 from pages._evidence import trace
-from pages._ui import store
+from pages._ui import pick_in_url, store
 
 OUTCOME_COLORS = {"A wins": "background-color: #e3f6e3", "B wins": "background-color: #fde2e2"}
 
 
 def pick_sweep(sweeps: list[Sweep]) -> Sweep:
-    ids = [s.id for s in sweeps]
-    wanted = st.query_params.get("sweep")
-    current = int(wanted) if wanted and wanted.isdigit() and int(wanted) in ids else ids[0]
-    labels = {s.id: f"#{s.id} {s.name} ({s.status.value})" for s in sweeps}
-    picked = st.selectbox("Sweep", ids, index=ids.index(current), format_func=labels.get)
-    if str(picked) != st.query_params.get("sweep"):
-        st.query_params["sweep"] = str(picked)
+    picked = pick_in_url("Sweep", "sweep", sweeps)
     return next(s for s in sweeps if s.id == picked)
-
 
 def sweep_view(sweeps: list[Sweep]) -> None:
     sweep = pick_sweep(sweeps)

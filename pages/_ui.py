@@ -127,3 +127,16 @@ def show_problem(message: str | None) -> None:
 def rerun_with(new: RunDraft, *, structural: bool = False) -> None:
     set_doc(new, structural=structural)
     st.rerun()
+
+
+def pick_in_url(label: str, param: str, records: list) -> int:
+    """A selectbox of runs or sweeps (``#id name (status)``) that starts on the one named by the URL's
+    ``param`` (else the first) and writes the pick back to the URL; returns its id."""
+    ids = [r.id for r in records]
+    wanted = st.query_params.get(param)
+    current = int(wanted) if wanted and wanted.isdigit() and int(wanted) in ids else ids[0]
+    labels = {r.id: f"#{r.id} {r.name} ({r.status.value})" for r in records}
+    picked = st.selectbox(label, ids, index=ids.index(current), format_func=labels.get)
+    if str(picked) != st.query_params.get(param):
+        st.query_params[param] = str(picked)
+    return picked

@@ -21,7 +21,7 @@ from core.views.charts import compare_test_scores, comparison_figure, score_figu
 from core.views.rounds import round_table
 from pages._evidence import diffs, examples, report_button, training
 from pages._sweep import sweep_view
-from pages._ui import guarded, store
+from pages._ui import guarded, pick_in_url, store
 
 LOAD_SNIPPET = '''from core.bundles.export import load_bundle, predict
 
@@ -57,15 +57,8 @@ def history(runs: list[Run]) -> None:
 
 
 def pick_run(runs: list[Run]) -> Run:
-    ids = [r.id for r in runs]
-    wanted = st.query_params.get("run")
-    current = int(wanted) if wanted and wanted.isdigit() and int(wanted) in ids else ids[0]
-    picked = st.selectbox("Run details", ids, index=ids.index(current),
-                          format_func=lambda i: next(f"#{r.id} {r.name} ({r.status.value})" for r in runs if r.id == i))
-    if str(picked) != st.query_params.get("run"):
-        st.query_params["run"] = str(picked)
+    picked = pick_in_url("Run details", "run", runs)
     return next(r for r in runs if r.id == picked)
-
 
 def rounds_tab(run: Run) -> None:
     rounds = store().list_rounds(run.id)

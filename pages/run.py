@@ -25,7 +25,7 @@ from core.views.charts import (
 from core.views.monitor import RunSnapshot, run_snapshot, tracking_warning, truncation_notes
 from core.views.rounds import round_table
 from core.views.sweep import children_rows, current_summary, live_children, sweep_progress, verdicts
-from pages._ui import allowed_files, api_keys, doc, guarded, manager, resume_button, store, sweeps
+from pages._ui import allowed_files, api_keys, doc, guarded, manager, pick_in_url, resume_button, store, sweeps
 
 FOLLOWED = "sweep_followed"  # session: sweep id -> the child run the live view last followed
 
@@ -79,14 +79,7 @@ def chosen_run() -> int | None:
     runs = store().list_runs(50)
     if not runs:
         return None
-    ids = [r.id for r in runs]
-    wanted = st.query_params.get("run")
-    current = int(wanted) if wanted and wanted.isdigit() and int(wanted) in ids else ids[0]
-    labels = {r.id: f"#{r.id} {r.name} ({r.status.value})" for r in runs}
-    picked = st.selectbox("Run", ids, index=ids.index(current), format_func=labels.get)
-    if str(picked) != st.query_params.get("run"):
-        st.query_params["run"] = str(picked)
-    return picked
+    return pick_in_url("Run", "run", runs)
 
 
 def status_line(snap: RunSnapshot) -> None:
@@ -170,16 +163,10 @@ def chosen_sweep(current: RunDraft) -> int | None:
     if not found:
         return None
     wanted = st.query_params.get("sweep")
-    if not (wanted and wanted.isdigit() and int(wanted) in {s.id for s in found}):
-        if current.sweep is None and found[0].status.is_terminal:
-            return None
-        wanted = str(found[0].id)
-    ids = [s.id for s in found]
-    labels = {s.id: f"#{s.id} {s.name} ({s.status.value})" for s in found}
-    picked = st.selectbox("Sweep", ids, index=ids.index(int(wanted)), format_func=labels.get)
-    if str(picked) != st.query_params.get("sweep"):
-        st.query_params["sweep"] = str(picked)
-    return picked
+    named = wanted and wanted.isdigit() and int(wanted) in {s.id for s in found}
+    if not named and current.sweep is None and found[0].status.is_terminal:
+        return None
+    return pick_in_url("Sweep", "sweep", found)  # the URL's sweep, else the newest
 
 
 def _follow(sweep_id: int, running: int | None) -> None:
