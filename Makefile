@@ -37,8 +37,13 @@ LLAMA_KEY    := $(shell echo "$(LLAMA_VERSION) $(ARCH) $(LLAMA_CMAKE)$(if $(CPU_
 LLAMA_WHEELS := $(HOME)/.cache/bettertogether-studio/llama-cpp-python-$(LLAMA_VERSION)-$(LLAMA_BUILD)-$(LLAMA_KEY)
 STAMP   := $(VENV)/.installed-$(shell sha1sum requirements.txt | cut -c1-12)-$(LLAMA_BUILD)-$(LLAMA_KEY)
 RAY_STAMP := $(VENV)/.ray-installed-$(shell sha1sum requirements-ray.txt | cut -c1-12)
+# llama.cpp's own converters (convert_hf_to_gguf.py, convert_lora_to_gguf.py, their `conversion` package and
+# gguf-py) ship in the sources of the pinned llama-cpp-python, not in its wheel: the sources are downloaded once
+# per machine (76 MB) and the converters unpacked into the virtualenv, where core/lms/convert.py finds them.
+LLAMA_SDIST := $(HOME)/.cache/bettertogether-studio/llama-cpp-python-$(LLAMA_VERSION)-sources
+CONVERTERS  := $(VENV)/share/llama.cpp-$(LLAMA_VERSION)
 
-.PHONY: install install-ray llama-wheel llama-wheel-dir doctor run test test-fast lint bench bench-build chromium clean
+.PHONY: install install-ray converters llama-wheel llama-wheel-dir doctor run test test-fast lint bench bench-build chromium clean
 
 # The wheel folder is reused by every later install on this machine with the same flags.
 llama-wheel:
@@ -75,7 +80,24 @@ $(VENV)/bin/studio: pyproject.toml $(STAMP)
 	$(VENV)/bin/pip install --disable-pip-version-check --no-deps $(PIP_FLAGS) -e .
 	@touch $@
 
-install: $(STAMP) $(VENV)/bin/studio
+$(CONVERTERS)/convert_hf_to_gguf.py:
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@if [ ! -f $(LLAMA_SDIST)/llama_cpp_python-$(LLAMA_VERSION).tar.gz ]; then \
+		echo ">>> Downloading the sources of llama-cpp-python $(LLAMA_VERSION) for llama.cpp's converters (76 MB, once)"; \
+		rm -rf $(LLAMA_SDIST).tmp && $(VENV)/bin/pip download --disable-pip-version-check --no-deps --no-build-isolation \
+			--no-binary :all: -d $(LLAMA_SDIST).tmp llama-cpp-python==$(LLAMA_VERSION) >/dev/null 2>&1 || \
+		$(VENV)/bin/pip download --disable-pip-version-check --no-deps --no-binary :all: -d $(LLAMA_SDIST).tmp \
+			llama-cpp-python==$(LLAMA_VERSION) && rm -rf $(LLAMA_SDIST) && mv $(LLAMA_SDIST).tmp $(LLAMA_SDIST); \
+	fi
+	@rm -rf $(CONVERTERS).tmp && mkdir -p $(CONVERTERS).tmp
+	@tar xzf $(LLAMA_SDIST)/llama_cpp_python-$(LLAMA_VERSION).tar.gz --strip-components=3 -C $(CONVERTERS).tmp \
+		$(addprefix llama_cpp_python-$(LLAMA_VERSION)/vendor/llama.cpp/,convert_hf_to_gguf.py convert_lora_to_gguf.py conversion gguf-py LICENSE)
+	@rm -rf $(CONVERTERS) && mv $(CONVERTERS).tmp $(CONVERTERS)
+	@echo ">>> llama.cpp's converters are in $(CONVERTERS)"
+
+converters: $(CONVERTERS)/convert_hf_to_gguf.py
+
+install: $(STAMP) $(VENV)/bin/studio converters
 
 # Ray, for sweeps on a cluster ("executor": {"kind": "ray"}): an extra, not in `make install` (about 260 MB;
 # the app imports it only when a sweep asks for Ray). `make test` installs it: its tests start a local Ray.
