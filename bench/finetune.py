@@ -9,7 +9,8 @@ On the support-ticket intent task (``ticket -> intent`` with a Literal of four l
    ``TrainingJob`` in its own thread), on training rows rendered by the real
    ``dspy.ChatAdapter().format_finetune_data(...)``: seconds per step, total training seconds,
    peak RSS;
-3. serves the fine-tuned GGUF the same way and measures the same numbers.
+3. serves the fine-tune the same way (``--serve``: a LoRA adapter on the base GGUF, or the merged GGUF;
+   default: the provider's) and measures the same numbers, and its load time.
 
 The engine constrains answers with the ChatAdapter output grammar (``core.lms.grammar``), so the
 engine's parse rate is high even before fine-tuning. The ``raw_*`` numbers come from the same
@@ -19,7 +20,7 @@ the output format by itself (skipped with ``--quick``: null).
 Usage::
 
     python bench/finetune.py [--quick] [--model smollm2-135m|gemma3-270m] [--train N] [--test N]
-                             [--epochs E] [--max-steps S]
+                             [--epochs E] [--max-steps S] [--serve lora|merged]
 
 Progress goes to stderr; the last line of stdout is one JSON object.
 """
@@ -154,6 +155,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--max-steps", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--no-bf16", action="store_true", help="train in float32")
+    parser.add_argument("--serve", choices=lora.PARAMS["serve"].choices, default=lora.PARAMS["serve"].default,
+                        help=lora.PARAMS["serve"].description)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
     for noisy in ("httpx", "LiteLLM", "transformers", "peft", "gguf"):
@@ -191,6 +194,7 @@ def main(argv: list[str] | None = None) -> dict:
         "max_steps": args.max_steps or (2 if args.quick else None),
         "batch_size": args.batch_size,
         "bf16": not args.no_bf16,
+        "serve": args.serve,
         "progress": progress,
     }
     with tempfile.TemporaryDirectory(prefix="bench-finetune-") as tmp:
@@ -206,6 +210,9 @@ def main(argv: list[str] | None = None) -> dict:
         folder = engine.artifact_dir(ft_lm.model)
         meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
         size_mb = round((folder / meta["file"]).stat().st_size / 1e6, 1)
+        load_started = time.perf_counter()
+        engine.resolve(ft_lm.model)
+        load_seconds = time.perf_counter() - load_started
 
         logger.info("fine-tuned model %s: %d held-out tickets", ft_lm.model, len(test))
         after = evaluate_engine(ft_lm, adapter, test)
@@ -227,10 +234,18 @@ def main(argv: list[str] | None = None) -> dict:
         "seconds_per_step": train_meta["seconds_per_step"],
         "train_seconds": train_meta["seconds"],
         "export_seconds": train_meta["export_seconds"],
+        "serve": meta["kind"],
+        "load_seconds": round(load_seconds, 2),
         "finetune_seconds": round(finetune_seconds, 1),
         "first_loss": round(train_meta["first_loss"], 4),
         "final_loss": round(train_meta["final_loss"], 4),
         "peak_rss_mb": lora.peak_rss_mb(),
+        # the training device and its memory: estimated before training (core.lms.lora.device) and measured
+        "device": (train_meta.get("device") or {}).get("describe"),
+        "memory_estimate_mb": train_meta.get("memory_estimate_mb"),
+        "train_memory_mb": round(train_meta["train_peak_rss_mb"] - train_meta["rss_before_mb"], 1)
+        if train_meta.get("rss_before_mb") else None,
+        "device_peak_mb": train_meta.get("device_peak_mb"),
         "parse_rate_before": before["parse_rate"],
         "parse_rate_after": after["parse_rate"],
         "accuracy_before": before["accuracy"],

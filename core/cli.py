@@ -9,6 +9,7 @@
     python -m core sweep-report ID OUT.html  a sweep's report: which strategy won, by how much, how sure
     python -m core predict BUNDLE --input '{"field": "..."}'
     python -m core models [--json]
+    python -m core models --inspect PATH [--weights DIR] [--json]   check your own model before using it
     python -m core doctor [--json]       do the embedded models run on this CPU? (child processes)
     python -m core app [--port 8501]     start the dashboard on localhost
 
@@ -38,6 +39,10 @@ logger = logging.getLogger("core.cli")
 def _quiet_libraries() -> None:
     for name in ("dspy", "LiteLLM", "litellm", "httpx", "urllib3"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    from core.lms.native_log import NATIVE_LOGGER
+
+    # llama.cpp's own lines (a model loaded by `predict`): its errors reach the user inside the one-line LMError
+    logging.getLogger(NATIVE_LOGGER).setLevel(logging.CRITICAL)
 
 
 def _summary(store: Any, run_id: int) -> dict[str, Any]:
@@ -209,6 +214,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_models(args: argparse.Namespace) -> int:
     from core.lms.catalog import list_models
 
+    if args.inspect is not None:
+        return _inspect_model(args)
+    if args.weights is not None or args.quant is not None:
+        raise StudioError("--weights and --quant go with --inspect PATH (the model to check)")
     models = list_models()
     if args.json:
         print(json.dumps(models, indent=2))
@@ -216,6 +225,16 @@ def cmd_models(args: argparse.Namespace) -> int:
         for m in models:
             flags = ", ".join(f"default {r}" for r in m.get("default_for", []))
             print(f"{m['name']:<16} {m['size_mb']:>5} MB  installed={m['installed']}  {flags}")
+    return 0
+
+
+def _inspect_model(args: argparse.Namespace) -> int:
+    """What was found in a model on disk (``--inspect PATH``), before it is used; nothing converted."""
+    from core.lms.local import DEFAULT_QUANT
+    from core.views.local_model import inspect_report, report_text
+
+    report = inspect_report(args.inspect, args.weights, args.quant or DEFAULT_QUANT)
+    print(json.dumps(report.to_json(), indent=2) if args.json else report_text(report))
     return 0
 
 
@@ -294,8 +313,12 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--trust-endpoint", action="append", default=[], metavar="URL",
                       help="allow the bundle's LM to call this api_base (and send it your API key); repeatable")
     pred.set_defaults(func=cmd_predict)
-    models = sub.add_parser("models", help="list the embedded models")
+    models = sub.add_parser("models", help="list the embedded models, or check your own (--inspect PATH)")
     models.add_argument("--json", action="store_true")
+    models.add_argument("--inspect", metavar="PATH", help="check a Hugging Face model folder or a .gguf file and say "
+                        "what was found (architecture, parameters, chat template, fine-tunable, memory)")
+    models.add_argument("--weights", metavar="DIR", help="with a .gguf: the Hugging Face folder it was made from")
+    models.add_argument("--quant", help="the type a folder is served as (default Q4_K_M)")
     models.set_defaults(func=cmd_models)
     doctor = sub.add_parser("doctor", help="check that the embedded models run on this CPU (generation, a LoRA step)")
     doctor.add_argument("--json", action="store_true")

@@ -23,6 +23,14 @@ def studio_home() -> Path:
     return Path(os.environ.get("STUDIO_HOME") or REPO_ROOT / ".studio")
 
 
+def model_cache_dir() -> Path:
+    """Folder for assembled or converted model files: env ``STUDIO_MODEL_CACHE``, else ``<studio home>/models``.
+
+    Converted weights take tens of seconds to make; tests point every temporary home at one cache.
+    """
+    return Path(os.environ.get("STUDIO_MODEL_CACHE") or studio_home() / "models")
+
+
 def db_path() -> Path:
     return studio_home() / "studio.db"
 

@@ -1,4 +1,5 @@
-"""Models: the embedded local models, hosted LMs through LiteLLM, the scripted test LM; test a connection."""
+"""Models: the embedded local models, your own model on disk, hosted LMs through LiteLLM, the scripted test LM;
+test a connection."""
 
 from __future__ import annotations
 
@@ -6,9 +7,12 @@ import pandas as pd
 import streamlit as st
 
 from core import document
-from core.config.schema import LiteLLMSpec, RunDraft
+from core.config.schema import LiteLLMSpec, LocalLMSpec, RunDraft
+from core.errors import StudioError
 from core.lms.catalog import list_models
+from core.lms.local import DEFAULT_QUANT, QUANTS
 from core.lms.probe import check_connection
+from core.views.local_model import conversion_state, convert_in_background, inspect_report
 from pages._ui import api_keys, doc, guarded, rerun_with
 
 
@@ -84,8 +88,65 @@ def lm_table(current: RunDraft) -> None:
                 st.success(f"{name} answered: {reply!r}")
             except Exception as e:  # noqa: BLE001 - shown to the user
                 st.error(str(e))
-    if isinstance(current.lms.get(name), LiteLLMSpec) and c3.button("Remove LM"):
+    if isinstance(current.lms.get(name), LiteLLMSpec | LocalLMSpec) and c3.button("Remove LM"):
         rerun_with(document.remove_lm(current, name), structural=True)
+
+
+def local_section(current: RunDraft) -> None:
+    """Your own model: a path, checked (nothing converted) and shown before it joins the configuration."""
+    st.subheader("Your own model (a folder or .gguf on this machine)")
+    c1, c2, c3 = st.columns([4, 3, 1])
+    path = c1.text_input("Model folder or .gguf file", key="local_path", placeholder="/models/Qwen2.5-0.5B-Instruct",
+                         help="A Hugging Face folder (config.json, safetensors, tokenizer, chat template), or a .gguf "
+                              "file (inference only unless you give its folder as weights).")
+    weights = c2.text_input("Weights folder (only for a .gguf, to fine-tune it)", key="local_weights")
+    quant = c3.selectbox("Served as", QUANTS, index=QUANTS.index(DEFAULT_QUANT), key="local_quant",
+                         help="The type a folder is converted to (a .gguf is served as it is).")
+    asked = (path.strip(), weights.strip(), quant)
+    if st.button("Inspect", icon=":material/search:", disabled=not asked[0],
+                 help="Reads its files' headers: nothing is converted or loaded (conversion happens on first use "
+                      "in a run, once, and is cached)."):
+        try:
+            st.session_state["local_report"] = (asked, inspect_report(*asked))
+        except StudioError as e:
+            st.session_state["local_report"] = (asked, str(e))
+    shown_for, report = st.session_state.get("local_report", (None, None))
+    if shown_for != asked or report is None:
+        return
+    if isinstance(report, str):
+        st.error(report)
+        return
+    st.success(f"Found {report.model.display_name}: it can be used.")
+    st.dataframe(pd.DataFrame(report.rows(), columns=["what", "found"]), hide_index=True, width="stretch")
+    if report.converts:
+        conversion(report)
+    c1, c2 = st.columns([3, 2])
+    name = c1.text_input("Name in this configuration", "mine", key="local_name")
+    if c2.button("Use in this configuration", icon=":material/add:"):
+        try:
+            updated = document.add_local(current, name.strip(), report.spec())
+        except StudioError as e:
+            st.error(str(e))
+        else:
+            rerun_with(updated, structural=True)
+    st.caption("Then assign it to predictors on the Program page (the role 'small' needs a fine-tunable model).")
+
+
+def conversion(report) -> None:
+    """Convert now, in the background (else the run converts on first use); the state on each rerun."""
+    state = conversion_state(report)
+    if state == "cached":
+        st.caption(f"Converted: {report.served_gguf.name} is in the model cache.")
+    elif state == "converting":
+        st.info("Converting in the background with llama.cpp's converter (minutes for a large model). You can go "
+                "on; a run started meanwhile waits for it.", icon=":material/sync:")
+        st.button("Refresh", key="local_refresh")
+    else:
+        if state.startswith("failed: "):
+            st.error(state.removeprefix("failed: "))
+        if st.button("Convert now", icon=":material/build:", help="Otherwise the run converts it on first use."):
+            convert_in_background(report)
+            st.rerun()
 
 
 def litellm_form(current: RunDraft) -> None:
@@ -118,6 +179,7 @@ def body() -> None:
     scripted_section(current)
     lm_table(current)
     embedded_section()
+    local_section(current)
     doctor_section()
     litellm_form(current)
 

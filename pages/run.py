@@ -22,7 +22,7 @@ from core.views.charts import (
     usage_figure,
     usage_rows,
 )
-from core.views.monitor import RunSnapshot, run_snapshot, tracking_warning, truncation_notes
+from core.views.monitor import RunSnapshot, run_snapshot, tracking_warning, training_notes, truncation_notes
 from core.views.rounds import round_table
 from core.views.sweep import children_rows, current_summary, live_children, sweep_progress, verdicts
 from pages._ui import allowed_files, api_keys, doc, guarded, manager, pick_in_url, resume_button, store, sweeps
@@ -147,6 +147,8 @@ def live_view(run_id: int) -> None:
     st.subheader("Rounds")
     if snap.rounds:
         st.dataframe(pd.DataFrame(round_table(snap.rounds)), hide_index=True, width="stretch")
+    for line in training_notes(snap.rounds):
+        st.caption(line)
     for message in truncation_notes(snap.rounds):
         st.warning(message, icon=":material/content_cut:")
     if tracking := tracking_warning(snap.log):

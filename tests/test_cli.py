@@ -218,3 +218,34 @@ def test_ctrl_c_cancels_a_sweep_and_waits_for_it_to_end(tmp_path: Path) -> None:
     summary = json.loads(out)
     assert summary["status"] == "cancelled", summary  # the sweep had ended when the command returned
     assert all(r.status.is_terminal for r in store.list_runs())
+
+
+def test_models_inspect_says_what_was_found_in_a_model_folder(capsys) -> None:
+    from core.cli import main
+    from core.lms.lora import ensure_hf_cache
+
+    folder = ensure_hf_cache("smollm2-135m")  # the Studio's own SmolLM2 folder: a real user-style model folder
+    assert main(["models", "--inspect", str(folder), "--json"]) == 0
+    found = json.loads(capsys.readouterr().out)
+    assert (found["architecture"], found["parameters"], found["finetunable"]) == ("LlamaForCausalLM", 134515008, True)
+    assert found["model"] == f"local/{found['key']}" and found["key"].startswith("smollm2-135m-hf-")
+    assert found["end_of_turn"] == "<|im_end|>" and found["converts"] is True
+    assert found["served_gguf"].endswith(f"local/{found['content_hash']}/model-Q4_K_M.gguf")
+    assert found["spec"] == {"kind": "local", "path": str(folder)}
+    assert 0 < found["memory_serve_bytes"] < found["memory_train_bytes"]
+    assert main(["models", "--inspect", str(folder), "--quant", "Q8_0"]) == 0
+    text = capsys.readouterr().out
+    assert "architecture:  LlamaForCausalLM" in text and "about 179 MB to serve as Q8_0" in text
+    assert f'"lms": {{"mine": {{"kind": "local", "path": "{folder}", "quant": "Q8_0"}}}}' in text
+
+
+def test_models_inspect_of_a_bad_folder_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
+    (tmp_path / "pytorch_model.bin").write_bytes(b"\0" * 16)
+    out = _cli("models", "--inspect", str(tmp_path), cwd=tmp_path)
+    assert out.returncode == 2 and out.stdout == ""
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {tmp_path} holds pickle weights only (['pytorch_model.bin']): refused")
+    assert "Traceback" not in out.stderr
+    misplaced = _cli("models", "--weights", str(tmp_path), cwd=tmp_path)
+    assert misplaced.returncode == 2 and "--weights and --quant go with --inspect PATH" in misplaced.stderr

@@ -8,6 +8,8 @@ A bundle (a folder or a .zip of it) holds:
   role/LM/model, the weights folder of each fine-tuned model, strategy, round table, scores and the
   run configuration without secrets;
 * ``weights/<model>/`` - the fine-tuned weights; ``source/`` - a user program's file;
+* ``models/<key>/`` - the GGUF of each of your own models (``local`` LMs) the program needs, so that it runs
+  without your model folder (``core.bundles.local_models``);
 * ``rounds.jsonl`` and a short ``README.md``.
 
 No pickle anywhere: everything is JSON, GGUF/safetensors weights or Python source.
@@ -40,6 +42,7 @@ from core.bundles.load import (  # noqa: F401 - the loading API, re-exported for
     predict,
     read_manifest,
 )
+from core.bundles.local_models import carry_local_models
 from core.bundles.saved import load_saved_program, run_label_choices
 from core.config.schema import RunConfig, config_to_dict
 from core.errors import ExportError
@@ -62,7 +65,8 @@ print(program({example}))
 From a shell: `python -m core predict {folder} --input '{example_json}'`.
 
 Files: `program.json` (best program), `baseline.json`, `manifest.json`, `config.json`,
-`rounds.jsonl`, `weights/` (fine-tuned models), `source/` (user program, if any). No pickle.
+`rounds.jsonl`, `weights/` (fine-tuned models), `models/` (your own models' GGUFs, if any), `source/` (user
+program, if any). No pickle.
 LMs served by hosted providers read their API keys from the environment; none is stored here.
 """
 
@@ -135,6 +139,7 @@ def export_run(store: Store, run_id: int, out: str | Path, *, as_zip: bool | Non
             definition = {k: v for k, v in definition.items() if k != "source"}
         recorded = {a.meta.get("model"): a for a in store.list_artifacts(run_id, "weights")}
         finetuned = _copy_weights(program, bundle, recorded)
+        local_models = carry_local_models(program, config, bundle, finetuned)
         rounds = [{**asdict(r), "details": r.details.to_json()} for r in store.list_rounds(run_id)]
         with (bundle / "rounds.jsonl").open("w", encoding="utf-8") as f:
             for r in rounds:
@@ -154,6 +159,7 @@ def export_run(store: Store, run_id: int, out: str | Path, *, as_zip: bool | Non
             "labels": config.data.labels,
             "predictors": _predictor_table(program, config),
             "finetuned": finetuned,
+            "local_models": local_models,
             "strategy": config.strategy,
             "best_strategy": run.best_strategy,
             "round": best.meta.get("round"),  # the round whose program this is (the best so far if it ended early)

@@ -11,8 +11,10 @@ A bundle may come from anyone (a colleague, a download), so nothing in it is tru
   (``trusted_endpoints``: ``--trust-endpoint URL`` on the CLI); only then is an API key from this
   machine's environment sent to it. Without an ``api_base`` a hosted LM uses its provider's default
   endpoint and key variable.
-* Every path read from a bundle (fine-tuned weights folders, ``meta.json``'s ``file``, a user
-  program's source) must stay inside the bundle.
+* Every path read from a bundle (fine-tuned weights folders, ``meta.json``'s ``file``, the GGUFs of
+  local models, a user program's source) must stay inside the bundle.
+* Local models the bundle carries are registered under their recorded keys before the fine-tunes
+  (``core.bundles.local_models``); a key this process already knows is left as it is.
 * A .zip is extracted with limits on total size, member count and compression ratio, into a
   temporary folder removed when the loaded program is released or the process exits.
 * A user's own ``dspy.Module`` in a bundle runs its code only with ``allow_user_code=True``.
@@ -38,6 +40,7 @@ from typing import Any
 import dspy
 
 from core.bundles.engines import BUILTIN_LM_CLASSES, engine_for, engine_kind, register_finetuned
+from core.bundles.local_models import register_carried
 from core.errors import ExportError, StudioError, shown
 from core.lms.runtime import LMRuntime, LMRuntimes
 
@@ -265,12 +268,12 @@ class LMRebuilder:
         from core.lms import catalog
         from core.lms.registry import make_embedded_lm
 
-        key = catalog.shipped_key(model)
+        key = catalog.base_key(model)  # a shipped model, or a local one this bundle carries
         if key is not None:
             return make_embedded_lm(key, temperature=temperature, max_tokens=max_tokens)
         if self.finetuned.get(model) != "embedded":
-            raise ExportError(f"predictor {shown(predictor)} uses the model {shown(model)}, which is neither an embedded model "
-                              "nor a fine-tuned model with weights in this bundle")
+            raise ExportError(f"predictor {shown(predictor)} uses the model {shown(model)}, which is neither an embedded model, "
+                              "a local model carried by this bundle nor a fine-tuned model with weights in this bundle")
         # The shared engine serves by model name: any catalogue key gives the LM, renamed to the tuned model.
         base = next(iter(catalog.MODELS))
         return make_embedded_lm(base, temperature=temperature, max_tokens=max_tokens).copy(model=model)
@@ -403,8 +406,9 @@ def load_bundle(path: str | Path, *, allow_user_code: bool = False, which: str =
         if isinstance(definition, dict) and definition.get("kind") == "user_file":
             inside(bundle / "source", definition.get("file_name"), "manifest.json program.file_name")
         program = build_program_from_definition(definition, allow_user_code=allow_user_code, source_dir=bundle / "source")
+        register_carried(manifest.get("local_models"), lambda relative, what: inside(bundle, relative, what))
         rebuild = LMRebuilder(manifest, frozenset(_norm(u) for u in trusted_endpoints),
-                              _finetuned_models(manifest, bundle))
+                              _finetuned_models(manifest, bundle))  # after the local models: fine-tunes name them
         _load_predictors(program, state, rebuild)
         _RUNTIMES[program] = rebuild.runtimes
         apply_label_choices(program, manifest.get("label_choices") or {})

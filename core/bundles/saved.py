@@ -22,6 +22,7 @@ from typing import Any
 import dspy
 
 from core.bundles.engines import check_lm_engines, register_finetuned
+from core.bundles.local_models import register_named
 from core.config.schema import RunConfig
 from core.errors import ExportError
 from core.lms.registry import engine_of
@@ -75,9 +76,10 @@ def load_saved_program(config: RunConfig, path: str | Path, weights: Mapping[str
 
     ``weights`` maps fine-tuned model names to their folders (the run's "weights" artifacts):
     the models the program's predictors name are registered again from them (a fresh process, a
-    restarted app).
+    restarted app), after the local models they are served by or fine-tuned from (``config``'s ``local`` LMs).
     """
     program = load_saved_state(build_program(config.program, allow_user_code=config.allow_user_code), path)
+    register_named(program, config)
     for _, predictor in program.named_predictors():
         lm = predictor.lm
         folder = (weights or {}).get(getattr(lm, "model", ""))

@@ -22,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 
+from core.config.local_lm import LocalLMSpec
 from core.config.steps import STEP_TYPES, Kind, StepType, StrategyStep, lm_settings, step_kind
 from core.config.strategy import normalize_strategy, split_strategy
 from core.config.sweep import ExecutorSpec, LocalExecutorSpec, SweepSpec
@@ -86,7 +87,7 @@ class FactoryLMSpec(_Model):
         return self.factory in BUILTIN_FACTORIES
 
 
-LMSpec = Annotated[EmbeddedLMSpec | LiteLLMSpec | FactoryLMSpec, Field(discriminator="kind")]
+LMSpec = Annotated[EmbeddedLMSpec | LiteLLMSpec | FactoryLMSpec | LocalLMSpec, Field(discriminator="kind")]
 
 
 class PredictorAssignment(_Model):

@@ -102,6 +102,7 @@ class FinetuneSettings(Settings):
     lora_alpha: int = _train_param("lora_alpha")
     batch_size: int = _train_param("batch_size")
     max_length: int = _train_param("max_length")
+    serve: Literal["lora", "merged"] = _train_param("serve")
     # how the weight step picks its training rows
     min_score: float = Field(
         1.0,

@@ -39,6 +39,7 @@ from core.document.data import (
 from core.document.lms import (
     SCRIPTED_FACTORY,
     add_litellm,
+    add_local,
     embedded_lms,
     is_scripted,
     lm_model,
@@ -106,6 +107,7 @@ __all__ = [
     "SettingField",
     "SweepEstimate",
     "add_litellm",
+    "add_local",
     "add_optimizer",
     "assign_predictors",
     "build_config",

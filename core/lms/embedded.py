@@ -11,7 +11,8 @@ Design, in short:
   ``__deepcopy__`` returns self, ``dump_state()`` is ``{}`` and ``load_state`` returns the shared
   instance, so programs can be copied and saved freely. Loaded models are shared the same way
   (one per file per process, see ``llama_models``).
-- **Dispatch on ``request.model``**: ``embedded/<catalog key>`` serves a base model; names
+- **Dispatch on ``request.model``**: ``embedded/<catalog key>`` serves a shipped base model and
+  ``local/<key>`` a registered local one (``core.lms.local``: its GGUF converted once); names
   registered with ``register_finetuned(name, artifact_dir)`` serve the fine-tuned artifact
   described by ``artifact_dir/meta.json`` (``kind`` ``merged``: a GGUF loaded as its own model;
   ``lora``: a GGUF adapter applied to the base model).
@@ -35,7 +36,7 @@ from dspy.clients.engines.base import validate_request
 from dspy.lm15 import Message, Request, Response, TextPart, Usage, response_to_events
 
 from core.errors import LMError, RunCancelled, shown
-from core.lms import catalog, grammar
+from core.lms import catalog, grammar, local
 from core.lms.call_cache import active_cache
 from core.lms.generation import (
     CancelWatcher,
@@ -103,7 +104,7 @@ class LlamaEngine:
     # -- fine-tuned models
     def register_finetuned(self, model_name: str, artifact_dir: Path) -> None:
         """Serve ``model_name`` from the artifact in ``artifact_dir`` (``meta.json`` + GGUF)."""
-        if catalog.shipped_key(model_name) is not None:
+        if catalog.base_key(model_name) is not None:
             raise LMError(f"fine-tuned model name {shown(model_name)} is the name of a base model")
         artifact = read_artifact(model_name, Path(artifact_dir))
         add_finetuned(artifact)
@@ -116,11 +117,12 @@ class LlamaEngine:
 
     def known_models(self) -> list[str]:
         """Every model name this engine serves."""
-        return catalog.shipped_model_names() + finetuned_names()
+        local_names = [catalog.model_name(k) for k in local.local_keys()]
+        return catalog.shipped_model_names() + local_names + finetuned_names()
 
     def resolve(self, model_name: str) -> LoadedModel:
         """The loaded model serving ``model_name`` (loading it on first use)."""
-        key = catalog.shipped_key(model_name)
+        key = catalog.base_key(model_name)
         if key is not None:
             return load_model(key, catalog.gguf_path(key))
         artifact = finetuned(model_name)

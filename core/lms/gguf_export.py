@@ -1,8 +1,10 @@
 """Write Hugging Face weights back into a GGUF that llama.cpp serves, and quantize it.
 
 The fine-tuning provider (``core.lms.lora``) trains on the *dequantized* weights of a
-shipped GGUF. To serve the result on llama.cpp's fast path, the merged weights go back into a
-GGUF that is a copy of the shipped one in everything but the tensor values:
+shipped GGUF. To serve the result on llama.cpp's fast path (``serve: merged``), the merged weights go
+back into a GGUF that is a copy of the shipped one in everything but the tensor values (a LoRA adapter,
+and a local model's merged weights, go through llama.cpp's own converters instead: ``core.lms.convert``;
+``core.lms.lora.export`` says why the shipped models keep this copy):
 
 - every key/value of the shipped GGUF is copied (tokenizer, chat template, hyper-parameters),
   except ``general.file_type``, which describes the new file;
@@ -36,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from core.errors import LMError
+from core.lms.native_log import first_error, native_errors
 
 logger = logging.getLogger(__name__)
 
@@ -222,17 +225,12 @@ def quantize_gguf(src: Path, dst: Path, quant: str, nthread: int = 2) -> Path:
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = QUANT_TYPES[quant]
     params.nthread = max(1, int(nthread))
-    # llama.cpp logs every tensor (and the Q4_K fallbacks) through llama-cpp-python's logger.
-    cpp_logger = logging.getLogger("llama-cpp-python")
-    level = cpp_logger.level
-    cpp_logger.setLevel(max(level, logging.ERROR))
-    try:
+    # llama.cpp logs every tensor (and the Q4_K fallbacks): to the "llama.cpp" logger (the run's log file)
+    with native_errors() as errors:
         rc = llama_cpp.llama_model_quantize(str(src).encode(), str(partial).encode(), ctypes.byref(params))
-    finally:
-        cpp_logger.setLevel(level)
     if rc != 0 or not partial.is_file():
         partial.unlink(missing_ok=True)
-        raise LMError(f"llama.cpp could not quantize {src} to {quant} (return code {rc})")
+        raise LMError(f"llama.cpp could not quantize {src} to {quant}: {first_error(errors, f'return code {rc}')}")
     os.replace(partial, dst)
     logger.info(
         "quantized %s -> %s (%s, %.0f MB) in %.1f s",

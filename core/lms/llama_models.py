@@ -10,7 +10,8 @@ the DSPy contract that dispatches requests onto these models.
   callback reads, so that a cancel also interrupts a prompt evaluation (``llama_decode``).
 - **Settings from the environment**, read at load time: ``STUDIO_LLAMA_THREADS`` (see
   ``core.lms.cpu``) and ``STUDIO_LLAMA_CTX``.
-- **Fine-tuned artifacts**: a folder with ``meta.json`` (``base``: a catalogue key; ``kind``
+- **Fine-tuned artifacts**: a folder with ``meta.json`` (``base``: a catalogue key, or a local model's key,
+  registered in this process first; ``kind``
   ``merged``: a GGUF loaded as its own model, or ``lora``: a GGUF adapter applied to the base
   model; ``file``: the GGUF in that folder). ``add_finetuned`` validates and records one under
   its model name; the engine looks names up with ``finetuned``.
@@ -30,6 +31,7 @@ from typing import Any
 from core.errors import LMError, shown
 from core.lms import catalog
 from core.lms.cpu import threads_for_native_code
+from core.lms.native_log import first_error, native_errors
 from core.lms.prefix_states import PrefixStates
 
 logger = logging.getLogger(__name__)
@@ -96,17 +98,19 @@ def load_model(key: str, path: Path, lora_path: Path | None = None) -> LoadedMod
 
         started = time.monotonic()
         try:
-            llama = llama_cpp.Llama(
-                model_path=str(path),
-                lora_path=str(lora_path) if lora_path else None,
-                n_ctx=n_ctx(),
-                n_threads=n_threads(),
-                n_threads_batch=n_threads(),
-                seed=DEFAULT_SEED,
-                verbose=False,
-            )
+            with native_errors() as errors:  # llama.cpp's lines: the "llama.cpp" logger (a run's log file)
+                llama = llama_cpp.Llama(
+                    model_path=str(path),
+                    lora_path=str(lora_path) if lora_path else None,
+                    n_ctx=n_ctx(),
+                    n_threads=n_threads(),
+                    n_threads_batch=n_threads(),
+                    seed=DEFAULT_SEED,
+                    verbose=False,
+                )
         except Exception as e:
-            raise LMError(f"cannot load the GGUF model {path} (lora {lora_path}): {e}") from e
+            raise LMError(f"cannot load the GGUF model {path} (lora {lora_path}): "
+                          f"{first_error(errors, str(e))}") from e
         loaded = LoadedModel(key=key, path=path, lora_path=lora_path, llama=llama)
         _install_abort_callback(loaded)
         _loaded[registry_key] = loaded
@@ -161,7 +165,7 @@ def read_artifact(model_name: str, artifact_dir: Path) -> FinetunedArtifact:
     except (OSError, ValueError) as e:
         raise LMError(f"cannot read {meta_path} for fine-tuned model {shown(model_name)}: {e}") from e
     base, kind, file = meta.get("base"), meta.get("kind"), meta.get("file")
-    catalog.get_model(base)  # LMError naming the allowed keys
+    catalog.check_key(base)  # a shipped or registered local key; LMError naming the allowed ones
     if kind not in ARTIFACT_KINDS:
         raise LMError(f"{meta_path}: kind {shown(kind)} is not one of {', '.join(ARTIFACT_KINDS)}")
     if not isinstance(file, str) or not (Path(artifact_dir) / file).is_file():

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dspy
 from pydantic import SecretStr
 
-from core.config.schema import EmbeddedLMSpec, FactoryLMSpec, LiteLLMSpec
+from core.config.schema import EmbeddedLMSpec, FactoryLMSpec, LiteLLMSpec, LocalLMSpec
 from core.errors import LMError, shown
 from core.lms.hosted import check_endpoint
 from core.lms.registry import build_lm, resolve_api_key
@@ -15,7 +15,8 @@ from core.store.secrets import redact
 PROBE_PROMPT = "Reply with the single word: ok"
 
 
-def check_connection(name: str, spec: EmbeddedLMSpec | LiteLLMSpec | FactoryLMSpec, api_key: str | None = None, *,
+def check_connection(name: str, spec: EmbeddedLMSpec | LiteLLMSpec | FactoryLMSpec | LocalLMSpec,
+                     api_key: str | None = None, *,
                      allow_user_code: bool = False) -> str:
     """The LM's reply to a one-word prompt; ``LMError`` with the provider's message when it fails.
 
@@ -24,14 +25,14 @@ def check_connection(name: str, spec: EmbeddedLMSpec | LiteLLMSpec | FactoryLMSp
     model list, which names an unreachable server, a rejected key or an unknown model plainly. A
     factory of user code runs only with ``allow_user_code`` (the configuration's opt-in).
     """
-    if not isinstance(spec, EmbeddedLMSpec | LiteLLMSpec | FactoryLMSpec):
+    if not isinstance(spec, EmbeddedLMSpec | LiteLLMSpec | FactoryLMSpec | LocalLMSpec):
         raise TypeError(f"LM {shown(name)}: check_connection takes a typed LM spec, got {type(spec).__name__}")
     if api_key and isinstance(spec, LiteLLMSpec):
         spec = spec.model_copy(update={"api_key": SecretStr(api_key)})
     if isinstance(spec, LiteLLMSpec) and spec.api_base:
         check_endpoint(spec.model, spec.api_base, resolve_api_key(spec))
     lm = build_lm(name, spec, allow_user_code=allow_user_code)
-    model = spec.factory if isinstance(spec, FactoryLMSpec) else spec.model
+    model = spec.factory if isinstance(spec, FactoryLMSpec) else spec.path if isinstance(spec, LocalLMSpec) else spec.model
     try:
         with dspy.context(lm=lm):
             outputs = lm(PROBE_PROMPT, max_tokens=8) if isinstance(spec, LiteLLMSpec) else lm(PROBE_PROMPT)

@@ -10,7 +10,7 @@ from typing import Any
 import dspy
 from dspy.clients.provider import Provider
 
-from core.config.schema import EmbeddedLMSpec, FactoryLMSpec, LiteLLMSpec
+from core.config.schema import EmbeddedLMSpec, FactoryLMSpec, LiteLLMSpec, LocalLMSpec
 from core.errors import LMError, shown
 from core.lms import catalog
 from core.lms.hosted import StudioOpenAIProvider
@@ -43,6 +43,11 @@ def capabilities(spec: Any, *, allow_user_code: bool = False) -> LMCapabilities:
     """
     if isinstance(spec, EmbeddedLMSpec):
         return LMCapabilities(True, True, 1, "LoRA fine-tuning on this CPU")
+    if isinstance(spec, LocalLMSpec):  # from the spec alone: the files are checked when the LM is built
+        if not spec.finetunable:
+            return LMCapabilities(False, True, 1, "a .gguf file is inference only; to fine-tune it, give the Hugging "
+                                                  "Face folder it was made from as 'weights', or the folder as 'path'")
+        return LMCapabilities(True, True, 1, "LoRA fine-tuning of its Hugging Face folder on this machine")
     if isinstance(spec, LiteLLMSpec):
         if spec.finetune == "openai":
             if not spec.model.startswith("openai/"):
@@ -70,13 +75,24 @@ def resolve_api_key(spec: LiteLLMSpec) -> str | None:
     return None
 
 
+def make_local_lm(spec: LocalLMSpec, *, training: bool = False) -> dspy.LM:
+    """A ``dspy.LM`` for a local model: its files checked (``core.lms.local.inspect_local``; ``training``: it is
+    fine-tuned, which the memory check counts) and registered in this process, then served like an embedded one
+    (converted to GGUF on first use)."""
+    from core.lms import local
+
+    model = local.inspect_local(spec.path, spec.weights, spec.quant, training=training)
+    key = local.register_local(model)
+    return make_embedded_lm(key, temperature=spec.temperature, max_tokens=spec.max_tokens)
+
+
 def make_embedded_lm(key: str, *, temperature: float = 0.0, max_tokens: int = 512) -> dspy.LM:
-    """A ``dspy.LM`` for the embedded model ``key``: served by the shared llama.cpp engine, fine-tuned by
+    """A ``dspy.LM`` for the embedded (or registered local) model ``key``: served by the shared llama.cpp engine, fine-tuned by
     the LoRA provider, which registers each fine-tune with that engine. No cache."""
     from core.lms.embedded import LlamaEngine
     from core.lms.lora import LocalLoRAProvider
 
-    catalog.get_model(key)
+    catalog.check_key(key)  # a shipped or a registered local model
     engine = LlamaEngine.shared()
     return dspy.LM(
         catalog.model_name(key),
@@ -88,15 +104,21 @@ def make_embedded_lm(key: str, *, temperature: float = 0.0, max_tokens: int = 51
     )
 
 
-def build_lm(name: str, spec: Any, *, allow_user_code: bool = False) -> dspy.LM:
-    """A fresh ``dspy.LM`` for the spec named ``name`` in the configuration."""
+def build_lm(name: str, spec: Any, *, allow_user_code: bool = False, training: bool = False) -> dspy.LM:
+    """A fresh ``dspy.LM`` for the spec named ``name`` in the configuration (``training``: a ``small`` role's LM,
+    for the memory check of a local model)."""
     if isinstance(spec, EmbeddedLMSpec):
         return make_embedded_lm(spec.model, temperature=spec.temperature, max_tokens=spec.max_tokens)
+    if isinstance(spec, LocalLMSpec):
+        try:
+            return make_local_lm(spec, training=training)
+        except LMError as e:
+            raise LMError(f"LM {shown(name)}: {e}") from e
     if isinstance(spec, LiteLLMSpec):
         return _build_litellm(spec)
     if isinstance(spec, FactoryLMSpec):
         return _build_factory(name, spec, allow_user_code=allow_user_code)
-    raise LMError(f"LM {shown(name)}: unknown kind; allowed kinds: embedded, litellm, factory")
+    raise LMError(f"LM {shown(name)}: unknown kind; allowed kinds: embedded, local, litellm, factory")
 
 
 def _build_litellm(spec: LiteLLMSpec) -> dspy.LM:

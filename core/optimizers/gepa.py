@@ -43,7 +43,7 @@ import dspy
 from dspy.teleprompt.gepa.instruction_proposal import InstructionProposer
 
 from core.config.steps import STEP_TYPES, GepaSettings
-from core.lms.catalog import is_embedded_name
+from core.lms.catalog import MODEL_PREFIX
 from core.optimizers.entry import BuildContext, EstimateContext, Events, Optimizer, StepCost, no_events
 from core.programs.metrics import Metric
 
@@ -171,7 +171,7 @@ class StudioGEPA(dspy.GEPA):
                 valset: list | None = None) -> dspy.Module:
         self.progress.reset()
         model = getattr(self.reflection_lm, "model", None)
-        if is_embedded_name(model):
+        if isinstance(model, str) and model.startswith(MODEL_PREFIX):  # a shipped model (a local one may be large)
             self.events("status", tiny_reflection_warning(str(model)), {"warning": "tiny_reflection_lm"})
         program = super().compile(student, trainset=trainset, teacher=teacher, valset=valset)
         results = program.__dict__.pop("detailed_results", None)  # candidate programs: not kept on the result

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from statistics import fmean
 from typing import Any
 
-from core.config.schema import EmbeddedLMSpec, FactoryLMSpec, LiteLLMSpec, RunConfig
+from core.config.schema import EmbeddedLMSpec, FactoryLMSpec, LiteLLMSpec, LocalLMSpec, RunConfig
 from core.config.strategy import join_steps
 from core.data import Table
 from core.errors import shown
@@ -138,7 +138,9 @@ class Estimate:
 
 
 def lm_kind(spec: object) -> str:
-    if isinstance(spec, EmbeddedLMSpec):
+    """The kind an LM's calls and training are priced as: a local model as the embedded ones (the same engine and
+    call cache; its rates are SmolLM2's: a larger model is slower, as the estimate's note says)."""
+    if isinstance(spec, EmbeddedLMSpec | LocalLMSpec):
         return "embedded"
     if isinstance(spec, LiteLLMSpec):
         return "litellm"
@@ -378,6 +380,9 @@ def estimate(config: RunConfig, n_rows: int | None = None, table: Table | None =
                      f"of ~{TRAINED_ROW_TOKENS} tokens on 2 CPU cores (a row is cut to max_length)"
                      + (f" (this run's rows: {trained})" if trained else "")
                      + "; repeated calls are answered from the run's cache")
+    if any(isinstance(spec, LocalLMSpec) for spec in config.lms.values()):
+        notes.append("local models are priced at the embedded SmolLM2 135M's rates: a larger model takes longer, "
+                     "and its first use converts it to GGUF once (SmolLM2's folder: ~10 s)")
     if any(k == "litellm" for k in kinds.values()):
         notes.append("hosted LMs: ~1 s per call, divided by their parallel calls")
     return Estimate(steps, test_calls, calls_per_lm, seconds, cost, (n, v, t), notes)

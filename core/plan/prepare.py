@@ -35,6 +35,7 @@ from core.config.schema import (
     config_to_dict,
     parse_config,
 )
+from core.config.strategy import split_strategy
 from core.data import Split, Table, build_examples, load_table_from_path, split_examples
 from core.errors import ConfigError, DataError, LMError, StudioError, shown
 from core.lms.hosted import check_endpoint
@@ -279,9 +280,13 @@ def plan_run(config: RunConfig, *, base_dir: Path | None = None) -> RunPlan:
     _check_predictor_names(config, [name for name, _ in program.named_predictors()])
     caps = {name: capabilities(spec, allow_user_code=config.allow_user_code) for name, spec in config.lms.items()}
     _check_roles(config, caps)
+    strategies = [config.strategy, *(config.sweep.strategies if config.sweep else [])]
+    weights = any(config.step_kind(key) == "weight" for text in strategies for key in split_strategy(text))
+    trained = {a.lm for a in config.predictors.values() if a.role == "small"} if weights else set()
     for name, spec in config.lms.items():
         if not isinstance(spec, FactoryLMSpec):  # capabilities() built each factory LM already
-            build_lm(name, spec, allow_user_code=config.allow_user_code)  # can it be set up (local, no call)?
+            # can it be set up (local, no call)? A local model's files and memory are checked here
+            build_lm(name, spec, allow_user_code=config.allow_user_code, training=name in trained)
     table, split = load_data(config, base_dir)
     choices = label_choices(table, config)
     make_metric(config.metric.name, config.metric_fields())

@@ -29,7 +29,7 @@ from core.config.schema import RunConfig
 from core.config.strategy import last_step
 from core.errors import StudioError
 from core.evidence.capture import EvidenceCollector
-from core.lms.lora.provider import truncated_rows, truncation_message
+from core.lms.lora.provider import trained_on, truncated_rows, truncation_message
 from core.lms.registry import engine_of
 from core.optimizers.weights import WeightStepHooks
 from core.run.build import model_prices, with_costs
@@ -82,6 +82,7 @@ class RoundRecorder:
         self._traces: TraceStats | None = None
         self._finetuned: dict[str, str] = {}
         self._truncated: dict[str, Truncation] = {}
+        self._trained_on: dict[str, str] = {}
         self._step_clock = time.monotonic()  # when the current round began
         self._eval_clock: float | None = None  # when its evaluation began
         self._errors_before_eval = 0
@@ -212,6 +213,8 @@ class RoundRecorder:
                 self._store.add_artifact(self._run_id, "weights", str(folder), {
                     "model": new, "base": old, "engine": f"{type(engine).__module__}:{type(engine).__qualname__}",
                 })
+                if line := trained_on(Path(folder)):
+                    self._trained_on[old] = line
                 cut = truncated_rows(Path(folder))
                 if cut:
                     self._truncated[old] = Truncation.from_json(cut)
@@ -242,7 +245,8 @@ class RoundRecorder:
         snapshot.parent.mkdir(parents=True, exist_ok=True)
         program.save(str(snapshot))
         details = RoundDetails(phases=self._phases(index, key), lm_errors=self.evaluation_errors(),
-                               traces=self._traces, finetuned=dict(self._finetuned), truncated=dict(self._truncated))
+                               traces=self._traces, finetuned=dict(self._finetuned), truncated=dict(self._truncated),
+                               trained_on=dict(self._trained_on))
         record = Round(
             run_id=self._run_id,
             index=index,
@@ -283,6 +287,7 @@ class RoundRecorder:
         self._step_clock, self._eval_clock = time.monotonic(), None
         self._usage_before = self._observer.snapshot()
         self._phase_seconds, self._traces, self._finetuned, self._truncated = {}, None, {}, {}
+        self._trained_on = {}
 
     def _phases(self, index: int, key: str | None) -> dict[str, float]:
         """Seconds per phase of the round ending now: the weight step's own phases (trace collection,

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 
 from core.crash import SIGNAL_MEANING, signal_of
-from core.run.worker import WorkerJob, spawn_worker
+from core.run.worker import WorkerJob, run_log_path, spawn_worker
 from core.store import Store, process_start_time
 from core.store.records import RunStatus
 from core.tracking.follow import start_tracking
@@ -41,8 +41,8 @@ _SIGNAL_ADVICE = {
                "rebuild it portable (`make install`) if it fails",
     "SIGBUS": "native code crashed, often a truncated model file or a full disk; check with `python -m core doctor`",
     "SIGFPE": "native code crashed; check the build with `python -m core doctor`",
-    "SIGABRT": "native code aborted (an assertion in llama.cpp or torch); see the worker's log and check the "
-               "build with `python -m core doctor`",
+    "SIGABRT": "native code aborted (an assertion in llama.cpp or torch; its message is in the run's log); check "
+               "the build with `python -m core doctor`",
     "SIGKILL": "something killed it, often the kernel's out-of-memory killer: free memory or use smaller models "
                "or budgets",
     "SIGTERM": "something stopped it from outside the app",
@@ -51,11 +51,12 @@ _SIGNAL_ADVICE = {
 
 def describe_exit(exitcode: int | None, run_id: int) -> str:
     """The one-line message of a worker that ended without recording a result."""
-    resume = f"the rounds so far are kept; resume with `python -m core resume {run_id}`"
+    resume = (f"the rounds so far are kept; resume with `python -m core resume {run_id}`; "
+              f"the run's log: {run_log_path(run_id)}")
     name = signal_of(exitcode) if exitcode is not None and exitcode < 0 else None
     if name is not None:
         what = SIGNAL_MEANING.get(name, "signal")
-        advice = _SIGNAL_ADVICE.get(name, "see the worker's log")
+        advice = _SIGNAL_ADVICE.get(name, "see the run's log")
         return f"the worker process died with {name} ({what}): {advice}; {resume}"
     return f"the worker process exited with code {exitcode} without recording a result; {resume}"
 

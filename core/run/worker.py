@@ -36,7 +36,8 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, TextIO
 
 from core.errors import RunCancelled, StepCancelled, StudioError
 from core.plan.prepare import RunPlan, build_run
@@ -44,6 +45,8 @@ from core.plan.prepare import RunPlan, build_run
 logger = logging.getLogger(__name__)
 
 CANCEL_POLL_S = 0.25
+RUN_LOG = "worker.log"
+"""The run's log file, in its run folder (``run_log_path``)."""
 """How often the worker looks for a cancel request in the database."""
 
 
@@ -134,10 +137,10 @@ def worker_main(job: WorkerJob) -> None:
     """Entry point of the child process: run the job and record its outcome in the store."""
     # Ctrl-C in a terminal reaches the whole process group: the supervisor turns it into a cancel request.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _stdout_to_stderr()
     if job.studio_home:
         os.environ["STUDIO_HOME"] = job.studio_home
-    setup_worker_logging(job)
+    console = output_to_run_log(run_log_path(job.run_id))
+    setup_worker_logging(job, console=console)
     from core.store import Store
 
     store = Store(job.db_path)
@@ -153,10 +156,11 @@ def worker_main(job: WorkerJob) -> None:
         store.close()
 
 
-def setup_worker_logging(job: WorkerJob) -> None:
-    """Warnings to stderr, and no log line, message or stored error that carries one of the job's keys
+def setup_worker_logging(job: WorkerJob, console: TextIO | None = None) -> None:
+    """Log lines to stderr (a worker's: the run's log file; ``console``: where the Studio's own warnings
+    are shown too), and no log line, message or stored error that carries one of the job's keys
     (also what a Ray task does first, ``core.run.ray_remote``)."""
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    route_logs(console)
     from core.store.secrets import install_log_redaction, register_secret
 
     install_log_redaction()  # log lines never carry a key
@@ -166,14 +170,72 @@ def setup_worker_logging(job: WorkerJob) -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def _stdout_to_stderr() -> None:
-    """DSPy's optimizers print progress to stdout; the CLI keeps its stdout for the JSON summary."""
+def run_log_path(run_id: int) -> Path:
+    """The run's log file: everything its worker writes (appended to by each resume)."""
+    from core.paths import run_dir
+
+    return run_dir(run_id) / RUN_LOG
+
+
+def output_to_run_log(path: Path) -> TextIO | None:
+    """Point this process's stdout and stderr (file descriptors 1 and 2) at the log file ``path``; return
+    a stream on the stderr it had (the CLI's terminal, the app's console), or None where that cannot be done.
+
+    What lands there: llama.cpp's lines (``core.lms.native_log``), libraries' warnings and progress,
+    DSPy's prints, and whatever native code writes to its stderr itself (an assertion before an abort).
+    The user follows the run through its events, which the CLI and the pages show; the Studio's own
+    warnings reach the console too (``route_logs``). Without a log file (it cannot be opened), stdout
+    goes to stderr as before: the CLI keeps its stdout for the JSON summary.
+    """
     sys.stdout.flush()
+    sys.stderr.flush()
     try:
-        os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
-    except (OSError, ValueError, AttributeError):  # no real file descriptors (embedded interpreters)
-        pass
+        path.parent.mkdir(parents=True, exist_ok=True)
+        log_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    except OSError:
+        log_fd = None
+    console = None
+    try:
+        if log_fd is not None:
+            console = os.fdopen(os.dup(2), "w", buffering=1, encoding="utf-8", errors="replace")
+            os.dup2(log_fd, 2)
+        os.dup2(2, 1)
+    except OSError:  # no real file descriptors (embedded interpreters): stderr stays where it was
+        console = None
+    finally:
+        if log_fd is not None:
+            os.close(log_fd)
     sys.stdout = sys.stderr
+    return console
+
+
+class _FirstLine(logging.Formatter):
+    """A record as one line: the full text (a traceback too) is in the run's log."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return super().format(record).split("\n", 1)[0]
+
+
+def route_logs(console: TextIO | None = None) -> None:
+    """Where a worker's log records go: all of them to stderr (the run's log file, ``output_to_run_log``);
+    the Studio's own warnings (loggers ``core.*``) also to ``console``, one line each.
+
+    The Studio logs from DEBUG (llama.cpp's converters log their output there, ``core.lms.convert``);
+    llama.cpp's own lines from WARNING (its INFO lists every tensor of each model load and quantization); no
+    progress bar from Hugging Face libraries (loading weights), and Python warnings as log records."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # read when huggingface_hub is imported
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.captureWarnings(True)
+    from core.lms.native_log import NATIVE_LOGGER
+
+    logging.getLogger("core").setLevel(logging.DEBUG)
+    logging.getLogger(NATIVE_LOGGER).setLevel(logging.WARNING)
+    if console is not None:
+        handler = logging.StreamHandler(console)
+        handler.setLevel(logging.WARNING)
+        handler.setFormatter(_FirstLine("%(levelname)s %(name)s: %(message)s"))
+        logging.getLogger("core").addHandler(handler)
 
 
 def run_job(job: WorkerJob, store: Any, cancel: threading.Event, finishing: threading.Event) -> None:

@@ -162,18 +162,20 @@ class RoundDetails:
     """What a round recorded beside its score: ``phases`` seconds per phase in the order they ran
     ("baseline evaluation", "prompt search", "trace collection", "training", "GGUF export",
     "evaluation", "other"), ``lm_errors`` LM errors during its evaluation and, for a weight step,
-    ``traces`` (its trace collection), ``finetuned`` (base model -> fine-tuned model) and ``truncated``
-    (base model -> what ``max_length`` cut from its training rows)."""
+    ``traces`` (its trace collection), ``finetuned`` (base model -> fine-tuned model), ``truncated``
+    (base model -> what ``max_length`` cut from its training rows) and ``trained_on`` (base model -> where and
+    how it trained: device, precision, batch plan, memory; ``core.lms.lora.device.train_line``)."""
 
     phases: dict[str, float] = field(default_factory=dict)
     lm_errors: int = 0
     traces: TraceStats | None = None
     finetuned: dict[str, str] = field(default_factory=dict)
     truncated: dict[str, Truncation] = field(default_factory=dict)
+    trained_on: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """The stored form: ``{"phases", "lm_errors"}`` and, when there are any, ``"traces"``,
-        ``"finetuned"`` and ``"truncated_rows"`` (the keys the rounds column has always held)."""
+        ``"finetuned"``, ``"truncated_rows"`` (the keys the rounds column has always held) and ``"trained_on"``."""
         out: dict[str, Any] = {}
         if self.traces is not None:
             out["traces"] = self.traces.to_json()
@@ -181,6 +183,8 @@ class RoundDetails:
             out["finetuned"] = dict(self.finetuned)
         if self.truncated:
             out["truncated_rows"] = {model: cut.to_json() for model, cut in self.truncated.items()}
+        if self.trained_on:
+            out["trained_on"] = dict(self.trained_on)
         out["lm_errors"] = self.lm_errors
         out["phases"] = dict(self.phases)
         return out
@@ -198,6 +202,7 @@ class RoundDetails:
             traces=TraceStats.from_json(traces) if traces else None,
             finetuned={str(k): str(v) for k, v in (data.get("finetuned") or {}).items()},
             truncated={str(k): Truncation.from_json(v) for k, v in (data.get("truncated_rows") or {}).items()},
+            trained_on={str(k): str(v) for k, v in (data.get("trained_on") or {}).items()},
         )
 
 

@@ -110,6 +110,12 @@ def truncation_notes(rounds: Sequence[Round]) -> list[str]:
             for r in rounds for model, cut in r.details.truncated.items()]
 
 
+def training_notes(rounds: Sequence[Round]) -> list[str]:
+    """Where and how each fine-tune trained (device, precision, batch plan, memory), named by its round."""
+    return [f"Round {r.index} ('{r.strategy}'): {model} {line}"
+            for r in rounds for model, line in r.details.trained_on.items()]
+
+
 def tracking_warning(log: Sequence[Event]) -> str | None:
     """The latest MLflow tracking event (``core.tracking.follow``) when it is a failure, else None."""
     latest = next((e for e in reversed(log) if e.kind == "tracking"), None)

@@ -58,6 +58,11 @@ def test_edits_refuse_bad_values_with_one_line_naming_the_field_and_the_rule() -
         (lambda: document.add_litellm(draft, "hosted", {"model": "no-provider"}), ConfigError,
          "LM 'hosted', model: String should match pattern"),
         (lambda: document.add_litellm(draft, "large", {"model": "openai/x"}), ConfigError, "taken by the built-in"),
+        (lambda: document.add_local(draft, "small", {"path": "/models/m"}), ConfigError, "taken by the built-in"),
+        (lambda: document.add_local(draft, "mine", {"path": "/models/m", "weights": "/models/w"}), ConfigError,
+         "LM 'mine': weights is only for a .gguf path"),
+        (lambda: document.add_local(draft, "mine", {"path": "/models/m", "quant": "Q2"}), ConfigError,
+         "LM 'mine', quant: Input should be 'F32', 'F16'"),
         (lambda: document.remove_lm(draft, "large"), ConfigError, "is used by extract"),
         (lambda: document.set_steps(draft, ["p", "x"]), StrategyError, "x"),
         (lambda: document.set_metric(draft, "nope"), ConfigError, "allowed metrics: exact_match"),
@@ -68,6 +73,15 @@ def test_edits_refuse_bad_values_with_one_line_naming_the_field_and_the_rule() -
         with pytest.raises(error) as caught:
             edit()
         assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_local_lm_joins_the_draft_as_the_configuration_writes_it() -> None:
+    draft = document.add_local(document.new_document(), "mine", {"path": "/models/m.gguf", "weights": "",
+                                                                  "quant": "Q8_0"})
+    assert config_to_dict(draft)["lms"]["mine"] == {"kind": "local", "path": "/models/m.gguf", "weights": None,
+                                                    "quant": "Q8_0", "temperature": 0.0, "max_tokens": 512}
+    assert document.lm_capabilities(draft, "mine")[0] is False  # a .gguf without its folder: inference only
+    assert document.remove_lm(draft, "mine").lms == document.new_document().lms
 
 
 def test_edits_name_a_huge_value_by_its_start_and_length() -> None:

@@ -142,7 +142,9 @@ def test_unchanged_base_round_trips_through_gguf(tmp_path: Path) -> None:
 # --- training --------------------------------------------------------------------------------------------
 
 
-def test_finetune_learns_a_label_and_serves_it_from_a_merged_gguf(tmp_path: Path) -> None:
+@pytest.mark.parametrize("serve", ["lora", "merged"])
+def test_finetune_learns_a_label_and_serves_it(tmp_path: Path, serve: str) -> None:
+    """``serve: lora``: adapter.gguf applied to the shipped GGUF at load time; ``merged``: a re-quantized GGUF."""
     lm = make_embedded_lm(KEY, temperature=0.0, max_tokens=8)
     assert isinstance(lm.provider, lf.LocalLoRAProvider) and lm.provider.finetunable
     lm.launch()
@@ -156,6 +158,7 @@ def test_finetune_learns_a_label_and_serves_it_from_a_merged_gguf(tmp_path: Path
         "epochs": 4,
         "batch_size": 8,
         "seed": 1,
+        "serve": serve,
         "progress": lambda step, total, loss: calls.append((step, total, loss)),
     }
     job = lm.finetune(memo_rows(), TrainDataFormat.CHAT, kwargs)  # DSPy's own thread + TrainingJob
@@ -172,12 +175,27 @@ def test_finetune_learns_a_label_and_serves_it_from_a_merged_gguf(tmp_path: Path
     folder = embedded.artifact_dir(ft_lm.model)
     assert folder == tmp_path / "run" / catalog.safe_name(ft_lm.model)
     meta = json.loads((folder / "meta.json").read_text())
-    assert meta["base"] == KEY and meta["kind"] == "merged" and meta["file"] == "model.gguf"
-    assert meta["quant"] == "Q4_K_M"
+    file = {"lora": "adapter.gguf", "merged": "model.gguf"}[serve]
+    assert meta["base"] == KEY and meta["kind"] == serve and meta["file"] == file
+    assert meta["quant"] == ("Q4_K_M" if serve == "merged" else None)
     train = meta["train"]
     assert train["steps"] == 4 and train["rows"] == 8 and train["final_loss"] < train["first_loss"]
     assert 0 < train["peak_rss_mb"] < 24 * 1024
-    assert sorted(p.name for p in folder.iterdir()) == ["meta.json", "model.gguf"]
+    # where and how it trained (STUDIO_TRAIN_DEVICE unset: the best device here, the CPU on a CPU-only torch)
+    device = train["device"]
+    assert device["kind"] == lf.pick_device().kind and device["describe"] == lf.pick_device().describe()
+    if device["kind"] == "cpu":
+        assert (device["dtype"], device["autocast"]) == ("float32", train["bf16"])
+    assert 0 < train["rss_before_mb"] < train["train_peak_rss_mb"] <= train["peak_rss_mb"]
+    assert train["memory_estimate_mb"] > train["train_peak_rss_mb"] - train["rss_before_mb"]
+    line = lf.provider.trained_on(folder)
+    assert line.startswith(f"trained on {device['describe']}: 8 rows, 4 steps of batch 8 (4 epochs, max_length 384)")
+    assert sorted(p.name for p in folder.iterdir()) == sorted(["meta.json", file])
+    served = embedded.LlamaEngine.shared().resolve(ft_lm.model)
+    if serve == "lora":  # the shipped 4-bit GGUF itself, with the adapter on top
+        assert (served.path, served.lora_path) == (catalog.gguf_path(KEY), folder / file)
+    else:
+        assert (served.path, served.lora_path) == (folder / file, None)
 
     answer = ft_lm(messages=question)[0]
     assert answer.strip() == LABEL

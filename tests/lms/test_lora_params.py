@@ -11,6 +11,7 @@ import dataclasses
 import json
 import uuid
 from pathlib import Path
+from typing import get_args
 
 import dspy
 import pytest
@@ -26,13 +27,15 @@ from core.programs.metrics import make_metric
 
 KEY = "smollm2-135m"
 SHARED = [name for name in FinetuneSettings.model_fields if name in PARAMS]
+NUMERIC = [name for name in SHARED if not PARAMS[name].choices]
 
 
 def test_the_config_exposes_the_provider_hyper_parameters_it_always_had() -> None:
-    assert SHARED == ["epochs", "max_steps", "learning_rate", "lora_rank", "lora_alpha", "batch_size", "max_length"]
+    assert SHARED == ["epochs", "max_steps", "learning_rate", "lora_rank", "lora_alpha", "batch_size", "max_length",
+                      "serve"]
 
 
-@pytest.mark.parametrize("name", SHARED)
+@pytest.mark.parametrize("name", NUMERIC)
 def test_config_field_has_the_provider_default_type_and_range(name: str) -> None:
     spec = PARAMS[name]
     info = FinetuneSettings.model_fields[name]
@@ -51,7 +54,7 @@ def _step_outside(spec, bound: float, direction: int) -> float:
     return bound + direction * (1 if spec.kind is int else 1e-9 * max(1.0, abs(bound)))
 
 
-@pytest.mark.parametrize("name", SHARED)
+@pytest.mark.parametrize("name", NUMERIC)
 def test_config_and_provider_accept_and_refuse_the_same_values(name: str, tmp_path: Path) -> None:
     spec = PARAMS[name]
     inside = [spec.default, spec.high if not spec.high_open else spec.high / 2]
@@ -67,6 +70,22 @@ def test_config_and_provider_accept_and_refuse_the_same_values(name: str, tmp_pa
             FinetuneSettings(**{name: value})
         with pytest.raises(LMError, match=rf"train_kwargs\['{name}'\] = .* is out of range; allowed: .*{name}"):
             parse_train_kwargs(KEY, {"output_dir": str(tmp_path), name: value})
+
+
+def test_serve_is_a_choice_the_config_and_the_provider_share(tmp_path: Path) -> None:
+    spec = PARAMS["serve"]
+    info = FinetuneSettings.model_fields["serve"]
+    assert spec.choices == ("lora", "merged") and spec.default in spec.choices
+    assert (info.default, get_args(info.annotation), info.description) == (spec.default, spec.choices, spec.description)
+    for value in spec.choices:
+        assert FinetuneSettings(serve=value).serve == value
+        assert parse_train_kwargs(KEY, {"output_dir": str(tmp_path), "serve": value})[0].serve == value
+    with pytest.raises(ValueError, match="serve"):
+        FinetuneSettings(serve="both")
+    with pytest.raises(LMError) as caught:
+        parse_train_kwargs(KEY, {"output_dir": str(tmp_path), "serve": "both"})
+    assert str(caught.value) == ("train_kwargs['serve'] = 'both' is not allowed; allowed: serve one of lora, merged "
+                                 f"(default {spec.default})")
 
 
 def test_train_params_defaults_are_the_table() -> None:
@@ -117,7 +136,7 @@ def test_weight_step_hands_every_setting_to_the_provider(tmp_path: Path, monkeyp
 
     monkeypatch.setattr(small.provider, "finetune", recording)
     settings = FinetuneSettings(epochs=3, max_steps=5, learning_rate=0.02, lora_rank=8, lora_alpha=12, batch_size=2,
-                                max_length=256, trace_source="gold")
+                                max_length=256, serve="merged", trace_source="gold")
     program = StagedPipeline([Stage(name="classify", module="Predict", signature="text -> label: str")])
     program.classify.lm = small
     step = RoleAwareFinetune(make_metric("exact_match", ["label"]), ["classify"], settings,
@@ -130,7 +149,7 @@ def test_weight_step_hands_every_setting_to_the_provider(tmp_path: Path, monkeyp
     assert {name: sent[name] for name in SHARED} == settings.train_kwargs()
     assert sent["seed"] == 7
     params, _ = parse_train_kwargs(KEY, sent)  # what the weight step sends, the LoRA provider accepts
-    assert (params.epochs, params.max_steps, params.lora_alpha, params.seed) == (3, 5, 12, 7)
+    assert (params.epochs, params.max_steps, params.lora_alpha, params.seed, params.serve) == (3, 5, 12, 7, "merged")
 
 
 def test_train_value_is_the_table_default_when_omitted() -> None:

@@ -237,7 +237,8 @@ def _assert_round_table(at) -> None:
 
 def test_run_page_names_a_fine_tune_whose_rows_max_length_cut():
     """A weight step whose rows were longer than max_length (the provider's meta.json says how many and by how
-    much) is named on the Run page with its round; a run without cut rows shows no such warning."""
+    much) is named on the Run page with its round; a run without cut rows shows no such warning. Where the
+    fine-tune trained (device, precision, batch plan) is a caption of the same round."""
     import dataclasses
 
     from core.store.records import Truncation
@@ -250,8 +251,13 @@ def test_run_page_names_a_fine_tune_whose_rows_max_length_cut():
     weight = next(r for r in manager.store.list_rounds(run_id) if r.strategy == "p -> w")
     cut = {"scripted/small": Truncation(truncated=28, rows=30, max_length=384, row_tokens=414.0, cut_tokens=31.0,
                                         max_cut_tokens=35)}
-    manager.store.add_round(dataclasses.replace(weight, details=dataclasses.replace(weight.details, truncated=cut)))
+    assert not any("trained on" in c.value for c in at.caption)
+    device = {"scripted/small": "trained on cpu (float32, bf16 autocast on): 30 rows, 4 steps of batch 8"}
+    manager.store.add_round(dataclasses.replace(weight, details=dataclasses.replace(weight.details, truncated=cut,
+                                                                                     trained_on=device)))
     at = open_page("run", use_scripted(new_document(), True))
+    assert f"Round {weight.index} ('p -> w'): scripted/small trained on cpu (float32, bf16 autocast on): 30 rows, " \
+           "4 steps of batch 8" in [c.value for c in at.caption]
     (warning,) = [w.value for w in at.warning if "training rows of" in w.value]
     assert warning.startswith(f"Round {weight.index} ('p -> w'): 28 of 30 training rows of scripted/small were "
                               "longer than max_length=384 tokens and lost ~31 tokens each")

@@ -70,6 +70,19 @@ def test_rows_from_before_phases_and_trace_sources_read_with_empty_parts() -> No
     assert RoundDetails.from_json({"future_key": [1], "lm_errors": 1}) == RoundDetails(lm_errors=1)
 
 
+def test_where_a_fine_tune_trained_round_trips_and_rows_from_before_read_without_it() -> None:
+    from core.views.monitor import training_notes
+
+    line = "trained on cpu (float32, bf16 autocast on): 8 rows, 4 steps of batch 8 (2 epochs, max_length 384)"
+    details = RoundDetails(finetuned={"embedded/smollm2-135m": "embedded/smollm2-135m:ft-1"},
+                           trained_on={"embedded/smollm2-135m": line})
+    assert details.to_json()["trained_on"] == {"embedded/smollm2-135m": line}
+    assert RoundDetails.from_json(details.to_json()) == details
+    assert all(RoundDetails.from_json(d).trained_on == {} for d in _rows("scripted"))
+    weight = Round(run_id=1, index=2, strategy="p -> w", details=details)
+    assert training_notes([weight]) == [f"Round 2 ('p -> w'): embedded/smollm2-135m {line}"]
+
+
 def test_old_rows_in_the_store_read_as_records_and_feed_the_views(tmp_path: Path) -> None:
     """Old rows put in the rounds table as they were stored; the store, the round table, the phases chart and
     the truncation notes read them."""

@@ -1,4 +1,5 @@
-"""LoRA fine-tuning of the embedded GGUF models on the CPU (transformers + peft), served by llama.cpp.
+"""LoRA fine-tuning of the embedded GGUF models (transformers + peft) on the best device present, served by
+llama.cpp.
 
 ``LocalLoRAProvider`` (``provider``) is the DSPy provider of the embedded LMs (see "Provider
 contract" in docs/architecture.md). ``finetune`` does, in its own thread:
@@ -16,11 +17,18 @@ contract" in docs/architecture.md). ``finetune`` does, in its own thread:
    The loss covers the answer tokens only, and the LM head is applied only at those positions
    (the full batch x seq x vocab logits would dominate a CPU step). Rows longer than
    ``max_length`` lose prompt tokens from the left (the BOS token is kept). Deterministic for a seed.
-3. **Serving** (``train.export_merged``). The LoRA is merged into the dequantized weights, written
-   as a GGUF that copies every key/value of the shipped one (``core.lms.gguf_export``), and
-   quantized to a type that keeps the fine-tune (SmolLM2: Q4_K_M, Gemma: Q8_0; never the shipped
-   4-bit type, which erases the LoRA delta).
-4. **Artifact.** ``output_dir/<safe name>/model.gguf`` + ``meta.json`` (``kind: merged``), then the
+   The device (``device.pick_device``: CUDA, then MPS, then the CPU; bfloat16 where it computes in it)
+   is checked to have the memory the training needs before the first step (``device.check_fits``);
+   the trained LoRA comes back to the CPU in float32 for the export.
+3. **Serving** (``export``, the ``serve`` setting). ``merged`` (the default: it serves faster, measured in
+   ``params``): the LoRA is merged into the dequantized weights, written as a GGUF that copies every
+   key/value of the shipped one (``core.lms.gguf_export``; a local model's goes through llama.cpp's
+   converter), and quantized to a type that keeps the fine-tune (SmolLM2: Q4_K_M, Gemma: Q8_0; never the
+   shipped 4-bit type, which erases the LoRA delta). ``lora``: the LoRA alone, converted by llama.cpp's
+   ``convert_lora_to_gguf.py`` (``core.lms.convert``) into a GGUF adapter that the engine applies to the
+   base GGUF at load time.
+4. **Artifact.** ``output_dir/<safe name>/adapter.gguf`` (``kind: lora``) or ``model.gguf``
+   (``kind: merged``) + ``meta.json``, then the
    provider's injected ``register(name, folder)`` (the engine's ``register_finetuned``, wired by
    ``core.lms.registry``: training never imports the engine); the new name is
    ``embedded/<key>:ft-<8 hex>``.
@@ -32,6 +40,8 @@ are validated in ``params``.
 """
 
 from core.lms.lora.base_weights import ensure_hf_cache, hf_cache_dir, load_base_model
+from core.lms.lora.device import TrainDevice, check_fits, estimate_memory, pick_device
+from core.lms.lora.export import export_adapter, export_merged
 from core.lms.lora.params import (
     ALLOWED_QUANTS,
     DEFAULT_QUANT,
@@ -49,7 +59,6 @@ from core.lms.lora.train import (
     answer_loss,
     batch_schedule,
     encode_rows,
-    export_merged,
     train_lora,
 )
 
@@ -58,6 +67,7 @@ __all__ = [
     "DEFAULT_QUANT",
     "PARAMS",
     "EncodedRow",
+    "TrainDevice",
     "LocalLoRAProvider",
     "LocalLoRATrainingJob",
     "Tokenizer",
@@ -65,13 +75,17 @@ __all__ = [
     "TrainResult",
     "answer_loss",
     "batch_schedule",
+    "check_fits",
     "encode_rows",
     "ensure_hf_cache",
+    "estimate_memory",
+    "export_adapter",
     "export_merged",
     "hf_cache_dir",
     "load_base_model",
     "parse_train_kwargs",
     "peak_rss_mb",
+    "pick_device",
     "torch_threads",
     "train_lora",
 ]

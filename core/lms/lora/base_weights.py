@@ -9,10 +9,13 @@ import shutil
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.errors import LMError
 from core.lms import catalog
+
+if TYPE_CHECKING:
+    from core.lms.lora.device import TrainDevice
 
 logger = logging.getLogger(__name__)
 
@@ -31,11 +34,15 @@ def _cache_stamp(gguf: Path) -> dict[str, Any]:
 
 
 def ensure_hf_cache(key: str) -> Path:
-    """Convert ``key``'s GGUF to safetensors + tokenizer once; return the cache folder.
+    """The Hugging Face folder ``key`` is fine-tuned from: a local model's own folder (``catalog.hf_folder``),
+    or a shipped model's GGUF converted to safetensors + tokenizer once into the cache folder.
 
     The conversion writes into a temporary folder renamed at the end, so a crash never leaves a
     half-written cache; ``source.json`` records which GGUF it came from.
     """
+    local_folder = catalog.hf_folder(key)  # LMError for an unknown key or a GGUF-only local model
+    if local_folder is not None:
+        return local_folder
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -89,19 +96,24 @@ def ensure_hf_cache(key: str) -> Path:
     return target
 
 
-def load_base_model(key: str) -> Any:
-    """A fresh float32 ``AutoModelForCausalLM`` of ``key``'s base weights (from the cache)."""
+def load_base_model(key: str, device: TrainDevice | None = None) -> Any:
+    """A fresh ``AutoModelForCausalLM`` of ``key``'s base weights (from the cache): float32 on the CPU, or on
+    ``device`` in its dtype (``core.lms.lora.device``: bfloat16 where the device computes in it)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     folder = ensure_hf_cache(key)
     started = time.monotonic()
+    dtype = device.torch_dtype() if device is not None else torch.float32
     try:
-        hf = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
+        hf = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype)
+        if device is not None and device.kind != "cpu":
+            hf = hf.to(device.kind)
     except Exception as e:
         raise LMError(
             f"cannot load the cached weights of {key} from {folder} (delete it to rebuild): {e}"
         ) from e
-    logger.info("loaded %s base weights from %s in %.2f s", key, folder, time.monotonic() - started)
+    logger.info("loaded %s base weights from %s in %.2f s (%s)", key, folder, time.monotonic() - started,
+                device.describe() if device is not None else "cpu, float32")
     return hf
 

@@ -31,19 +31,22 @@ ALLOWED_QUANTS: tuple[str, ...] = ("Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0", "F16")
 
 @dataclass(frozen=True)
 class HyperParam:
-    """One numeric hyper-parameter: its type, default and allowed range (``low``/``high`` inclusive
-    unless ``*_open``); ``optional``: None is allowed and means "not set"."""
+    """One hyper-parameter: its type, default and allowed range (``low``/``high`` inclusive unless
+    ``*_open``), or for a ``str`` its allowed ``choices``; ``optional``: None is allowed and means "not set"."""
 
-    kind: type  # int or float
-    default: int | float | None
+    kind: type  # int, float, or str (one of ``choices``)
+    default: int | float | str | None
     low: int | float | None
     high: int | float | None
     low_open: bool = False
     high_open: bool = False
     optional: bool = False
     description: str = ""
+    choices: tuple[str, ...] = ()
 
     def describe(self, name: str) -> str:
+        if self.choices:
+            return f"{name} one of {', '.join(self.choices)} (default {self.default})"
         lo = "" if self.low is None else f"{self.low} {'<' if self.low_open else '<='} "
         hi = "" if self.high is None else f" {'<' if self.high_open else '<='} {self.high}"
         article = "an" if self.kind.__name__[0] in "aeiou" else "a"
@@ -59,13 +62,18 @@ class HyperParam:
             out["lt" if self.high_open else "le"] = self.high
         return out
 
-    def check(self, name: str, value: Any) -> int | float | None:
+    def check(self, name: str, value: Any) -> int | float | str | None:
         """``value`` converted to ``kind`` (None: the default, unless optional); LMError naming the
         parameter, its value and the allowed range otherwise."""
         if value is None:
             if self.optional:
                 return None
             value = self.default
+        if self.choices:
+            if value not in self.choices:
+                raise LMError(f"train_kwargs[{shown(name)}] = {shown(value)} is not allowed; allowed: "
+                              f"{self.describe(name)}")
+            return value
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise LMError(f"train_kwargs[{shown(name)}] = {shown(value)} is not a number; allowed: {self.describe(name)}")
         if self.kind is int and isinstance(value, float) and not value.is_integer():
@@ -94,6 +102,18 @@ PARAMS: dict[str, HyperParam] = {
                              description="tokens per row; a longer row loses prompt tokens from the left"),
     "seed": HyperParam(int, 0, 0, 2**32 - 1, description="row order and LoRA initialisation"),
     "weight_decay": HyperParam(float, 0.0, 0.0, 1.0, description="AdamW weight decay"),
+    # merged is the default because it serves faster. `python bench/serve_finetune.py` (SmolLM2, 48 training rows,
+    # 12 steps, one LoRA exported both ways, 30 held-out tickets, 2 alternating rounds; 7 Dec 2026, 2 cores shared
+    # with other work): merged (Q4_K_M) 25.9 calls/min, load 0.53 s, export 26.2 s, accuracy 0.60; lora (F32
+    # adapter on the shipped Q4_1 GGUF) 19.3 calls/min, load 0.39 s, export 17.5 s, accuracy 0.50; base model
+    # 21.2 calls/min, accuracy 0.33. A quieter 2-step run (`--train 8 --test 8 --max-steps 2 --rounds 1`) gave
+    # merged 77.5 and lora 53.4 calls/min. The adapter is applied at every call, on the Q4_1 base, which serves
+    # slower than Q4_K_M. Its weights are the trained ones (the LoRA was trained on what the Q4_1 GGUF
+    # dequantizes to), and it stays closer to the torch model: the bench's kl_to_torch in that 2-step run was
+    # 0.0058 for lora and 0.0208 for merged. The 30 tickets did not show that as accuracy (3 tickets apart).
+    "serve": HyperParam(str, "merged", None, None, choices=("lora", "merged"),
+                        description="how the fine-tune is served: merged (the LoRA merged into the weights, "
+                                    "re-quantized) or lora (a GGUF adapter applied to the base model at load time)"),
 }
 FLAGS: dict[str, bool] = {"bf16": True}
 
@@ -136,6 +156,7 @@ class TrainParams:
     max_length: int = PARAMS["max_length"].default
     seed: int = PARAMS["seed"].default
     weight_decay: float = PARAMS["weight_decay"].default
+    serve: str = PARAMS["serve"].default
     bf16: bool = FLAGS["bf16"]
     quant: str = "Q8_0"
 

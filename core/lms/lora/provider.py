@@ -17,8 +17,10 @@ from dspy.clients.utils_finetune import TrainingStatus
 
 from core.errors import LMError, RunCancelled, StepCancelled, shown
 from core.lms import catalog
+from core.lms.lora.device import train_line
+from core.lms.lora.export import export_adapter, export_merged
 from core.lms.lora.params import PARAMS, parse_train_kwargs, peak_rss_mb
-from core.lms.lora.train import export_merged, train_lora
+from core.lms.lora.train import train_lora
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +73,7 @@ class LocalLoRAProvider(Provider):
 
     @staticmethod
     def is_provider_model(model: str) -> bool:
-        """Embedded models are ``embedded/<key>`` (fine-tuned: ``embedded/<key>:ft-...``)."""
+        """Embedded models are ``embedded/<key>``, local ones ``local/<key>`` (fine-tuned: ``...:ft-...``)."""
         return catalog.is_embedded_name(model)
 
     def finetune(
@@ -141,18 +143,23 @@ class LocalLoRAProvider(Provider):
             if job is not None and hasattr(job, "started"):
                 job.started = True
             try:
-                result = train_lora(key, train_data, params, progress=progress, should_stop=should_stop)
+                merged = params.serve == "merged"
+                result = train_lora(key, train_data, params, progress=progress, should_stop=should_stop,
+                                    merge=merged)
                 if should_stop():
                     raise StepCancelled(
                         f"fine-tuning cancelled after step {result.steps} (before the export)"
                     )
-                gguf, export_seconds = export_merged(key, result.model, folder, params.quant)
-                result.model = None
+                if merged:
+                    gguf, export_seconds = export_merged(key, result.model, folder, params.quant)
+                else:
+                    gguf, export_seconds = export_adapter(key, result.peft_model, folder)
+                result.model = result.peft_model = None
                 meta = {
                     "base": key,
-                    "kind": "merged",
+                    "kind": params.serve,
                     "file": gguf.name,
-                    "quant": params.quant,
+                    "quant": params.quant if merged else None,  # an adapter serves on the base GGUF's type
                     "source_model": model,
                     "train": {
                         **{k: v for k, v in asdict(params).items() if k != "quant"},
@@ -171,6 +178,12 @@ class LocalLoRAProvider(Provider):
                         "max_cut_tokens": result.max_cut_tokens,
                         "peak_rss_mb": peak_rss_mb(),
                         "torch_threads": result.threads,
+                        # where and in which precision it trained, and its memory: estimated before, measured
+                        "device": result.device.to_json() if result.device else None,
+                        "memory_estimate_mb": result.memory_estimate_mb,
+                        "train_peak_rss_mb": result.peak_rss_mb,
+                        "rss_before_mb": result.rss_before_mb,
+                        "device_peak_mb": result.device_peak_mb,
                     },
                 }
                 (folder / "meta.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
@@ -184,7 +197,7 @@ class LocalLoRAProvider(Provider):
             new_name,
             result.steps,
             result.final_loss or float("nan"),
-            params.quant,
+            params.quant if params.serve == "merged" else "LoRA adapter on the base GGUF",
             folder,
         )
         return new_name
@@ -206,6 +219,16 @@ def truncated_rows(folder: Path) -> dict[str, float] | None:
     return {"truncated": count, "rows": int(train.get("rows") or 0), "max_length": int(train.get("max_length") or 0),
             "row_tokens": float(train.get("row_tokens") or 0), "cut_tokens": float(train.get("cut_tokens") or 0),
             "max_cut_tokens": int(train.get("max_cut_tokens") or 0)}
+
+
+def trained_on(folder: Path) -> str | None:
+    """Where and how the fine-tune in ``folder`` trained, one line (``device.train_line``) read from its
+    ``meta.json``; None without a readable one or for a fine-tune from before the device was recorded."""
+    try:
+        train = json.loads((folder / "meta.json").read_text(encoding="utf-8")).get("train") or {}
+        return train_line(train)
+    except (OSError, ValueError, AttributeError, TypeError):
+        return None
 
 
 def truncation_message(model: str, cut: dict[str, float]) -> str:

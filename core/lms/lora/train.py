@@ -1,18 +1,19 @@
-"""Rows -> tokens, the LoRA training loop (answer-only loss), and the merged GGUF export."""
+"""Rows -> tokens and the LoRA training loop (answer-only loss); the served forms are ``export``'s."""
 
 from __future__ import annotations
 
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from core.errors import LMError, StepCancelled
 from core.lms import catalog
-from core.lms.lora.base_weights import load_base_model
+from core.lms.lora.base_weights import ensure_hf_cache, load_base_model
+from core.lms.lora.device import TrainDevice, check_fits, current_rss_mb, model_size, pick_device
 from core.lms.lora.params import TrainParams, peak_rss_mb, torch_threads
 
 logger = logging.getLogger(__name__)
@@ -37,6 +38,9 @@ class Tokenizer:
     def __init__(self, key: str) -> None:
         import llama_cpp
 
+        from core.lms.native_log import route_native_logs
+
+        route_native_logs()  # its load chatter: the "llama.cpp" logger (a run's log file), not the console
         self.key = key
         self._llama = llama_cpp.Llama(model_path=str(catalog.gguf_path(key)), vocab_only=True, verbose=False)
         self.bos = int(self._llama.token_bos())
@@ -103,7 +107,7 @@ def encode_rows(
 
 @dataclass
 class TrainResult:
-    """What one training run produced (the merged model stays in memory for the export)."""
+    """What one training run produced (the merged model, or the PEFT model, stays in memory for the export)."""
 
     steps: int
     total_steps: int
@@ -115,11 +119,23 @@ class TrainResult:
     peak_rss_mb: float
     threads: int = 1
     model: Any = field(default=None, repr=False)
+    """The LoRA merged into the base weights (``train_lora(merge=True)``), else None."""
+    peft_model: Any = field(default=None, repr=False)
+    """The PEFT model with its LoRA unmerged (``train_lora(merge=False)``: what ``save_pretrained`` writes as an
+    adapter), else None."""
     row_tokens: float = 0.0
     """Mean tokens of a row before ``max_length`` cut it."""
     cut_tokens: float = 0.0
     """Mean tokens a cut row lost (0 when none was cut)."""
     max_cut_tokens: int = 0
+    device: TrainDevice | None = None
+    """Where it trained, in which precision."""
+    memory_estimate_mb: float = 0.0
+    """What ``device.check_fits`` estimated the training needs (MiB, as ``peak_rss_mb``)."""
+    rss_before_mb: float = 0.0
+    """This process's RSS before training (peak RSS minus it: what the training took on the CPU)."""
+    device_peak_mb: float = 0.0
+    """Peak memory torch reserved on a GPU (0 on the CPU)."""
 
     @property
     def first_loss(self) -> float | None:
@@ -170,13 +186,14 @@ def _batch_tensors(rows: list[EncodedRow], pad_id: int) -> tuple[Any, Any, Any, 
     )
 
 
-def answer_loss(causal_lm: Any, rows: list[EncodedRow], bf16: bool, pad_id: int = 0) -> Any:
-    """Mean cross-entropy over the answer tokens; the LM head runs only at those positions."""
+def answer_loss(causal_lm: Any, rows: list[EncodedRow], device: TrainDevice, pad_id: int = 0) -> Any:
+    """Mean cross-entropy over the answer tokens; the LM head runs only at those positions (on ``device``, under
+    its autocast)."""
     import torch
     import torch.nn.functional as F
 
-    input_ids, mask, b_idx, pos, targets = _batch_tensors(rows, pad_id)
-    with torch.autocast(device_type="cpu", dtype=torch.bfloat16, enabled=bf16):
+    input_ids, mask, b_idx, pos, targets = (t.to(device.kind) for t in _batch_tensors(rows, pad_id))
+    with torch.autocast(device_type=device.kind, dtype=getattr(torch, device.autocast_dtype), enabled=device.autocast):
         hidden = causal_lm.model(input_ids=input_ids, attention_mask=mask, use_cache=False).last_hidden_state
         logits = causal_lm.lm_head(hidden[b_idx, pos])
     logits = logits.float()
@@ -194,11 +211,14 @@ def train_lora(
     progress: Callable[[int, int, float], Any] | None = None,
     should_stop: Callable[[], bool] | None = None,
     merge: bool = True,
+    device: TrainDevice | None = None,
 ) -> TrainResult:
-    """Train a LoRA on ``rows`` for ``key``; return losses and (with ``merge``) the merged model.
+    """Train a LoRA on ``rows`` for ``key``; return losses and the merged model (``merge``) or the PEFT model.
 
     ``progress(step, total_steps, loss)`` is called after every optimizer step; ``should_stop()``
-    is checked before every step and raises StepCancelled when it returns True.
+    is checked before every step and raises StepCancelled when it returns True. ``device``: where to train
+    (default ``pick_device``); LMError before the first step when the training does not fit in its memory. The
+    returned model is on the CPU in float32, whatever the device.
     """
     import torch
     from peft import LoraConfig, get_peft_model
@@ -220,9 +240,20 @@ def train_lora(
         )
     batches = batch_schedule(len(encoded), params)
     total = len(batches)
+    device = device or pick_device(bf16=params.bf16)
+    n_params, model_config = model_size(ensure_hf_cache(key))
+    lengths = [len(r.prompt) + len(r.answer) for r in encoded]
+    estimate = check_fits(n_params, params, device, model_config, model=key,
+                          tokens=max(len(b) * max(lengths[i] for i in b) for b in batches),
+                          answer_tokens=max(sum(len(encoded[i].answer) for i in b) for b in batches))
+    logger.info("training on %s (%s): needs %s, %s GB free", device.describe(), device.why, estimate.describe(),
+                f"{device.free_bytes / 2**30:.1f}" if device.free_bytes else "unknown")
+    rss_before = current_rss_mb()
+    if device.kind == "cuda":
+        torch.cuda.reset_peak_memory_stats()
 
     torch.manual_seed(params.seed)
-    base = load_base_model(key)
+    base = load_base_model(key, device)
     config = LoraConfig(
         r=params.lora_rank,
         lora_alpha=params.lora_alpha,
@@ -238,7 +269,7 @@ def train_lora(
     optimizer = torch.optim.AdamW(trainable, lr=params.learning_rate, weight_decay=params.weight_decay)
     logger.info(
         "fine-tuning %s: %d rows, %d steps (batch %d, %d epochs%s), LoRA r=%d alpha=%g, lr=%g, %d trainable "
-        "parameters, %d torch threads, bf16=%s",
+        "parameters, %d torch threads, on %s",
         key,
         len(rows),
         total,
@@ -250,40 +281,47 @@ def train_lora(
         params.learning_rate,
         sum(p.numel() for p in trainable),
         torch.get_num_threads(),
-        params.bf16,
+        device.describe(),
     )
     losses: list[float] = []
     train_started = time.monotonic()
-    for step, batch in enumerate(batches, start=1):
-        if should_stop is not None and should_stop():
-            raise StepCancelled(f"fine-tuning cancelled at step {step - 1} of {total}")
-        step_started = time.monotonic()
-        loss = answer_loss(causal_lm, [encoded[i] for i in batch], params.bf16)
-        if not torch.isfinite(loss):
-            raise LMError(
-                f"fine-tuning diverged at step {step} (loss {loss.item()}); lower learning_rate "
-                f"(now {params.learning_rate})"
+    with _out_of_memory_as_lm_error(device, estimate, params):
+        for step, batch in enumerate(batches, start=1):
+            if should_stop is not None and should_stop():
+                raise StepCancelled(f"fine-tuning cancelled at step {step - 1} of {total}")
+            step_started = time.monotonic()
+            loss = answer_loss(causal_lm, [encoded[i] for i in batch], device)
+            if not torch.isfinite(loss):
+                raise LMError(
+                    f"fine-tuning diverged at step {step} (loss {loss.item()}); lower learning_rate "
+                    f"(now {params.learning_rate})"
+                )
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            value = float(loss.item())
+            losses.append(value)
+            logger.info(
+                "step %d/%d loss %.4f (%.1f s, peak RSS %.0f MB)",
+                step,
+                total,
+                value,
+                time.monotonic() - step_started,
+                peak_rss_mb(),
             )
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        value = float(loss.item())
-        losses.append(value)
-        logger.info(
-            "step %d/%d loss %.4f (%.1f s, peak RSS %.0f MB)",
-            step,
-            total,
-            value,
-            time.monotonic() - step_started,
-            peak_rss_mb(),
-        )
-        if progress is not None:
-            progress(step, total, value)
+            if progress is not None:
+                progress(step, total, value)
     train_seconds = time.monotonic() - train_started
+    device_peak = torch.cuda.max_memory_reserved() / 2**20 if device.kind == "cuda" else 0.0
+    if device.kind != "cpu" or device.dtype != "float32":
+        del base, causal_lm, optimizer, trainable  # the device's copy goes; the LoRA comes back to the CPU
+        peft_model = _lora_on_cpu(key, peft_model, config)
+        if device.kind == "cuda":
+            torch.cuda.empty_cache()
     merged = None
+    peft_model.eval()
     if merge:
-        peft_model.eval()
         merged = peft_model.merge_and_unload()
     return TrainResult(
         steps=len(losses),
@@ -299,27 +337,37 @@ def train_lora(
         peak_rss_mb=peak_rss_mb(),
         threads=threads,
         model=merged,
+        peft_model=None if merge else peft_model,
+        device=device,
+        memory_estimate_mb=round(estimate.total / 2**20, 1),
+        rss_before_mb=rss_before,
+        device_peak_mb=round(device_peak, 1),
     )
 
 
-# --- export ---------------------------------------------------------------------------------------
-
-
-def export_merged(key: str, merged_model: Any, folder: Path, quant: str) -> tuple[Path, float]:
-    """Write ``merged_model`` as ``folder/model.gguf`` quantized to ``quant``; (path, seconds)."""
-    from core.lms import gguf_export
-
-    started = time.monotonic()
-    folder.mkdir(parents=True, exist_ok=True)
-    full = folder / "model.full.gguf"
-    target = folder / "model.gguf"
+@contextmanager
+def _out_of_memory_as_lm_error(device: TrainDevice, estimate: Any, params: TrainParams) -> Iterator[None]:
+    """An out-of-memory error of torch (CUDA's ``OutOfMemoryError``, MPS's RuntimeError) as an LMError with the
+    estimate that let the training start: the process lives on and the run says what to change."""
     try:
-        gguf_export.write_gguf(merged_model.state_dict(), catalog.gguf_path(key), full, dtype="F32")
-        if quant == "F16":
-            gguf_export.write_gguf(merged_model.state_dict(), catalog.gguf_path(key), target, dtype="F16")
-        else:
-            gguf_export.quantize_gguf(full, target, quant, nthread=torch_threads())
-    finally:
-        full.unlink(missing_ok=True)
-    return target, round(time.monotonic() - started, 2)
+        yield
+    except RuntimeError as e:
+        if "out of memory" not in str(e).lower():
+            raise
+        raise LMError(f"fine-tuning ran out of memory on {device.describe()} although it was estimated to need "
+                      f"{estimate.describe()}; lower batch_size (now {params.batch_size}) or max_length (now "
+                      f"{params.max_length}), or free memory on the device") from None
+
+
+def _lora_on_cpu(key: str, peft_model: Any, config: Any) -> Any:
+    """The trained LoRA on a fresh float32 copy of the base weights on the CPU: what the export reads, whatever
+    the device trained on (merged into bfloat16 weights the LoRA's small updates would round away)."""
+    import torch
+    from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+
+    state = {k: v.detach().to("cpu", torch.float32) for k, v in get_peft_model_state_dict(peft_model).items()}
+    fresh = get_peft_model(load_base_model(key), config)
+    set_peft_model_state_dict(fresh, state)
+    fresh.eval()
+    return fresh
 

@@ -1,0 +1,142 @@
+"""Benchmark: a model folder brought as a ``local`` LM against the same model shipped as ``embedded``.
+
+The SmolLM2-135M-Instruct weights the Studio already holds as a Hugging Face folder (the shipped GGUF,
+dequantized once for fine-tuning: ``core.lms.lora.ensure_hf_cache``) are given to the default run's
+configuration as ``{"kind": "local", "path": <that folder>}`` for both roles, the way a user brings their own
+folder; the other variant is the default configuration itself (``embedded``, the shipped GGUF). Each runs
+``p -> w`` on the default run's data, split and budgets (one single-strategy sweep per variant, so the
+strategy's test score is measured as sweeps measure it), through the product's own managers, and reports:
+
+* ``calls_per_min``: LM calls per minute of the baseline evaluation (the same examples and prompts both ways);
+* ``s_per_step``: seconds per LoRA step of the weight step (the fine-tune's ``meta.json``);
+* ``peak_rss_mb``: the worker's peak RSS through the weight step (``meta.json``);
+* ``test``: the test score of ``p -> w`` (the score after the weight step), and the baseline's;
+* ``convert_s``: the local variant's one-time conversion (llama.cpp's ``convert_hf_to_gguf.py`` and quantize),
+  timed before the run (the run then finds it cached by content hash).
+
+The bound (issue 25): the local path within 10 % of the embedded one on each measure (``within_10pct``).
+
+    python bench/own_model.py           # the default run's data, p -> w, both variants (~8 min on 2 cores)
+    python bench/own_model.py --quick   # smoke budget (3/1/1 examples, two LoRA steps): the path, in ~2 min
+
+Progress goes to stderr; the last line of stdout is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench_common import quiet_logging  # noqa: E402 - bench/ is on sys.path when run as a script
+
+STRATEGY = "p -> w"
+
+
+def _log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def _variant(doc: dict[str, Any], home: Path, label: str) -> dict[str, Any]:
+    """One single-strategy sweep of ``doc``: the measures of the module docstring."""
+    from core.config.schema import parse_config
+    from core.run import RunManager
+    from core.run.sweep import SweepManager
+    from core.store import Store
+
+    runs = RunManager(Store(home / f"{label}.db"))
+    sweeps = SweepManager(runs)
+    doc = {**doc, "sweep": {"strategies": [STRATEGY], "seeds": [0]}, "executor": {"kind": "local"}}
+    started = time.perf_counter()
+    with contextlib.redirect_stdout(sys.stderr):  # DSPy prints progress
+        sweep_id = sweeps.start(parse_config(doc))
+        sweeps.wait(sweep_id)
+    wall = time.perf_counter() - started
+    summary = sweeps.store.get_sweep(sweep_id).summary
+    seed = summary.results[0].seeds[0]
+    store = runs.store
+    run = store.get_run(seed.run_id)
+    rounds = store.list_rounds(seed.run_id)
+    baseline = next((r for r in rounds if r.index == 0), None)
+    calls = sum(int(u.get("calls") or 0) for u in baseline.lm_usage.values()) if baseline else 0
+    seconds = baseline.details.phases.get("baseline evaluation") if baseline else None
+    if not seconds and baseline is not None:
+        seconds = sum(baseline.details.phases.values())
+    train: dict[str, Any] = {}
+    for artifact in store.list_artifacts(seed.run_id, "weights"):
+        meta = Path(artifact.path) / "meta.json"
+        if meta.is_file():
+            train = json.loads(meta.read_text(encoding="utf-8")).get("train") or {}
+    result = {
+        "status": run.status.value, "error": run.error or seed.error, "wall_s": round(wall, 1),
+        "calls_per_min": round(60 * calls / seconds, 1) if calls and seconds else None,
+        "baseline_calls": calls, "baseline_eval_s": round(seconds, 1) if seconds else None,
+        "s_per_step": train.get("seconds_per_step"), "steps": train.get("steps"),
+        "peak_rss_mb": train.get("peak_rss_mb"), "device": train.get("device"),
+        "test": seed.test_score, "test_baseline": run.test_baseline_score, "val": seed.val_score,
+    }
+    _log(f"{label}: {json.dumps(result)}")
+    return result
+
+
+def _within(local: float | None, embedded: float | None, higher_is_better: bool) -> bool | None:
+    if local is None or embedded is None or embedded == 0:
+        return None
+    ratio = local / embedded
+    return ratio >= 0.9 if higher_is_better else ratio <= 1.1
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smoke budget: 3/1/1 examples, two LoRA steps")
+    parser.add_argument("--quant", default=None, help="the local model's GGUF type (default: the local kind's own)")
+    args = parser.parse_args()
+    quiet_logging()
+    from core.config.defaults import default_config_dict, with_smoke_budget
+    from core.lms.lora import ensure_hf_cache
+
+    with tempfile.TemporaryDirectory(prefix="bench-own-model-") as tmp:
+        home = Path(tmp)
+        os.environ.setdefault("STUDIO_HOME", str(home / "studio"))
+        folder = ensure_hf_cache("smollm2-135m")
+        embedded = default_config_dict()
+        if args.quick:
+            with_smoke_budget(embedded, train=3, val=1, test=1)
+        local_spec: dict[str, Any] = {"kind": "local", "path": str(folder)}
+        if args.quant:
+            local_spec["quant"] = args.quant
+        local = json.loads(json.dumps(embedded))
+        local["lms"] = {name: dict(local_spec) for name in local["lms"]}
+
+        from core.lms.local import inspect_local, local_gguf, register_local
+
+        started = time.perf_counter()
+        key = register_local(inspect_local(folder, **({"quant": args.quant} if args.quant else {})))
+        gguf = local_gguf(key)
+        convert_s = round(time.perf_counter() - started, 1)
+        _log(f"local model {key}: {gguf.name} ({gguf.stat().st_size / 1e6:.0f} MB) in {convert_s} s")
+
+        results = {"embedded": _variant(embedded, home, "embedded"), "local": _variant(local, home, "local")}
+    e, loc = results["embedded"], results["local"]
+    within = {
+        "calls_per_min": _within(loc["calls_per_min"], e["calls_per_min"], True),
+        "s_per_step": _within(loc["s_per_step"], e["s_per_step"], False),
+        "peak_rss_mb": _within(loc["peak_rss_mb"], e["peak_rss_mb"], False),
+        "test": _within(loc["test"], e["test"], True),
+    }
+    print(json.dumps({"bench": "own_model", "quick": args.quick, "strategy": STRATEGY, "model": "SmolLM2-135M-Instruct",
+                      "local_gguf": {"file": gguf.name, "mb": round(gguf.stat().st_size / 1e6, 1)} if gguf else None,
+                      "convert_s": convert_s, **results, "within_10pct": within,
+                      "ok": all(v is True for v in within.values())}))
+
+
+if __name__ == "__main__":
+    main()
