@@ -88,8 +88,12 @@ def _variant(doc: dict[str, Any], home: Path, label: str) -> dict[str, Any]:
 
 
 def _within(local: float | None, embedded: float | None, higher_is_better: bool) -> bool | None:
-    if local is None or embedded is None or embedded == 0:
+    if local is None or embedded is None:
         return None
+    if local == embedded:
+        return True
+    if embedded == 0:
+        return higher_is_better
     ratio = local / embedded
     return ratio >= 0.9 if higher_is_better else ratio <= 1.1
 
@@ -103,6 +107,11 @@ def main() -> None:
     from core.config.defaults import default_config_dict, with_smoke_budget
     from core.lms.lora import ensure_hf_cache
 
+    from core.paths import model_cache_dir
+
+    # the runs' records in a temporary home; the model cache stays the user's (the dequantized SmolLM2 folder and
+    # the local model's GGUF are made once, as a user's would be)
+    os.environ.setdefault("STUDIO_MODEL_CACHE", str(model_cache_dir()))
     with tempfile.TemporaryDirectory(prefix="bench-own-model-") as tmp:
         home = Path(tmp)
         os.environ.setdefault("STUDIO_HOME", str(home / "studio"))
@@ -118,11 +127,15 @@ def main() -> None:
 
         from core.lms.local import inspect_local, local_gguf, register_local
 
+        from core.lms.local import gguf_target
+
         started = time.perf_counter()
-        key = register_local(inspect_local(folder, **({"quant": args.quant} if args.quant else {})))
-        gguf = local_gguf(key)
+        model = inspect_local(folder, **({"quant": args.quant} if args.quant else {}))
+        cached = gguf_target(model).is_file()
+        gguf = local_gguf(register_local(model))
         convert_s = round(time.perf_counter() - started, 1)
-        _log(f"local model {key}: {gguf.name} ({gguf.stat().st_size / 1e6:.0f} MB) in {convert_s} s")
+        gguf_info = {"file": str(gguf), "mb": round(gguf.stat().st_size / 1e6, 1), "was_cached": cached}
+        _log(f"local model {model.key}: {gguf_info} in {convert_s} s")
 
         results = {"embedded": _variant(embedded, home, "embedded"), "local": _variant(local, home, "local")}
     e, loc = results["embedded"], results["local"]
@@ -133,7 +146,7 @@ def main() -> None:
         "test": _within(loc["test"], e["test"], True),
     }
     print(json.dumps({"bench": "own_model", "quick": args.quick, "strategy": STRATEGY, "model": "SmolLM2-135M-Instruct",
-                      "local_gguf": {"file": gguf.name, "mb": round(gguf.stat().st_size / 1e6, 1)} if gguf else None,
+                      "local_gguf": gguf_info,
                       "convert_s": convert_s, **results, "within_10pct": within,
                       "ok": all(v is True for v in within.values())}))
 
