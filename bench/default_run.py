@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench_common import quiet_logging  # noqa: E402 - bench/ is on sys.path when run as a script
+from bench_common import quiet_logging, rss_mb  # noqa: E402 - bench/ is on sys.path when run as a script
 
 
 def _seconds(started: str | None, finished: str | None) -> float | None:
@@ -100,7 +100,11 @@ def main() -> int:
     with contextlib.redirect_stdout(sys.stderr):
         run_id = manager.start(config)
         seen = 0
+        worker_peak = None  # the worker process's peak RSS (VmHWM), read while it lives
         while not manager.wait(run_id, timeout=1.0):
+            row = manager.store.db.execute("select worker_pid from runs where id = ?", [run_id]).fetchone()
+            if row and row[0]:
+                worker_peak = max(worker_peak or 0.0, rss_mb(row[0], "VmHWM") or 0.0) or worker_peak
             for event in manager.store.list_events(run_id, since_id=seen):
                 seen = event.id
                 if event.kind not in ("progress",):
@@ -121,6 +125,7 @@ def main() -> int:
         "status": run.status.value,
         "error": run.error,
         "wall_seconds": round(wall, 1),
+        "worker_peak_rss_mb": worker_peak,
         "goal_seconds": 300,  # issue 11: the default run in 5 minutes on 2 cores
         "estimate_seconds": round(predicted, 1),
         "estimate_error_pct": round(100 * (predicted - wall) / wall, 1) if wall else None,

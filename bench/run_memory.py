@@ -31,18 +31,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench_common import rss_mb  # noqa: E402 - bench/ is on sys.path when run as a script
+
 BOUND_MB = 100.0
-
-
-def rss_mb(pid: int | str = "self", field: str = "VmRSS") -> float | None:
-    """Resident memory of a process from ``/proc`` (``VmHWM`` is its peak); None where unknown."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return round(int(line.split()[1]) / 1024, 1)
-    except (OSError, ValueError):
-        return None
-    return None
 
 
 def _config(lm: str, quick: bool):

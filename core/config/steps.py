@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from core.errors import shown
+from core.lms.lora.params import FLAGS as TRAIN_FLAGS
 from core.lms.lora.params import PARAMS as TRAIN_PARAMS
 
 Kind = Literal["prompt", "weight"]
@@ -102,6 +103,10 @@ class FinetuneSettings(Settings):
     lora_alpha: int = _train_param("lora_alpha")
     batch_size: int = _train_param("batch_size")
     max_length: int = _train_param("max_length")
+    micro_batch_tokens: int = _train_param("micro_batch_tokens")
+    gradient_checkpointing: bool = Field(
+        TRAIN_FLAGS["gradient_checkpointing"],
+        description="recompute activations in the backward pass instead of keeping them (less memory, slower steps)")
     serve: Literal["lora", "merged"] = _train_param("serve")
     # how the weight step picks its training rows
     min_score: float = Field(
@@ -122,7 +127,8 @@ class FinetuneSettings(Settings):
 
     def train_kwargs(self) -> dict[str, Any]:
         """The provider's hyper-parameters among these settings, by name (for ``lm.finetune``)."""
-        return {name: getattr(self, name) for name in type(self).model_fields if name in TRAIN_PARAMS}
+        return {name: getattr(self, name) for name in type(self).model_fields
+                if name in TRAIN_PARAMS or name in TRAIN_FLAGS}
 
 
 def lm_settings(settings: Settings) -> dict[str, Any]:

@@ -84,15 +84,45 @@ def test_mps_comes_second_bfloat16_only_where_it_runs(monkeypatch: pytest.Monkey
     assert pick_device(bf16=False).dtype == "float32"
 
 
-def test_the_cpu_keeps_float32_weights_and_the_bf16_setting_decides_autocast(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("native", [True, False])
+def test_the_cpu_trains_bfloat16_weights_only_where_it_computes_in_bfloat16(
+        monkeypatch: pytest.MonkeyPatch, native: bool) -> None:
     no_gpu(monkeypatch)
+    monkeypatch.setattr(dev, "cpu_computes_bf16", lambda torch: native)
     on, off = pick_device(), pick_device(bf16=False)
-    assert (on.kind, on.dtype, on.autocast) == ("cpu", "float32", True)
+    if native:
+        assert (on.kind, on.dtype, on.autocast) == ("cpu", "bfloat16", True)
+        assert on.describe() == "cpu (bfloat16)" and "AMX" in on.why
+    else:
+        assert (on.kind, on.dtype, on.autocast) == ("cpu", "float32", True)
+        assert on.describe() == "cpu (float32, bf16 autocast on)" and "no bfloat16" in on.why
     assert (off.kind, off.dtype, off.autocast) == ("cpu", "float32", False)
-    assert on.describe() == "cpu (float32, bf16 autocast on)" and off.describe() == "cpu (float32, bf16 autocast off)"
+    assert off.describe() == "cpu (float32, bf16 autocast off)"
     assert 0 < on.free_bytes <= on.total_bytes
     assert dev.available_kinds() == ["cpu"]
+
+
+def test_cpu_bfloat16_is_read_from_the_cpu_flags_when_torch_cannot_say(monkeypatch: pytest.MonkeyPatch,
+                                                                       tmp_path: Path) -> None:
+    class NoMkldnn:
+        class ops:
+            class mkldnn:
+                @staticmethod
+                def _is_mkldnn_bf16_supported() -> bool:
+                    raise RuntimeError("not in this build")
+
+    real_path = Path
+
+    def cpuinfo(flags: str) -> None:
+        (tmp_path / "cpuinfo").write_text(f"processor : 0\nflags : fpu sse2 avx2 {flags}\n", encoding="ascii")
+        monkeypatch.setattr(dev, "Path", lambda p: real_path(tmp_path / "cpuinfo") if p == "/proc/cpuinfo"
+                            else real_path(p))
+
+    cpuinfo("amx_bf16 amx_tile")
+    assert dev.cpu_computes_bf16(NoMkldnn) is True
+    cpuinfo("avx512f")
+    assert dev.cpu_computes_bf16(NoMkldnn) is False
+    assert dev.cpu_computes_bf16(torch) == torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 def test_system_memory_falls_back_to_proc_meminfo_without_psutil(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -148,12 +178,20 @@ def test_the_estimate_stays_just_above_the_measured_cpu_peaks(smollm2: tuple[int
     n_params, config = smollm2
     for bf16, measured in ((True, 4764), (False, 7569)):
         cpu = TrainDevice("cpu", "float32", bf16)
-        estimate = estimate_memory(n_params, TrainParams(bf16=bf16), cpu, config, answer_tokens=8 * 18)
+        estimate = estimate_memory(n_params, TrainParams(bf16=bf16, micro_batch_tokens=8 * 384), cpu, config,
+                                   answer_tokens=8 * 18)
         assert estimate.tokens == 8 * 384
         assert measured < estimate.total / 2**20 < measured * 1.25, (bf16, estimate.describe())
     bench = estimate_memory(n_params, TrainParams(), TrainDevice("cpu", "float32", True), config, tokens=2224,
                             answer_tokens=150)
     assert 4190 < bench.total / 2**20 < 4190 * 1.1  # bench/finetune.py --quick: 4190 MiB measured
+    # bench/finetune_memory.py: batch 8 of 384-token rows in passes of at most 768 (two rows), then 384 (one row)
+    for device, tokens, measured in ((TrainDevice("cpu", "float32", True), 768, 1914),
+                                     (TrainDevice("cpu", "bfloat16", True), 768, 1398),
+                                     (TrainDevice("cpu", "bfloat16", True), 384, 900)):
+        passes = estimate_memory(n_params, TrainParams(micro_batch_tokens=tokens), device, config, answer_tokens=20)
+        assert passes.tokens == tokens
+        assert measured < passes.total / 2**20 < measured * 1.3, (device, tokens, passes.describe())
     gpu = TrainDevice("cuda", "bfloat16", True)
     on_gpu = estimate_memory(n_params, TrainParams(), gpu, config)
     assert on_gpu.weights == n_params * 2 and on_gpu.autocast_copies == 0 and on_gpu.overhead == GIB
@@ -166,10 +204,20 @@ def test_check_fits_refuses_before_training_with_the_numbers(smollm2: tuple[int,
         check_fits(n_params, TrainParams(), small, config, model=KEY)
     message = str(refused.value)
     assert message.startswith("fine-tuning smollm2-135m (135 M parameters) needs ~")
-    assert "activations" in message and "for 3072 tokens a batch" in message
-    assert "2 GB free on cuda: Fake GPU (bfloat16); lower batch_size (now 8) or max_length (now 384)" in message
-    # a smaller batch fits the same device
-    assert check_fits(n_params, TrainParams(batch_size=1, max_length=64), small, config).total < 2 * GIB
+    assert "activations" in message and "for 768 tokens a pass" in message
+    assert "2 GB free on cuda: Fake GPU (bfloat16); lower micro_batch_tokens (now 768: the tokens of one pass) or " \
+           "max_length (now 384), turn gradient_checkpointing on" in message
+    # smaller passes fit the same device
+    assert check_fits(n_params, TrainParams(micro_batch_tokens=64, max_length=64), small, config).total < 2 * GIB
+
+
+def test_gradient_checkpointing_keeps_a_fraction_of_the_activations(smollm2: tuple[int, dict]) -> None:
+    n_params, config = smollm2
+    cpu = TrainDevice("cpu", "bfloat16", True)
+    kept = estimate_memory(n_params, TrainParams(), cpu, config, tokens=768)
+    recomputed = estimate_memory(n_params, TrainParams(gradient_checkpointing=True), cpu, config, tokens=768)
+    assert recomputed.activations < kept.activations / 10
+    assert recomputed.total - recomputed.activations == kept.total - kept.activations
     # free memory unknown (0): not checked
     assert check_fits(n_params, TrainParams(), TrainDevice("cpu", "float32", True), config).total > GIB
 

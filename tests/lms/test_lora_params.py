@@ -32,7 +32,7 @@ NUMERIC = [name for name in SHARED if not PARAMS[name].choices]
 
 def test_the_config_exposes_the_provider_hyper_parameters_it_always_had() -> None:
     assert SHARED == ["epochs", "max_steps", "learning_rate", "lora_rank", "lora_alpha", "batch_size", "max_length",
-                      "serve"]
+                      "micro_batch_tokens", "serve"]
 
 
 @pytest.mark.parametrize("name", NUMERIC)
@@ -94,7 +94,8 @@ def test_train_params_defaults_are_the_table() -> None:
     assert {name: defaults[name] for name in PARAMS} == {name: spec.default for name, spec in PARAMS.items()}
     params, _ = parse_train_kwargs("gemma3-270m", {"output_dir": "out"})
     assert params == TrainParams(quant="Q8_0")
-    assert FinetuneSettings().train_kwargs() == {name: PARAMS[name].default for name in SHARED}
+    assert FinetuneSettings().train_kwargs() == {**{name: PARAMS[name].default for name in SHARED},
+                                                 "gradient_checkpointing": FLAGS["gradient_checkpointing"]}
 
 
 @pytest.mark.parametrize(
@@ -146,7 +147,7 @@ def test_weight_step_hands_every_setting_to_the_provider(tmp_path: Path, monkeyp
         step.compile(program, trainset=trainset)
     assert len(received) == 1
     sent = received[0]
-    assert {name: sent[name] for name in SHARED} == settings.train_kwargs()
+    assert {name: sent[name] for name in [*SHARED, "gradient_checkpointing"]} == settings.train_kwargs()
     assert sent["seed"] == 7
     params, _ = parse_train_kwargs(KEY, sent)  # what the weight step sends, the LoRA provider accepts
     assert (params.epochs, params.max_steps, params.lora_alpha, params.seed, params.serve) == (3, 5, 12, 7, "merged")

@@ -161,6 +161,23 @@ def batch_schedule(n_rows: int, params: TrainParams) -> list[list[int]]:
     return batches
 
 
+def micro_batches(batch: Sequence[int], lengths: Sequence[int], budget: int) -> list[list[int]]:
+    """The rows of one optimizer step (indices into ``lengths``, their tokens) as forward passes of at most
+    ``budget`` padded tokens each: longest first, so a pass pads to its first row; a row longer than the budget
+    goes alone. Their gradients add up to the whole batch's (``train_lora`` weighs each pass by its answer
+    tokens), in the memory of one pass."""
+    out: list[list[int]] = []
+    current: list[int] = []
+    for i in sorted(batch, key=lambda i: (-lengths[i], i)):
+        if current and (len(current) + 1) * lengths[current[0]] > budget:
+            out.append(current)
+            current = []
+        current.append(i)
+    if current:
+        out.append(current)
+    return out
+
+
 def _batch_tensors(rows: list[EncodedRow], pad_id: int) -> tuple[Any, Any, Any, Any, Any]:
     """(input_ids, attention_mask, target row index, target hidden position, target token ids)."""
     import torch
@@ -243,9 +260,10 @@ def train_lora(
     device = device or pick_device(bf16=params.bf16)
     n_params, model_config = model_size(ensure_hf_cache(key))
     lengths = [len(r.prompt) + len(r.answer) for r in encoded]
+    passes = [micro_batches(b, lengths, params.micro_batch_tokens) for b in batches]
     estimate = check_fits(n_params, params, device, model_config, model=key,
-                          tokens=max(len(b) * max(lengths[i] for i in b) for b in batches),
-                          answer_tokens=max(sum(len(encoded[i].answer) for i in b) for b in batches))
+                          tokens=max(len(m) * lengths[m[0]] for p in passes for m in p),
+                          answer_tokens=max(sum(len(encoded[i].answer) for i in m) for p in passes for m in p))
     logger.info("training on %s (%s): needs %s, %s GB free", device.describe(), device.why, estimate.describe(),
                 f"{device.free_bytes / 2**30:.1f}" if device.free_bytes else "unknown")
     rss_before = current_rss_mb()
@@ -263,17 +281,20 @@ def train_lora(
         task_type="CAUSAL_LM",
     )
     peft_model = get_peft_model(base, config)
-    peft_model.train()
     causal_lm = peft_model.get_base_model()
+    if params.gradient_checkpointing:  # each layer's activations recomputed in the backward pass
+        causal_lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    peft_model.train()
     trainable = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=params.learning_rate, weight_decay=params.weight_decay)
     logger.info(
-        "fine-tuning %s: %d rows, %d steps (batch %d, %d epochs%s), LoRA r=%d alpha=%g, lr=%g, %d trainable "
-        "parameters, %d torch threads, on %s",
+        "fine-tuning %s: %d rows, %d steps (batch %d in passes of at most %d tokens, %d epochs%s), LoRA r=%d "
+        "alpha=%g, lr=%g, %d trainable parameters, %d torch threads, on %s",
         key,
         len(rows),
         total,
         params.batch_size,
+        params.micro_batch_tokens,
         params.epochs,
         f", max_steps {params.max_steps}" if params.max_steps else "",
         params.lora_rank,
@@ -286,21 +307,26 @@ def train_lora(
     losses: list[float] = []
     train_started = time.monotonic()
     with _out_of_memory_as_lm_error(device, estimate, params):
-        for step, batch in enumerate(batches, start=1):
+        for step, (batch, batch_passes) in enumerate(zip(batches, passes, strict=True), start=1):
             if should_stop is not None and should_stop():
                 raise StepCancelled(f"fine-tuning cancelled at step {step - 1} of {total}")
             step_started = time.monotonic()
-            loss = answer_loss(causal_lm, [encoded[i] for i in batch], device)
-            if not torch.isfinite(loss):
-                raise LMError(
-                    f"fine-tuning diverged at step {step} (loss {loss.item()}); lower learning_rate "
-                    f"(now {params.learning_rate})"
-                )
-            loss.backward()
+            answers = sum(len(encoded[i].answer) for i in batch)
+            value = 0.0
+            for micro in batch_passes:  # the batch's mean loss over its answer tokens, one pass at a time
+                loss = answer_loss(causal_lm, [encoded[i] for i in micro], device)
+                if not torch.isfinite(loss):
+                    raise LMError(
+                        f"fine-tuning diverged at step {step} (loss {loss.item()}); lower learning_rate "
+                        f"(now {params.learning_rate})"
+                    )
+                share = sum(len(encoded[i].answer) for i in micro) / answers
+                (loss * share).backward()
+                value += float(loss.item()) * share
+                del loss
             torch.nn.utils.clip_grad_norm_(trainable, 1.0)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            value = float(loss.item())
             losses.append(value)
             logger.info(
                 "step %d/%d loss %.4f (%.1f s, peak RSS %.0f MB)",
