@@ -26,6 +26,7 @@ from typing import Any
 
 import dspy
 
+from core.config.local_lm import LocalLMSpec
 from core.config.schema import (
     FactoryLMSpec,
     FileSource,
@@ -267,6 +268,23 @@ class RunPlan:
                    base_dir=None if data["base_dir"] is None else Path(data["base_dir"]))
 
 
+def local_paths_resolved(config: RunConfig, base_dir: Path | None) -> RunConfig:
+    """``config`` with each ``local`` LM's relative ``path`` and ``weights`` made absolute against ``base_dir``
+    (the configuration file's folder, as for a data file or a program file), so the run reads the same model
+    whatever folder it is started or resumed from; unchanged without ``base_dir`` (the app's documents: the working
+    folder) or when every path is absolute or starts with ``~``."""
+    if base_dir is None:
+        return config
+    lms = {}
+    for name, spec in config.lms.items():
+        if isinstance(spec, LocalLMSpec):
+            update = {field: str(base_dir / value) for field in ("path", "weights")
+                      if (value := getattr(spec, field)) and not value.startswith("~") and not Path(value).is_absolute()}
+            spec = spec.model_copy(update=update) if update else spec
+        lms[name] = spec
+    return config if lms == dict(config.lms) else config.model_copy(update={"lms": lms})
+
+
 def plan_run(config: RunConfig, *, base_dir: Path | None = None) -> RunPlan:
     """Check everything a run needs and read its data; raises a ``StudioError`` naming the first problem.
 
@@ -275,6 +293,7 @@ def plan_run(config: RunConfig, *, base_dir: Path | None = None) -> RunPlan:
     """
     register_config_secrets(config)  # its keys' values are redacted from every message from now on
     base_dir = None if base_dir is None else Path(base_dir).resolve()  # the worker runs elsewhere
+    config = local_paths_resolved(config, base_dir)
     program = build_program(config.program, allow_user_code=config.allow_user_code, base_dir=base_dir)
     _check_fields(config, module_fields(program))
     _check_predictor_names(config, [name for name, _ in program.named_predictors()])

@@ -56,7 +56,7 @@ class RunManager:
     def start(self, config: RunConfig, *, base_dir: Path | None = None) -> int:
         """Check ``config``, create the run and start supervising it; returns the run id at once."""
         plan = plan_run(config, base_dir=base_dir)
-        run_id = self.store.create_run(config.name, config, RunStatus.QUEUED, local_cpu=plan.uses_local_cpu,
+        run_id = self.store.create_run(config.name, plan.config, RunStatus.QUEUED, local_cpu=plan.uses_local_cpu,
                                        base_dir=plan.base_dir)
         self._supervise(run_id, plan, resume=False)
         return run_id

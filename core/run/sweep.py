@@ -205,7 +205,7 @@ class SweepManager:
         sweep = plan_sweep(config)
         executor = executor_for(config.executor, self.runs)
         plan = plan_run(config, base_dir=base_dir)
-        sweep_id = self.store.create_sweep(config.name, config, sweep.children, base_dir=plan.base_dir)
+        sweep_id = self.store.create_sweep(config.name, plan.config, sweep.children, base_dir=plan.base_dir)
         self._drive(sweep_id, plan, executor)
         return sweep_id
 

@@ -204,3 +204,22 @@ def test_recipes_state_only_what_they_change_of_the_table() -> None:
         train_overrides(epoch=4)
     with pytest.raises(LMError, match=r"train_kwargs\['epochs'\].* out of range"):
         train_overrides(epochs=99)
+
+
+def test_the_training_peak_is_its_own_not_an_earlier_one_of_the_process() -> None:
+    """A long-lived process (the app, these tests) peaked before a fine-tune; the fine-tune's peak starts afresh
+    while the process's lifetime peak is kept."""
+    from core.lms.lora.params import peak_rss_mb, restart_peak_rss, window_peak_rss_mb
+
+    big = bytearray(400 * 2**20)  # touched: 400 MiB resident
+    big[:: 4096] = b"\1" * len(big[:: 4096])
+    high = window_peak_rss_mb()
+    del big
+    assert restart_peak_rss()  # Linux
+    window = window_peak_rss_mb()
+    assert window < high - 300, (window, high)
+    assert peak_rss_mb() >= high - 1  # the kernel keeps its high-water mark lazily: within pages of it
+    small = bytearray(100 * 2**20)
+    small[:: 4096] = b"\1" * len(small[:: 4096])
+    assert window + 80 < window_peak_rss_mb() < high
+    del small

@@ -91,3 +91,29 @@ def test_start_contacts_an_endpoint_only_when_everything_local_is_right() -> Non
         with pytest.raises(DataError, match="no such column"):
             plan_run(parse_config(doc))
         assert listener.requests == []  # the key did not leave the machine for a run that cannot start
+
+
+def test_a_local_model_s_relative_path_is_read_against_the_configuration_s_folder(tmp_path: Path,
+                                                                                  monkeypatch) -> None:
+    """As a data or program file: ``studio run configs/x.json`` from any folder reads ``models/m`` next to the
+    configuration, and the run records the absolute path (a resume from elsewhere reads the same model)."""
+    from core.config.local_lm import LocalLMSpec
+    from core.errors import LMError
+    from core.plan.prepare import local_paths_resolved
+
+    doc = scripted_config_dict("classifier")
+    doc["lms"]["large"] = {"kind": "local", "path": "models/mine"}
+    doc["lms"]["other"] = {"kind": "local", "path": "~/models/home", "quant": "Q8_0"}
+    doc["lms"]["gguf"] = {"kind": "local", "path": "/abs/m.gguf", "weights": "hf/m"}
+    config = parse_config(doc)
+    base = tmp_path / "configs"
+    resolved = local_paths_resolved(config, base)
+    assert resolved.lms["large"] == LocalLMSpec(kind="local", path=str(base / "models/mine"))
+    assert resolved.lms["other"] == config.lms["other"]  # ~ is the user's home, not the folder's
+    assert (resolved.lms["gguf"].path, resolved.lms["gguf"].weights) == ("/abs/m.gguf", str(base / "hf/m"))
+    assert resolved.lms["small"] == config.lms["small"]
+    assert local_paths_resolved(config, None) is config
+    monkeypatch.chdir(tmp_path)
+    doc["lms"] = {"large": {"kind": "local", "path": "models/mine"}, "small": doc["lms"]["small"]}
+    with pytest.raises(LMError, match=f"local model path '{base / 'models/mine'}' does not exist"):
+        plan_run(parse_config(doc), base_dir=base)

@@ -220,7 +220,42 @@ def torch_threads() -> int:
     return threads_for_native_code("STUDIO_TORCH_THREADS")
 
 
+_earlier_peak_kb = 0
+"""The process's peak before the last ``restart_peak_rss`` (which lowers the kernel's own)."""
+
+
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, in MB (Linux ``ru_maxrss`` is in KiB)."""
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    """Peak resident memory of this process so far, in MB (Linux ``ru_maxrss`` is in KiB), the peak before any
+    ``restart_peak_rss`` included."""
+    return round(max(_earlier_peak_kb, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) / 1024, 1)
+
+
+def restart_peak_rss() -> bool:
+    """Start a new peak for ``window_peak_rss_mb``: Linux resets a process's high-water RSS (VmHWM) when ``5`` is
+    written to ``/proc/self/clear_refs``. A long-lived process (the tests', the app's) may have peaked higher before
+    a fine-tune than the fine-tune does, so the process's lifetime peak says nothing about what training took.
+    False where the reset is not possible (``window_peak_rss_mb`` is then the lifetime peak)."""
+    global _earlier_peak_kb
+    _earlier_peak_kb = max(_earlier_peak_kb, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, _vm_hwm_kb() or 0)
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return _vm_hwm_kb() is not None
+
+
+def _vm_hwm_kb() -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def window_peak_rss_mb() -> float:
+    """Peak resident memory since the last ``restart_peak_rss``, in MB (the lifetime peak where it cannot tell)."""
+    kb = _vm_hwm_kb()
+    return round(kb / 1024, 1) if kb is not None else peak_rss_mb()
 

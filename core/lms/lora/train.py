@@ -14,7 +14,7 @@ from core.errors import LMError, StepCancelled
 from core.lms import catalog
 from core.lms.lora.base_weights import ensure_hf_cache, load_base_model
 from core.lms.lora.device import TrainDevice, check_fits, current_rss_mb, model_size, pick_device
-from core.lms.lora.params import TrainParams, peak_rss_mb, torch_threads
+from core.lms.lora.params import TrainParams, restart_peak_rss, torch_threads, window_peak_rss_mb
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +117,8 @@ class TrainResult:
     rows: int
     truncated_rows: int
     peak_rss_mb: float
+    """Peak RSS through the training steps (the process's earlier peaks not counted; the merge after them not
+    either: meta.json's ``peak_rss_mb`` is the process's whole peak)."""
     threads: int = 1
     model: Any = field(default=None, repr=False)
     """The LoRA merged into the base weights (``train_lora(merge=True)``), else None."""
@@ -266,6 +268,7 @@ def train_lora(
                           answer_tokens=max(sum(len(encoded[i].answer) for i in m) for p in passes for m in p))
     logger.info("training on %s (%s): needs %s, %s GB free", device.describe(), device.why, estimate.describe(),
                 f"{device.free_bytes / 2**30:.1f}" if device.free_bytes else "unknown")
+    restart_peak_rss()  # the peak below is the training's, not an earlier one of this process
     rss_before = current_rss_mb()
     if device.kind == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -334,11 +337,12 @@ def train_lora(
                 total,
                 value,
                 time.monotonic() - step_started,
-                peak_rss_mb(),
+                window_peak_rss_mb(),
             )
             if progress is not None:
                 progress(step, total, value)
     train_seconds = time.monotonic() - train_started
+    train_peak = window_peak_rss_mb()  # before the LoRA comes back to the CPU or is merged
     device_peak = torch.cuda.max_memory_reserved() / 2**20 if device.kind == "cuda" else 0.0
     if device.kind != "cpu" or device.dtype != "float32":
         del base, causal_lm, optimizer, trainable  # the device's copy goes; the LoRA comes back to the CPU
@@ -360,7 +364,7 @@ def train_lora(
         row_tokens=round(sum(len(r.prompt) + len(r.answer) + r.cut for r in encoded) / len(encoded), 1),
         cut_tokens=round(sum(cuts) / len(cuts), 1) if cuts else 0.0,
         max_cut_tokens=max(cuts, default=0),
-        peak_rss_mb=peak_rss_mb(),
+        peak_rss_mb=train_peak,
         threads=threads,
         model=merged,
         peft_model=None if merge else peft_model,
