@@ -107,6 +107,10 @@ class FinetuneSettings(Settings):
     gradient_checkpointing: bool = Field(
         TRAIN_FLAGS["gradient_checkpointing"],
         description="recompute activations in the backward pass instead of keeping them (less memory, slower steps)")
+    release_served_models: bool = Field(
+        TRAIN_FLAGS["release_served_models"],
+        description="close the llama.cpp models this process serves while the weights train (less memory; the "
+                    "first call after the step loads its model again)")
     serve: Literal["lora", "merged"] = _train_param("serve")
     # how the weight step picks its training rows
     min_score: float = Field(

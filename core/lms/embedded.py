@@ -56,6 +56,7 @@ from core.lms.llama_models import (
     n_ctx,
     n_threads,
     read_artifact,
+    release_models,
 )
 
 # llama_models' names, not the module: with ``from core.lms import llama_models`` here the loaded models lived into the
@@ -100,6 +101,10 @@ class LlamaEngine:
 
     def close(self) -> None:
         """Nothing to release per LM: loaded models live for the process."""
+
+    def release_models(self) -> list[str]:
+        """Close every model this process has loaded (``llama_models.release_models``); calls load them again."""
+        return release_models()
 
     # -- fine-tuned models
     def register_finetuned(self, model_name: str, artifact_dir: Path) -> None:
@@ -161,7 +166,7 @@ class LlamaEngine:
         cache = active_cache() if not config.temperature else None  # per-run cache of deterministic calls
         key = (request.model, prompt, grammar_text, config.max_tokens or 512, tuple(stop))
         result = cache.get(key) if cache is not None else None
-        if result is None:
+        while result is None:
             result = self._generate(
                 loaded,
                 prompt,
@@ -171,7 +176,9 @@ class LlamaEngine:
                 stop=stop,
                 seed=config.seed,
             )
-            if cache is not None:
+            if result is None:  # released meanwhile (a weight step frees memory): load it again
+                loaded = self.resolve(request.model)
+            elif cache is not None:
                 cache.put(key, result)
         return Response(
             id=None,
@@ -199,10 +206,13 @@ class LlamaEngine:
         temperature: float,
         stop: list[str],
         seed: int | None = None,
-    ) -> Generation:
-        llama = loaded.llama
-        compiled = grammar.compile_grammar(grammar_text, llama) if grammar_text else None
+    ) -> Generation | None:
+        """The generation, or None where ``loaded`` was released before its lock was free."""
         with loaded.lock:
+            if loaded.closed:
+                return None
+            llama = loaded.llama
+            compiled = grammar.compile_grammar(grammar_text, llama) if grammar_text else None
             if self.cancelled():
                 raise RunCancelled("the run was cancelled")
             tokens = llama.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)

@@ -160,40 +160,50 @@ def write_gguf(
             int(gguf.LlamaFileType.ALL_F32 if dtype == "F32" else gguf.LlamaFileType.MOSTLY_F16)
         )
 
-        copied = []
-        for tensor in reader.tensors:
-            expected_shape = tuple(int(d) for d in reversed(tensor.shape.tolist()))
-            hf_name = by_gguf.get(tensor.name)
-            if hf_name is None:
-                # Not produced by the HF model (e.g. rope frequency tables): keep the original bytes.
-                writer.add_tensor(
-                    tensor.name,
-                    np.asarray(tensor.data),
-                    raw_shape=expected_shape,
-                    raw_dtype=tensor.tensor_type,
-                )
-                copied.append(tensor.name)
-                continue
+        # Two passes: the tensors' shapes and types first (the header needs them), then each tensor's data made
+        # and written one at a time, so no more than one converted weight is in memory beside the model (GGUFWriter's
+        # add_tensor keeps every array until the end: the float32 copies of all the weights, ~540 MB for SmolLM2).
+        def converted(tensor: Any, hf_name: str) -> np.ndarray:
             value = state_dict[hf_name]
             arr = value.detach().to("cpu").float().numpy() if hasattr(value, "detach") else np.asarray(value)
             arr = np.ascontiguousarray(
                 to_gguf_tensor(arr.astype(np.float32), tensor.name, arch_name, n_head, n_head_kv)
             )
-            if arr.shape != expected_shape:
+            return arr.astype(np.float16) if dtype == "F16" and arr.ndim > 1 else arr
+
+        copied, plan = [], []
+        for tensor in reader.tensors:
+            expected_shape = tuple(int(d) for d in reversed(tensor.shape.tolist()))
+            hf_name = by_gguf.get(tensor.name)
+            if hf_name is None:
+                # Not produced by the HF model (e.g. rope frequency tables): keep the original bytes.
+                raw = np.asarray(tensor.data)
+                writer.add_tensor_info(tensor.name, expected_shape, raw.dtype, raw.nbytes, raw_dtype=tensor.tensor_type)
+                copied.append(tensor.name)
+                plan.append((tensor, None))
+                continue
+            shape = tuple(int(d) for d in state_dict[hf_name].shape)
+            if shape != expected_shape:
                 raise LMError(
-                    f"tensor {hf_name} has shape {arr.shape}, but {tensor.name} in {base_gguf.name} has "
+                    f"tensor {hf_name} has shape {shape}, but {tensor.name} in {base_gguf.name} has "
                     f"{expected_shape}: the weights do not belong to this model"
                 )
-            if dtype == "F16" and arr.ndim > 1:
-                arr = arr.astype(np.float16)
-            writer.add_tensor(tensor.name, arr)
+            out_type = np.float16 if dtype == "F16" and len(shape) > 1 else np.float32
+            writer.add_tensor_info(tensor.name, shape, np.dtype(out_type),
+                                   int(np.prod(shape)) * np.dtype(out_type).itemsize)
+            plan.append((tensor, hf_name))
         if copied:
             logger.info(
                 "copied %d GGUF tensors unchanged from %s: %s", len(copied), base_gguf.name, copied[:5]
             )
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
+        writer.write_ti_data_to_file()
+        for tensor, hf_name in plan:
+            arr = np.asarray(tensor.data) if hf_name is None else converted(tensor, hf_name)
+            if hf_name is not None and arr.shape != tuple(int(d) for d in reversed(tensor.shape.tolist())):
+                raise LMError(f"tensor {hf_name} changed shape to {arr.shape} on its way to {tensor.name}")
+            writer.write_tensor_data(arr)
         writer.close()
         os.replace(partial, out_path)
     except LMError:

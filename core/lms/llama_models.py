@@ -8,6 +8,8 @@ the DSPy contract that dispatches requests onto these models.
   module-level registry of ``llama_cpp.Llama`` objects (guarded by a lock); each has its own lock
   because a llama.cpp context is not thread-safe, and an abort flag that llama.cpp's abort
   callback reads, so that a cancel also interrupts a prompt evaluation (``llama_decode``).
+  ``release_models()`` closes them all (the weight step does, before it trains: see there); the
+  next call loads its model again.
 - **Settings from the environment**, read at load time: ``STUDIO_LLAMA_THREADS`` (see
   ``core.lms.cpu``) and ``STUDIO_LLAMA_CTX``.
 - **Fine-tuned artifacts**: a folder with ``meta.json`` (``base``: a catalogue key, or a local model's key,
@@ -80,6 +82,8 @@ class LoadedModel:
     calls: int = 0
     abort_flag: threading.Event = field(default_factory=threading.Event)
     prefix_states: PrefixStates = field(default_factory=PrefixStates)  # KV states of recent prompt families
+    closed: bool = False
+    """Set (under ``lock``) by ``release_models``: whoever resolved it before must resolve it again."""
     _abort_callback: Any = None  # keeps the ctypes callback alive
 
 
@@ -131,6 +135,26 @@ def _install_abort_callback(loaded: LoadedModel) -> None:
 
     llama_cpp.llama_set_abort_callback(loaded.llama._ctx.ctx, should_abort, None)
     loaded._abort_callback = should_abort
+
+
+def release_models() -> list[str]:
+    """Close every loaded model and forget it: its weights, KV cache, logits buffer and saved prefix states
+    leave memory (the shipped SmolLM2 held ~250 MB of a process's RSS; ``bench/finetune_memory.py``). A call
+    in flight finishes first (each model's lock); a later call loads the model again (about half a second
+    for the shipped ones). Returns the files released."""
+    with _loaded_lock:
+        models = list(_loaded.values())
+        _loaded.clear()
+    for loaded in models:
+        with loaded.lock:
+            loaded.closed = True
+            loaded.prefix_states = PrefixStates()
+            loaded.llama.close()
+            loaded.llama = None
+    if models:
+        logger.info("released %s", ", ".join(m.path.name + (f" + {m.lora_path.name}" if m.lora_path else "")
+                                             for m in models))
+    return [str(m.path) for m in models]
 
 
 def loaded_models() -> list[LoadedModel]:
@@ -214,4 +238,5 @@ __all__ = [
     "n_ctx",
     "n_threads",
     "read_artifact",
+    "release_models",
 ]

@@ -97,7 +97,7 @@ def make_embedded_lm(key: str, *, temperature: float = 0.0, max_tokens: int = 51
     return dspy.LM(
         catalog.model_name(key),
         engine=engine,
-        provider=LocalLoRAProvider(register=engine.register_finetuned),
+        provider=LocalLoRAProvider(register=engine.register_finetuned, release=engine.release_models),
         cache=False,
         temperature=temperature,
         max_tokens=max_tokens,

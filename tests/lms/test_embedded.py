@@ -229,3 +229,21 @@ def test_engine_cancel_event(engine):
         assert _cancel_latency(engine, engine.cancel_event.set, lambda: engine.complete(request(STORY, max_tokens=1500))) < 1.0
     finally:
         engine.cancel_event = None
+
+
+def test_released_models_leave_memory_and_load_again_on_the_next_call(engine):
+    """What the weight step does before it trains: every loaded model closes; a call that had resolved one before
+    resolves it again, and answers as before."""
+    from core.lms.llama_models import loaded_models
+    from core.lms.lora.device import current_rss_mb
+
+    before = engine.complete(request("Name a colour.", max_tokens=10)).message.text
+    held = engine.resolve(MODEL)  # as a call in flight holds it
+    rss = current_rss_mb()
+    assert str(catalog.gguf_path(KEY)) in engine.release_models()
+    assert held.closed and held.llama is None and loaded_models() == []
+    assert current_rss_mb() < rss - 100, (rss, current_rss_mb())  # weights, KV cache, logits buffer
+    assert engine._generate(held, "Name a colour.", grammar_text=None, max_tokens=4, temperature=0.0, stop=[]) is None
+    assert engine.complete(request("Name a colour.", max_tokens=10)).message.text == before
+    assert engine.resolve(MODEL) is not held and not engine.resolve(MODEL).closed
+    assert engine.release_models() and engine.release_models() == []  # nothing left to release

@@ -189,6 +189,9 @@ def test_finetune_learns_a_label_and_serves_it(tmp_path: Path, serve: str) -> No
             "bfloat16" if lf.device.cpu_computes_bf16(__import__("torch")) else "float32", train["bf16"])
     assert 0 < train["rss_before_mb"] < train["train_peak_rss_mb"] <= train["peak_rss_mb"]
     assert train["memory_estimate_mb"] > train["train_peak_rss_mb"] - train["rss_before_mb"]
+    # each phase's own peak (the process's high-water mark restarted before it), none above the process's
+    assert 0 < train["merge_peak_rss_mb"] <= train["peak_rss_mb"] and 0 < train["export_peak_rss_mb"] <= train["peak_rss_mb"]
+    assert train["peak_rss_mb"] >= max(train["train_peak_rss_mb"], train["merge_peak_rss_mb"], train["export_peak_rss_mb"])
     line = lf.provider.trained_on(folder)
     assert line.startswith(f"trained on {device['describe']}: 8 rows, 4 steps of batch 8 in passes of at most 768 "
                            "tokens (4 epochs, max_length 384)")

@@ -122,7 +122,7 @@ PARAMS: dict[str, HyperParam] = {
                         description="how the fine-tune is served: merged (the LoRA merged into the weights, "
                                     "re-quantized) or lora (a GGUF adapter applied to the base model at load time)"),
 }
-FLAGS: dict[str, bool] = {"bf16": True, "gradient_checkpointing": False}
+FLAGS: dict[str, bool] = {"bf16": True, "gradient_checkpointing": False, "release_served_models": True}
 
 
 def train_value(train_kwargs: dict[str, Any] | None, name: str) -> Any:
@@ -167,6 +167,7 @@ class TrainParams:
     micro_batch_tokens: int = PARAMS["micro_batch_tokens"].default
     bf16: bool = FLAGS["bf16"]
     gradient_checkpointing: bool = FLAGS["gradient_checkpointing"]
+    release_served_models: bool = FLAGS["release_served_models"]
     quant: str = "Q8_0"
 
 

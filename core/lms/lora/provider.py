@@ -19,7 +19,7 @@ from core.errors import LMError, RunCancelled, StepCancelled, shown
 from core.lms import catalog
 from core.lms.lora.device import train_line
 from core.lms.lora.export import export_adapter, export_merged
-from core.lms.lora.params import PARAMS, parse_train_kwargs, peak_rss_mb
+from core.lms.lora.params import PARAMS, parse_train_kwargs, peak_rss_mb, restart_peak_rss, window_peak_rss_mb
 from core.lms.lora.train import train_lora
 
 logger = logging.getLogger(__name__)
@@ -60,13 +60,16 @@ class LocalLoRATrainingJob(TrainingJob):
 class LocalLoRAProvider(Provider):
     """Fine-tunes embedded models with LoRA on the CPU and serves them with the llama.cpp engine."""
 
-    def __init__(self, register: Callable[[str, Path], None]) -> None:
-        """``register(name, folder)`` makes the serving engine serve a new fine-tune (injected by
-        ``core.lms.registry``, so training never imports the engine)."""
+    def __init__(self, register: Callable[[str, Path], None], release: Callable[[], Any] | None = None) -> None:
+        """``register(name, folder)`` makes the serving engine serve a new fine-tune; ``release()`` frees the
+        engine's loaded models before training (with ``release_served_models``, the default: the model being
+        trained is in torch then, and llama.cpp's copies would sit idle beside it). Both injected by
+        ``core.lms.registry``, so training never imports the engine."""
         super().__init__()
         self.finetunable = True
         self.TrainingJob = LocalLoRATrainingJob
         self.register = register
+        self.release = release
 
     def __deepcopy__(self, memo: dict) -> LocalLoRAProvider:
         return self
@@ -143,6 +146,8 @@ class LocalLoRAProvider(Provider):
             if job is not None and hasattr(job, "started"):
                 job.started = True
             try:
+                if params.release_served_models and self.release is not None:
+                    self.release()  # loaded again by the first call after the step
                 merged = params.serve == "merged"
                 result = train_lora(key, train_data, params, progress=progress, should_stop=should_stop,
                                     merge=merged)
@@ -150,10 +155,12 @@ class LocalLoRAProvider(Provider):
                     raise StepCancelled(
                         f"fine-tuning cancelled after step {result.steps} (before the export)"
                     )
+                restart_peak_rss()  # the export's own peak
                 if merged:
                     gguf, export_seconds = export_merged(key, result.model, folder, params.quant)
                 else:
                     gguf, export_seconds = export_adapter(key, result.peft_model, folder)
+                export_peak = window_peak_rss_mb()
                 result.model = result.peft_model = None
                 meta = {
                     "base": key,
@@ -183,6 +190,8 @@ class LocalLoRAProvider(Provider):
                         "memory_estimate_mb": result.memory_estimate_mb,
                         "train_peak_rss_mb": result.peak_rss_mb,
                         "rss_before_mb": result.rss_before_mb,
+                        "merge_peak_rss_mb": result.merge_peak_rss_mb,
+                        "export_peak_rss_mb": export_peak,
                         "device_peak_mb": result.device_peak_mb,
                     },
                 }

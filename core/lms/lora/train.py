@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import random
 import time
@@ -120,6 +121,8 @@ class TrainResult:
     """Peak RSS through the training steps (the process's earlier peaks not counted; the merge after them not
     either: meta.json's ``peak_rss_mb`` is the process's whole peak)."""
     threads: int = 1
+    merge_peak_rss_mb: float = 0.0
+    """Peak RSS from the end of the training steps through the LoRA's return to the CPU and the merge."""
     model: Any = field(default=None, repr=False)
     """The LoRA merged into the base weights (``train_lora(merge=True)``), else None."""
     peft_model: Any = field(default=None, repr=False)
@@ -344,15 +347,21 @@ def train_lora(
     train_seconds = time.monotonic() - train_started
     train_peak = window_peak_rss_mb()  # before the LoRA comes back to the CPU or is merged
     device_peak = torch.cuda.max_memory_reserved() / 2**20 if device.kind == "cuda" else 0.0
+    restart_peak_rss()  # the merge's own peak below
     if device.kind != "cpu" or device.dtype != "float32":
-        del base, causal_lm, optimizer, trainable  # the device's copy goes; the LoRA comes back to the CPU
-        peft_model = _lora_on_cpu(key, peft_model, config)
+        # the device's copy goes before the float32 one comes: the LoRA alone travels to the CPU (holding both
+        # put the bf16 and the float32 weights in memory at once)
+        state = _lora_state(peft_model)
+        del base, causal_lm, optimizer, trainable, peft_model
+        gc.collect()
         if device.kind == "cuda":
             torch.cuda.empty_cache()
+        peft_model = _lora_on_cpu(key, state, config)
     merged = None
     peft_model.eval()
     if merge:
         merged = peft_model.merge_and_unload()
+    merge_peak = window_peak_rss_mb()
     return TrainResult(
         steps=len(losses),
         total_steps=total,
@@ -365,6 +374,7 @@ def train_lora(
         cut_tokens=round(sum(cuts) / len(cuts), 1) if cuts else 0.0,
         max_cut_tokens=max(cuts, default=0),
         peak_rss_mb=train_peak,
+        merge_peak_rss_mb=merge_peak,
         threads=threads,
         model=merged,
         peft_model=None if merge else peft_model,
@@ -389,13 +399,20 @@ def _out_of_memory_as_lm_error(device: TrainDevice, estimate: Any, params: Train
                       f"{params.max_length}), or free memory on the device") from None
 
 
-def _lora_on_cpu(key: str, peft_model: Any, config: Any) -> Any:
-    """The trained LoRA on a fresh float32 copy of the base weights on the CPU: what the export reads, whatever
-    the device trained on (merged into bfloat16 weights the LoRA's small updates would round away)."""
+def _lora_state(peft_model: Any) -> dict[str, Any]:
+    """The trained LoRA's tensors, in float32 on the CPU."""
     import torch
-    from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+    from peft import get_peft_model_state_dict
 
-    state = {k: v.detach().to("cpu", torch.float32) for k, v in get_peft_model_state_dict(peft_model).items()}
+    return {k: v.detach().to("cpu", torch.float32).clone() for k, v in get_peft_model_state_dict(peft_model).items()}
+
+
+def _lora_on_cpu(key: str, state: dict[str, Any], config: Any) -> Any:
+    """The trained LoRA (``_lora_state``) on a fresh float32 copy of the base weights on the CPU: what the export
+    reads, whatever the device trained on (merged into bfloat16 weights the LoRA's small updates would round
+    away)."""
+    from peft import get_peft_model, set_peft_model_state_dict
+
     fresh = get_peft_model(load_base_model(key), config)
     set_peft_model_state_dict(fresh, state)
     fresh.eval()
