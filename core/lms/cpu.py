@@ -34,3 +34,26 @@ def threads_for_native_code(env_name: str) -> int:
     except OSError:
         busy = False
     return 1 if busy else max(1, min(2, cores))
+
+
+def return_freed_memory() -> bool:
+    """Hand the C heap's free pages back to the system (glibc's ``malloc_trim(0)``); False where there is no glibc.
+
+    torch frees a training step's activations to glibc, which keeps them: its mmap threshold rises as large
+    blocks are freed, so later large blocks come from the heap, whose free pages stay resident. After a LoRA
+    training of SmolLM2 (8 steps of batch 4) a process held 1799 MB, and 621 MB after ``malloc_trim(0)``
+    (measured in one process on the 2-core machine, 7 Dec 2026: 1.2 GB of freed memory still resident, on top of
+    which the merge and the export would load the float32 weights)."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if not name:
+        return False
+    try:
+        trim = ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError):  # musl, macOS: no malloc_trim
+        return False
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    trim(0)
+    return True

@@ -32,7 +32,7 @@ from typing import Any
 
 from core.errors import LMError, shown
 from core.lms import catalog
-from core.lms.cpu import threads_for_native_code
+from core.lms.cpu import return_freed_memory, threads_for_native_code
 from core.lms.native_log import first_error, native_errors
 from core.lms.prefix_states import PrefixStates
 
@@ -151,6 +151,7 @@ def release_models() -> list[str]:
             loaded.prefix_states = PrefixStates()
             loaded.llama.close()
             loaded.llama = None
+    return_freed_memory()
     if models:
         logger.info("released %s", ", ".join(m.path.name + (f" + {m.lora_path.name}" if m.lora_path else "")
                                              for m in models))

@@ -17,6 +17,7 @@ from dspy.clients.utils_finetune import TrainingStatus
 
 from core.errors import LMError, RunCancelled, StepCancelled, shown
 from core.lms import catalog
+from core.lms.cpu import return_freed_memory
 from core.lms.lora.device import train_line
 from core.lms.lora.export import export_adapter, export_merged
 from core.lms.lora.params import PARAMS, parse_train_kwargs, peak_rss_mb, restart_peak_rss, window_peak_rss_mb
@@ -162,6 +163,7 @@ class LocalLoRAProvider(Provider):
                     gguf, export_seconds = export_adapter(key, result.peft_model, folder)
                 export_peak = window_peak_rss_mb()
                 result.model = result.peft_model = None
+                return_freed_memory()  # the float32 weights of the merge and the export
                 meta = {
                     "base": key,
                     "kind": params.serve,

@@ -13,6 +13,7 @@ from typing import Any
 
 from core.errors import LMError, StepCancelled
 from core.lms import catalog
+from core.lms.cpu import return_freed_memory
 from core.lms.lora.base_weights import ensure_hf_cache, load_base_model
 from core.lms.lora.device import TrainDevice, check_fits, current_rss_mb, model_size, pick_device
 from core.lms.lora.params import TrainParams, restart_peak_rss, torch_threads, window_peak_rss_mb
@@ -347,8 +348,8 @@ def train_lora(
     train_seconds = time.monotonic() - train_started
     train_peak = window_peak_rss_mb()  # before the LoRA comes back to the CPU or is merged
     device_peak = torch.cuda.max_memory_reserved() / 2**20 if device.kind == "cuda" else 0.0
-    restart_peak_rss()  # the merge's own peak below
-    if device.kind != "cpu" or device.dtype != "float32":
+    moved = device.kind != "cpu" or device.dtype != "float32"
+    if moved:
         # the device's copy goes before the float32 one comes: the LoRA alone travels to the CPU (holding both
         # put the bf16 and the float32 weights in memory at once)
         state = _lora_state(peft_model)
@@ -356,6 +357,9 @@ def train_lora(
         gc.collect()
         if device.kind == "cuda":
             torch.cuda.empty_cache()
+    return_freed_memory()  # the activations' pages, kept by glibc after torch freed them
+    restart_peak_rss()  # the merge's own peak below
+    if moved:
         peft_model = _lora_on_cpu(key, state, config)
     merged = None
     peft_model.eval()
