@@ -222,5 +222,9 @@ def test_the_training_peak_is_its_own_not_an_earlier_one_of_the_process() -> Non
     assert peak_rss_mb() >= high - 1  # the kernel keeps its high-water mark lazily: within pages of it
     small = bytearray(100 * 2**20)
     small[:: 4096] = b"\1" * len(small[:: 4096])
-    assert window + 80 < window_peak_rss_mb() < high
+    # the new window follows what the process holds now (other threads may have freed memory meanwhile, so the
+    # growth is not measured against ``window``), and stays under the earlier peak
+    from core.lms.lora.device import current_rss_mb
+
+    assert current_rss_mb() - 20 <= window_peak_rss_mb() < high
     del small
