@@ -100,7 +100,7 @@ class LlamaEngine:
         return cls.shared()
 
     def close(self) -> None:
-        """Nothing to release per LM: loaded models live for the process."""
+        """Nothing to release per LM: loaded models live for the process (or until ``release_models``)."""
 
     def release_models(self) -> list[str]:
         """Close every model this process has loaded (``llama_models.release_models``); calls load them again."""

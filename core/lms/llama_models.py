@@ -139,9 +139,9 @@ def _install_abort_callback(loaded: LoadedModel) -> None:
 
 def release_models() -> list[str]:
     """Close every loaded model and forget it: its weights, KV cache, logits buffer and saved prefix states
-    leave memory (the shipped SmolLM2 held ~250 MB of a process's RSS; ``bench/finetune_memory.py``). A call
-    in flight finishes first (each model's lock); a later call loads the model again (about half a second
-    for the shipped ones). Returns the files released."""
+    leave memory (the default run's worker held 790 MB before its weight step with SmolLM2 loaded, 487 MB with it
+    released: ``bench/default_run.py``, docs/benchmarks.md). A call in flight finishes first (each model's lock);
+    a later call loads the model again (about half a second for the shipped ones). Returns the files released."""
     with _loaded_lock:
         models = list(_loaded.values())
         _loaded.clear()
