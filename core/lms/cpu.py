@@ -12,7 +12,9 @@ already reaches the core count. Decided when a model is loaded or a training sta
 
 from __future__ import annotations
 
+import functools
 import os
+from typing import Any
 
 from core.errors import LMError, shown
 
@@ -44,16 +46,25 @@ def return_freed_memory() -> bool:
     training of SmolLM2 (8 steps of batch 4) a process held 1799 MB, and 621 MB after ``malloc_trim(0)``
     (measured in one process on the 2-core machine, 7 Dec 2026: 1.2 GB of freed memory still resident, on top of
     which the merge and the export would load the float32 weights)."""
+    trim = _malloc_trim()
+    if trim is None:
+        return False
+    trim(0)
+    return True
+
+
+@functools.cache
+def _malloc_trim() -> Any:
+    """glibc's ``malloc_trim``, looked up once (``find_library`` runs ``ldconfig``), or None."""
     import ctypes
     import ctypes.util
 
     name = ctypes.util.find_library("c")
     if not name:
-        return False
+        return None
     try:
         trim = ctypes.CDLL(name).malloc_trim
     except (OSError, AttributeError):  # musl, macOS: no malloc_trim
-        return False
+        return None
     trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
-    trim(0)
-    return True
+    return trim

@@ -180,7 +180,7 @@ def write_gguf(
                 raw = np.asarray(tensor.data)
                 writer.add_tensor_info(tensor.name, expected_shape, raw.dtype, raw.nbytes, raw_dtype=tensor.tensor_type)
                 copied.append(tensor.name)
-                plan.append((tensor, None))
+                plan.append((tensor, None, expected_shape))
                 continue
             shape = tuple(int(d) for d in state_dict[hf_name].shape)
             if shape != expected_shape:
@@ -191,7 +191,7 @@ def write_gguf(
             out_type = np.float16 if dtype == "F16" and len(shape) > 1 else np.float32
             writer.add_tensor_info(tensor.name, shape, np.dtype(out_type),
                                    int(np.prod(shape)) * np.dtype(out_type).itemsize)
-            plan.append((tensor, hf_name))
+            plan.append((tensor, hf_name, expected_shape))
         if copied:
             logger.info(
                 "copied %d GGUF tensors unchanged from %s: %s", len(copied), base_gguf.name, copied[:5]
@@ -199,9 +199,9 @@ def write_gguf(
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
-        for tensor, hf_name in plan:
+        for tensor, hf_name, expected_shape in plan:
             arr = np.asarray(tensor.data) if hf_name is None else converted(tensor, hf_name)
-            if hf_name is not None and arr.shape != tuple(int(d) for d in reversed(tensor.shape.tolist())):
+            if hf_name is not None and arr.shape != expected_shape:
                 raise LMError(f"tensor {hf_name} changed shape to {arr.shape} on its way to {tensor.name}")
             writer.write_tensor_data(arr)
         writer.close()
