@@ -2,8 +2,10 @@
 
 Usage: ``python data/make_samples.py [--out DIR] [--seed N]`` (defaults: this folder, seed 7).
 
-Each example is composed from hand-written phrase banks in which every sentence is written for
-one label (or is neutral to the label), so the label is clearly implied by the text. Generation
+Each text example is composed from hand-written phrase banks in which every sentence is written for
+one label (or is neutral to the label), so the label is clearly implied by the text. The numeric
+sample (pump sensor readings -> status) is drawn from a stated rule with some noise: vibration below
+3.0 mm/s is ``normal``, below 6.0 ``warning``, else ``fault`` (see ``make_pump_readings``). Generation
 is seeded, drops duplicates and balances the labels; see ``data/README.md``.
 """
 
@@ -454,6 +456,66 @@ def make_reviews(rng: random.Random) -> list[dict[str, str]]:
     return rows
 
 
+# --------------------------------------------------------------------------- pump readings
+
+READINGS_PER_STATUS = 56  # 3 statuses x 56 = 168
+VIBRATION_LIMITS = (3.0, 6.0)
+"""The rule (mm/s RMS): below 3.0 ``normal``, from 3.0 to below 6.0 ``warning``, 6.0 and above ``fault``."""
+VIBRATION_BANDS = {"normal": (0.6, 3.0), "warning": (3.0, 6.0), "fault": (6.0, 9.6)}
+"""Each status's range of true vibration (its rows are drawn inside it)."""
+NEAR_LIMIT_SHARE = 0.15  # share of rows whose true vibration lies within NEAR_LIMIT of a limit of their band
+NEAR_LIMIT = 0.3
+VIBRATION_JITTER = 0.15  # sd (mm/s) of the sensor noise added to the true vibration before it is recorded
+BEARING_TEMP_MEAN = {"normal": 49.0, "warning": 54.0, "fault": 59.0}  # a weak signal: sd 6 C overlaps them
+BEARING_TEMP_SD = 6.0
+PRESSURE_RANGE = (3.0, 5.5)  # bar, the same for every status (a distractor)
+FLOW_RANGE = (90.0, 150.0)  # L/min, the same for every status (a distractor)
+
+
+def _true_vibration(status: str, rng: random.Random) -> float:
+    """A true vibration inside ``status``'s band: mostly clear of the limits, sometimes close to one."""
+    lo, hi = VIBRATION_BANDS[status]
+    inner = [limit for limit in VIBRATION_LIMITS if lo <= limit <= hi]
+    if rng.random() < NEAR_LIMIT_SHARE:
+        limit = rng.choice(inner)
+        return rng.uniform(limit, limit + NEAR_LIMIT) if limit == lo else rng.uniform(limit - NEAR_LIMIT, limit)
+    return rng.uniform(lo + NEAR_LIMIT if lo in inner else lo, hi - NEAR_LIMIT if hi in inner else hi)
+
+
+def make_pump_readings(rng: random.Random) -> list[dict[str, str]]:
+    """Sensor readings of a centrifugal pump (four numbers) labelled with its ``status``.
+
+    The status is the band of the pump's true vibration (``VIBRATION_LIMITS``); the recorded vibration adds
+    sensor jitter, so a few readings close to a limit fall on the other side of it. Bearing temperature
+    rises a little with the status (a weak signal); pressure and flow do not depend on it.
+    """
+    rows: list[dict[str, str]] = []
+    seen: set[tuple[str, ...]] = set()
+    for status in VIBRATION_BANDS:
+        count = 0
+        for _ in range(10_000):
+            vibration = max(0.1, _true_vibration(status, rng) + rng.gauss(0.0, VIBRATION_JITTER))
+            row = {
+                "bearing_temp": f"{rng.gauss(BEARING_TEMP_MEAN[status], BEARING_TEMP_SD):.1f}",
+                "vibration": f"{vibration:.1f}",
+                "pressure": f"{rng.uniform(*PRESSURE_RANGE):.1f}",
+                "flow_rate": f"{rng.uniform(*FLOW_RANGE):.1f}",
+                "status": status,
+            }
+            key = tuple(row.values())
+            if key in seen:
+                continue
+            seen.add(key)
+            rows.append(row)
+            count += 1
+            if count == READINGS_PER_STATUS:
+                break
+        else:
+            raise RuntimeError(f"could not make {READINGS_PER_STATUS} unique readings for {status}")
+    rng.shuffle(rows)
+    return rows
+
+
 # --------------------------------------------------------------------------- output
 
 
@@ -476,12 +538,22 @@ def render_reviews(rows: list[dict[str, str]]) -> str:
     return json.dumps(rows, ensure_ascii=False, indent=1) + "\n"
 
 
+def render_pump_readings(rows: list[dict[str, str]]) -> str:
+    """CSV text with columns bearing_temp, vibration, pressure, flow_rate, status."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
 OUTPUTS: dict[
     str, tuple[Callable[[random.Random], list[dict[str, str]]], Callable[[list[dict[str, str]]], str]]
 ] = {
     "documents.csv": (make_documents, render_documents),
     "support_tickets.jsonl": (make_tickets, render_tickets),
     "sentiment.json": (make_reviews, render_reviews),
+    "pump_readings.csv": (make_pump_readings, render_pump_readings),  # last: the others keep their seeds
 }
 
 

@@ -123,5 +123,31 @@ TEMPLATES: dict[str, Template] = {
         label_fields=("intent", "urgency"),
         default_mapping={"ticket": "ticket", "intent": "intent", "urgency": "urgency"},
     ),
+    "pump_status": Template(
+        key="pump_status",
+        title="Pump status from sensor readings",
+        description=(
+            "A single step that reads four numeric sensor readings of a pump (bearing temperature, "
+            "vibration, pressure, flow) and decides its status: normal, warning or fault."
+        ),
+        stages=[
+            Stage(
+                name="classify",
+                module="Predict",
+                signature="bearing_temp, vibration, pressure, flow_rate -> status: str",
+                instructions=(
+                    "From the pump's sensor readings, decide its status: normal, warning or fault."
+                ),
+            ),
+        ],
+        # A numeric table (pump_readings.csv: the readings as numbers with one decimal): the status is
+        # decided by a threshold rule on the readings (data/README.md). The run's label choices (from the
+        # data, 'auto') make ``status`` one of the three values.
+        sample="pump_readings.csv",
+        input_fields=("bearing_temp", "vibration", "pressure", "flow_rate"),
+        label_fields=("status",),
+        default_mapping={"bearing_temp": "bearing_temp", "vibration": "vibration",
+                         "pressure": "pressure", "flow_rate": "flow_rate", "status": "status"},
+    ),
 }
 

@@ -26,19 +26,25 @@ def doc() -> dict:
     return scripted_config_dict("analyze_classify")
 
 
-def test_default_configs_of_every_template_parse() -> None:
-    for template in ("analyze_classify", "classifier", "support_triage"):
-        config = parse_config(default_config_dict(template))
-        if template == "support_triage":  # the first-run default: extract prompted, classify fine-tuned
-            assert {n: a.role for n, a in config.predictors.items()} == {"extract": "large", "classify": "small"}
-        if template == "analyze_classify":  # no larger model than the small one: both fine-tuned
-            assert {a.role for a in config.predictors.values()} == {"small"}
-        assert config.version == 1
-        assert config.strategy == "p -> w -> p"
-        roles = {name: a.role for name, a in config.predictors.items()}
-        small = set(TEMPLATES[template].small_predictors(list(roles)))
-        assert small and {n for n, role in roles.items() if role == "small"} == small
-        assert all(spec.kind == "embedded" for spec in config.lms.values())
+@pytest.mark.parametrize("template", sorted(TEMPLATES))
+def test_default_configs_of_every_template_parse(template: str) -> None:
+    config = parse_config(default_config_dict(template))
+    if template == "support_triage":  # the first-run default: extract prompted, classify fine-tuned
+        assert {n: a.role for n, a in config.predictors.items()} == {"extract": "large", "classify": "small"}
+    if template == "analyze_classify":  # no larger model than the small one: both fine-tuned
+        assert {a.role for a in config.predictors.values()} == {"small"}
+    if template == "pump_status":  # the numeric table: its one Predict module fine-tuned, a 50/50/50 split
+        assert {n: a.role for n, a in config.predictors.items()} == {"classify": "small"}
+        assert config.data.split.sizes() == (50, 50, 50)
+        assert config.data.source.name == "pump_readings.csv" and config.data.labels == ["status"]
+    else:
+        assert config.data.split.sizes() == (30, 10, 20)
+    assert config.version == 1
+    assert config.strategy == "p -> w -> p"
+    roles = {name: a.role for name, a in config.predictors.items()}
+    small = set(TEMPLATES[template].small_predictors(list(roles)))
+    assert small and {n for n, role in roles.items() if role == "small"} == small
+    assert all(spec.kind == "embedded" for spec in config.lms.values())
 
 
 def test_a_default_document_is_the_callers_to_edit() -> None:

@@ -435,41 +435,50 @@ def test_min_examples_is_smallest_valid_split() -> None:
 
 # --------------------------------------------------------------------------- bundled samples
 
+PUMP_READINGS = ("bearing_temp", "vibration", "pressure", "flow_rate")
+
+# file -> (columns, label column -> its values, input columns, most words in an input cell)
 SAMPLES = {
     "documents.csv": (
         ("document", "category", "risk_level"),
         {"category": {"growth", "decline", "legal", "operations"}, "risk_level": {"low", "medium", "high"}},
-        "document",
+        ("document",),
         60,
     ),
     "support_tickets.jsonl": (
         ("ticket", "intent", "urgency"),
         {"intent": {"billing", "bug", "account", "feature_request"}, "urgency": {"low", "high"}},
-        "ticket",
+        ("ticket",),
         35,
     ),
     "sentiment.json": (
         ("text", "label"),
         {"label": {"positive", "negative", "neutral"}},
-        "text",
+        ("text",),
         35,
+    ),
+    "pump_readings.csv": (
+        (*PUMP_READINGS, "status"),
+        {"status": {"normal", "warning", "fault"}},
+        PUMP_READINGS,
+        1,  # one number per cell
     ),
 }
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLES))
 def test_bundled_sample_loads(name: str) -> None:
-    columns, labels, text_col, max_words = SAMPLES[name]
+    columns, labels, inputs, max_words = SAMPLES[name]
     table = load_table_from_path(DATA_DIR / name)
     assert table.columns == columns
     assert len(table.rows) >= 150
     for column, allowed in labels.items():
         assert {r[column] for r in table.rows} == allowed
-    texts = [r[text_col] for r in table.rows]
-    assert len(set(texts)) == len(texts)
-    assert max(len(t.split()) for t in texts) <= max_words
+    keys = [tuple(r[c] for c in inputs) for r in table.rows]
+    assert len(set(keys)) == len(keys)  # no duplicate texts (no duplicate rows of readings)
+    assert max(len(cell.split()) for key in keys for cell in key) <= max_words
     label_cols = list(labels)
-    examples = build_examples(table, {c: c for c in columns}, [text_col], label_cols)
+    examples = build_examples(table, {c: c for c in columns}, list(inputs), label_cols)
     assert split_examples(examples, 0.5, 0.25, 0.25, seed=0).sizes[0] >= 75
 
 

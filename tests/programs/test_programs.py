@@ -112,6 +112,9 @@ EXPECTED_PREDICTORS = {
         ("extract", "Predict", "ticket -> summary, product_area"),
         ("classify", "Predict", "ticket, summary -> intent, urgency"),
     ],
+    "pump_status": [
+        ("classify", "Predict", "bearing_temp, vibration, pressure, flow_rate -> status"),
+    ],
 }
 
 
@@ -137,6 +140,7 @@ def test_template_metadata() -> None:
     assert TEMPLATES["analyze_classify"].sample == "documents.csv"
     assert TEMPLATES["classifier"].sample == "sentiment.json"
     assert TEMPLATES["support_triage"].sample == "support_tickets.jsonl"
+    assert TEMPLATES["pump_status"].sample == "pump_readings.csv"
     for template in TEMPLATES.values():
         assert all(stage.instructions for stage in template.stages)
 
