@@ -118,7 +118,7 @@ def main() -> int:
 
     from core.config.defaults import default_config
     from core.data import load_table_from_path
-    from core.lms.lora.train import Tokenizer
+    from core.lms.lora.rows import Tokenizer
     from core.plan.estimate import (
         SECONDS_PER_INPUT_CHAR,
         SECONDS_PER_OUTPUT_TOKEN,

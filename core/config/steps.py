@@ -104,6 +104,11 @@ class FinetuneSettings(Settings):
     batch_size: int = _train_param("batch_size")
     max_length: int = _train_param("max_length")
     micro_batch_tokens: int = _train_param("micro_batch_tokens")
+    # the budget chosen on held-out rows: epochs and max_steps bound it
+    validation_fraction: float = _train_param("validation_fraction")
+    patience: int = _train_param("patience")
+    eval_every: int | None = _train_param("eval_every")
+    max_minutes: float | None = _train_param("max_minutes")
     gradient_checkpointing: bool = Field(
         TRAIN_FLAGS["gradient_checkpointing"],
         description="recompute activations in the backward pass instead of keeping them (less memory, slower steps)")

@@ -11,6 +11,7 @@ import math
 from typing import Any
 
 from core.config.steps import STEP_TYPES, FinetuneSettings
+from core.lms.lora.validation import FORWARD_SHARE, held_out_count
 from core.optimizers.entry import BuildContext, EstimateContext, Optimizer, StepCost
 
 
@@ -30,9 +31,22 @@ def build(s: FinetuneSettings, ctx: BuildContext) -> Any:
 
 
 def training_steps(s: FinetuneSettings, rows: int) -> int:
-    if s.max_steps:
-        return int(s.max_steps)
-    return int(s.epochs * max(1, math.ceil(rows / s.batch_size)))
+    """The most optimizer steps the weight step takes on ``rows`` rows (it may stop earlier: the budget is chosen on
+    the rows it holds out, which it does not train on)."""
+    trained = rows - held_out_count(rows, s.validation_fraction)
+    steps = int(s.epochs * max(1, math.ceil(trained / s.batch_size)))
+    return min(steps, int(s.max_steps)) if s.max_steps else steps
+
+
+def scoring_rows(s: FinetuneSettings, rows: int) -> int:
+    """Training rows' worth of time spent scoring checkpoints on the held-out rows (forward passes only)."""
+    held = held_out_count(rows, s.validation_fraction)
+    if not held:
+        return 0
+    steps = training_steps(s, rows)
+    every = s.eval_every or max(1, math.ceil((rows - held) / s.batch_size))
+    checkpoints = 1 + math.ceil(steps / every)
+    return math.ceil(checkpoints * held * FORWARD_SHARE)
 
 
 def estimate(s: FinetuneSettings, ctx: EstimateContext) -> StepCost:
@@ -46,8 +60,9 @@ def estimate(s: FinetuneSettings, ctx: EstimateContext) -> StepCost:
     hinted = s.trace_source in ("auto", "hinted") and ctx.labelled and ctx.small_upstream
     calls = (ctx.upstream if gold and not hinted else p) * n + p * v
     cached = ctx.upstream * v if ctx.cached else 0
-    steps = training_steps(s, n * max(1, ctx.small))
-    return StepCost(int(calls), int(cached), steps, steps * s.batch_size, ctx.export_seconds)
+    rows = n * max(1, ctx.small)
+    steps = training_steps(s, rows)
+    return StepCost(int(calls), int(cached), steps, steps * s.batch_size + scoring_rows(s, rows), ctx.export_seconds)
 
 
 OPTIMIZER = Optimizer(STEP_TYPES["finetune"], build=build, estimate=estimate)

@@ -68,6 +68,8 @@ class WeightStepHooks:
     on_traces: Callable[[TraceStats], None] = lambda stats: None
     on_job_start: Callable[[str, int], None] = lambda model, rows: None
     on_progress: Callable[[str, int, int, float], None] = lambda model, step, total, loss: None
+    on_checkpoint: Callable[[str, dict[str, Any]], None] = lambda model, data: None
+    """A checkpoint scored on held-out rows, then the one kept (``core.lms.lora.train.train_lora``)."""
     on_finetuned: Callable[[str, Any], None] = lambda old_model, new_lm: None
     on_rows: Callable[[str, list[TrainingRow]], None] = lambda model, rows: None
     on_phase: Callable[[str, float], None] = lambda phase, seconds: None
@@ -215,6 +217,7 @@ class RoleAwareFinetune(Teleprompter):
             "output_dir": str(self.hooks.output_dir),
             "progress": lambda step, total, loss: self.hooks.on_progress(model, step, total, loss),
             "should_stop": self.hooks.should_stop,
+            "on_checkpoint": lambda data: self.hooks.on_checkpoint(model, data),
             **self.hooks.extra_train_kwargs,
         }
         self.hooks.on_job_start(model, len(rows))

@@ -29,7 +29,7 @@ from core.config.schema import RunConfig
 from core.config.strategy import last_step
 from core.errors import StudioError
 from core.evidence.capture import EvidenceCollector
-from core.lms.lora.provider import trained_on, truncated_rows, truncation_message
+from core.lms.lora.provider import STOP_REASONS, trained_on, truncated_rows, truncation_message
 from core.lms.registry import engine_of
 from core.optimizers.weights import WeightStepHooks
 from core.run.build import model_prices, with_costs
@@ -203,6 +203,15 @@ class RoundRecorder:
                 "model": model, "step": step, "total": total, "loss": loss, "strategy": self._step,
             })
 
+        def on_checkpoint(model: str, data: dict[str, Any]) -> None:
+            if "chosen_step" in data:
+                message = (f"{model}: kept the LoRA of step {data['chosen_step']} (best on {data['held_out']} "
+                           f"held-out rows; training ended: {STOP_REASONS.get(data['stopped'], data['stopped'])})")
+            else:
+                message = (f"{model}: checkpoint at step {data['step']}: held-out loss {data['val_loss']:.4f}, "
+                           f"exact answers {100 * data['val_exact']:.0f}%{' (best so far)' if data['best'] else ''}")
+            self.event("train", message, {"model": model, "strategy": self._step, **data})
+
         def on_finetuned(old: str, new_lm: Any) -> None:
             new = new_lm.model
             self._finetuned[old] = new
@@ -233,6 +242,7 @@ class RoundRecorder:
             on_traces=on_traces,
             on_job_start=on_job_start,
             on_progress=on_progress,
+            on_checkpoint=on_checkpoint,
             on_finetuned=on_finetuned,
             should_stop=self._cancel.is_set,
         )

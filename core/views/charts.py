@@ -72,18 +72,41 @@ def score_figure(rounds: Sequence[Round], planned: Sequence[str] = (), title: st
 
 
 def loss_figure(train_events: Iterable[Event], title: str = "Fine-tuning loss") -> go.Figure:
-    """Loss per training step, one line per weight step and model (from ``train`` events)."""
-    series: dict[str, tuple[list[int], list[float]]] = defaultdict(lambda: ([], []))
+    """Loss per training step, one line per weight step and model (from ``train`` events), with the loss on the
+    held-out rows at each checkpoint (dashed) and the checkpoint the fine-tune kept (a star), as hosted
+    fine-tuning dashboards chart training and validation loss."""
+    train: dict[str, tuple[list[int], list[float]]] = defaultdict(lambda: ([], []))
+    held: dict[str, tuple[list[int], list[float], list[str]]] = defaultdict(lambda: ([], [], []))
+    chosen: dict[str, tuple[int, str]] = {}
     for event in train_events:
         data = event.data
-        if "loss" not in data or "step" not in data:
-            continue
         name = f"{data.get('strategy', '')}: {data.get('model', '')}".strip(": ")
-        series[name][0].append(int(data["step"]))
-        series[name][1].append(float(data["loss"]))
+        if "chosen_step" in data:
+            chosen[name] = (int(data["chosen_step"]), str(data.get("stopped", "")))
+        elif "val_loss" in data and "step" in data:
+            held[name][0].append(int(data["step"]))
+            held[name][1].append(float(data["val_loss"]))
+            held[name][2].append(f"{100 * float(data.get('val_exact') or 0):.0f}% exact answers")
+        elif "loss" in data and "step" in data:
+            train[name][0].append(int(data["step"]))
+            train[name][1].append(float(data["loss"]))
     fig = go.Figure()
-    for name, (steps, losses) in series.items():
-        fig.add_trace(go.Scatter(x=steps, y=losses, mode="lines+markers", name=name))
+    for name in dict.fromkeys([*train, *held]):
+        steps, losses = train.get(name, ([], []))
+        if steps:
+            fig.add_trace(go.Scatter(x=steps, y=losses, mode="lines+markers", name=f"{name} (training)",
+                                     legendgroup=name))
+        if name in held:
+            v_steps, v_losses, notes = held[name]
+            fig.add_trace(go.Scatter(x=v_steps, y=v_losses, mode="lines+markers", name=f"{name} (held-out)",
+                                     legendgroup=name, line={"dash": "dash"}, customdata=notes,
+                                     hovertemplate="step %{x}: held-out loss %{y:.4f}, %{customdata}<extra></extra>"))
+        if name in chosen and chosen[name][0] in held.get(name, ([],))[0]:
+            step = chosen[name][0]
+            loss = held[name][1][held[name][0].index(step)]
+            fig.add_trace(go.Scatter(x=[step], y=[loss], mode="markers", name=f"{name}: kept step {step}",
+                                     legendgroup=name, marker={"symbol": "star", "size": 16},
+                                     hovertemplate=f"kept: step {step} (the best held-out score)<extra></extra>"))
     fig.update_xaxes(title="training step")
     fig.update_yaxes(title="loss")
     return _layout(fig, title)

@@ -32,7 +32,7 @@ NUMERIC = [name for name in SHARED if not PARAMS[name].choices]
 
 def test_the_config_exposes_the_provider_hyper_parameters_it_always_had() -> None:
     assert SHARED == ["epochs", "max_steps", "learning_rate", "lora_rank", "lora_alpha", "batch_size", "max_length",
-                      "micro_batch_tokens", "serve"]
+                      "micro_batch_tokens", "validation_fraction", "patience", "eval_every", "max_minutes", "serve"]
 
 
 @pytest.mark.parametrize("name", NUMERIC)

@@ -57,12 +57,12 @@ def test_stratified_search_and_gold_rows_cost_only_the_label_predictors_calls():
     assert p1.calls - p1.cached == 2 * 20 + 2 * 4  # only the 2 sets' classify calls and the demo traces run
     assert w.calls == 40 + 2 * 20 and w.cached == 20  # analyze over N, then the evaluation (analyze cached)
     assert p2.calls - p2.cached == 3 * 20 + 2 * 4  # after a prompt step: also the candidate without demos
-    assert w.train_steps == 2 * 5
+    assert w.train_steps == 2 * 4  # 32 of the 40 rows trained (8 held out to choose the budget), batch 8
     doc["predictors"]["analyze.predict"] = {"lm": "small", "role": "small"}
     doc["optimizers"]["w"]["settings"]["exclude_demos"] = True
     _, _, hinted, last = estimate(parse_config(doc)).steps
     assert hinted.calls == 2 * 40 + 2 * 20  # the hinted run: analyze and classify over N; the evaluation
-    assert hinted.train_steps == 2 * 10  # up to 80 rows (a hinted analyze row and a gold classify row each)
+    assert hinted.train_steps == 2 * 8  # up to 80 rows (a hinted analyze row and a gold classify row each), 16 held out
     # every predictor fine-tuned without demos: the last prompt step has nothing to search (a cached evaluation)
     assert last.calls == last.cached == 2 * 20 and last.seconds == 0
 
@@ -81,9 +81,10 @@ def test_weight_step_counts_traces_and_training_steps():
     config = _config({"strategy": "w"})
     (_, weight) = estimate(config).steps
     assert weight.calls == 2 * 40 + 2 * 20  # traces P x N, then the evaluation P x V
-    assert weight.train_steps == 2 * 5  # 2 epochs of ceil(40 / 8) batches
-    # the fixed part of training, then ~0.6 s per row of 414 tokens, 8 rows per step
-    assert weight.seconds >= 20 + 10 * 8 * 0.6 * 250 / 414
+    assert weight.train_steps == 2 * 4  # 2 epochs of ceil(32 / 8) batches: 8 of the 40 rows are held out
+    # the fixed part of training, then ~0.6 s per row of 414 tokens, 8 rows per step, and the held-out rows scored
+    # at 3 checkpoints (before training, after each epoch) at a third of a training row's time each
+    assert weight.seconds >= 20 + (8 * 8 + 3 * 8 / 3) * 0.6 * 250 / 414
 
 
 def test_an_embedded_call_costs_what_it_reads_and_writes_and_scripted_is_fast():
@@ -175,7 +176,7 @@ def test_the_default_runs_estimate_is_near_its_measured_idle_time():
     result = estimate_from_source(default_config())  # with the sample's field lengths, as the Strategy page
     assert abs(result.seconds - 269.2) / 269.2 < 0.15
     weight = next(s for s in result.steps if s.optimizer == "finetune")
-    assert weight.train_steps == 32
+    assert weight.train_steps == 24  # 4 epochs of 24 rows (6 of the 30 held out), batch 4
 
 
 def test_a_prompt_step_after_a_weight_step_without_demos_prices_the_upstream_search():
@@ -242,6 +243,7 @@ def test_training_time_grows_with_the_length_of_the_data_the_rows_carry():
     not; each call reads 1900 characters more). max_length 4096: no row is cut."""
     doc = default_config_dict("classifier")
     doc["optimizers"]["w"]["settings"]["max_length"] = 4096
+    doc["optimizers"]["w"]["settings"]["validation_fraction"] = 0.0  # every row trained: rows = steps x batch
     config = parse_config(doc)
     short, long = estimate(config, table=_classifier_table(100)), estimate(config, table=_classifier_table(2000))
     program = _inspected(config, _classifier_table(100))
@@ -267,7 +269,8 @@ def test_rows_that_keep_the_demos_of_the_prompt_step_are_longer():
     the label (5 here); without a prompt step before it there are none."""
     doc = default_config_dict("classifier")
     doc["optimizers"]["w"]["settings"] = {**doc["optimizers"]["w"]["settings"], "exclude_demos": False,
-                                          "max_length": 4096}  # no row is cut
+                                          "max_length": 4096,  # no row is cut
+                                          "validation_fraction": 0.0}  # every row trained: rows = steps x batch
     config = parse_config(doc)
     five_labels = Table(columns=("text", "label"), format="json",
                         rows=tuple({"text": f"text {i}", "label": "abcde"[i % 5]} for i in range(60)))
@@ -287,11 +290,13 @@ def test_rows_that_keep_the_demos_of_the_prompt_step_are_longer():
 
 def test_the_sample_tasks_rows_are_as_long_as_measured():
     """SmolLM2's tokenizer on the weight step's rows of the quality runs (30 November 2026): support triage
-    414 tokens, the classifier 254, the document task 418. The estimate formats them from the signatures and
-    the sample data."""
+    414 tokens, the classifier 254, the document task 418; the pump readings 359 (its gold rows formatted by the
+    ChatAdapter, SmolLM2's tokenizer: a digit is a token, so numbers take more tokens per character than text).
+    The estimate formats them from the signatures and the sample data."""
     from core.config.defaults import default_config
 
-    for template, measured in (("support_triage", 414), ("classifier", 254), ("analyze_classify", 418)):
+    for template, measured in (("support_triage", 414), ("classifier", 254), ("analyze_classify", 418),
+                               ("pump_status", 359)):
         config = default_config(template)
         table = load_table_from_path(data_source_path(config))
         tokens = training_row_tokens(config, _inspected(config, table), table)
@@ -304,6 +309,7 @@ def test_a_row_costs_its_tokens_up_to_the_weight_steps_max_length():
     rows, which cost 384 tokens' time under the default max_length and their whole length under 4096."""
     def weight_step(max_length: int | None):
         doc = default_config_dict("classifier")
+        doc["optimizers"]["w"]["settings"]["validation_fraction"] = 0.0  # every row trained: rows = steps x batch
         if max_length:
             doc["optimizers"]["w"]["settings"]["max_length"] = max_length
         result = estimate(parse_config(doc), table=_classifier_table(2000))

@@ -32,7 +32,7 @@ log = Path(sys.argv[1])
 route_logs(output_to_run_log(log))
 from core.errors import LMError
 from core.lms import catalog, gguf_export
-from core.lms.lora.train import Tokenizer
+from core.lms.lora.rows import Tokenizer
 
 Tokenizer("smollm2-135m")  # a vocab-only load: llama.cpp warns about the training context
 try:  # the shipped SmolLM2 is Q4_1: llama.cpp warns about ~180 tensors, then refuses to requantize it

@@ -53,7 +53,27 @@ def test_loss_figure_one_line_per_step_and_model():
     ]
     fig = loss_figure(events)
     assert len(fig.data) == 1
-    assert list(fig.data[0].x) == [1, 2, 3] and fig.data[0].name == "p -> w: m/small"
+    assert list(fig.data[0].x) == [1, 2, 3] and fig.data[0].name == "p -> w: m/small (training)"
+
+
+def test_loss_figure_charts_the_held_out_loss_and_marks_the_kept_checkpoint():
+    def event(i: int, **data) -> Event:
+        return Event(id=i, run_id=1, time="t", kind="train", message="", data={"model": "m/small", "strategy": "w",
+                                                                                 **data})
+
+    events = [event(1, step=0, val_loss=2.0, val_exact=0.0, best=True, held_out=6)]
+    events += [event(10 + i, step=i, total=6, loss=2.0 / i) for i in range(1, 7)]
+    events += [event(20, step=3, val_loss=0.5, val_exact=0.5, best=True, held_out=6),
+               event(21, step=6, val_loss=0.9, val_exact=0.33, best=False, held_out=6),
+               event(22, chosen_step=3, stopped="budget", held_out=6)]
+    fig = loss_figure(events)
+    by_name = {trace.name: trace for trace in fig.data}
+    assert list(by_name["w: m/small (training)"].x) == [1, 2, 3, 4, 5, 6]
+    held = by_name["w: m/small (held-out)"]
+    assert list(held.x) == [0, 3, 6] and list(held.y) == [2.0, 0.5, 0.9]
+    assert held.line.dash == "dash" and "50% exact answers" in held.customdata[1]
+    kept = by_name["w: m/small: kept step 3"]
+    assert list(kept.x) == [3] and list(kept.y) == [0.5] and kept.marker.symbol == "star"
 
 
 def test_usage_figure_sums_calls_and_tokens_per_model():

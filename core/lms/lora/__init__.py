@@ -16,7 +16,11 @@ contract" in docs/architecture.md). ``finetune`` does, in its own thread:
    exactly as the engine tokenizes its prompts): training sees the tokens the served model sees.
    The loss covers the answer tokens only, and the LM head is applied only at those positions
    (the full batch x seq x vocab logits would dominate a CPU step). Rows longer than
-   ``max_length`` lose prompt tokens from the left (the BOS token is kept). Deterministic for a seed.
+   ``max_length`` lose prompt tokens from the left (the BOS token is kept) (``rows``). Deterministic for a seed.
+   The budget is the data's (``validation``): a stratified share of the rows (``validation_fraction``) is held
+   out, scores the LoRA before training and at each checkpoint, and the LoRA of the best checkpoint is kept;
+   training stops after ``patience`` checkpoints without a better one (``epochs``, ``max_steps`` and
+   ``max_minutes`` bound it).
    The device (``device.pick_device``: CUDA, then MPS, then the CPU; bfloat16 where it computes in it)
    is checked to have the memory the training needs before the first step (``device.check_fits``);
    the trained LoRA comes back to the CPU in float32 for the export.
@@ -52,15 +56,8 @@ from core.lms.lora.params import (
     torch_threads,
 )
 from core.lms.lora.provider import LocalLoRAProvider, LocalLoRATrainingJob
-from core.lms.lora.train import (
-    EncodedRow,
-    Tokenizer,
-    TrainResult,
-    answer_loss,
-    batch_schedule,
-    encode_rows,
-    train_lora,
-)
+from core.lms.lora.rows import EncodedRow, Tokenizer, encode_rows
+from core.lms.lora.train import TrainResult, answer_loss, batch_schedule, train_lora
 
 __all__ = [
     "ALLOWED_QUANTS",

@@ -105,6 +105,18 @@ PARAMS: dict[str, HyperParam] = {
     "micro_batch_tokens": HyperParam(int, 768, 32, 524_288,
                                      description="padded tokens per forward pass: a batch larger than this trains in "
                                                  "several passes whose gradients add up (less memory, the same step)"),
+    # The budget is chosen on held-out rows (``core.lms.lora.validation``): epochs and max_steps are its upper
+    # bound, the training keeps its best checkpoint and stops after `patience` checkpoints without a better one.
+    "validation_fraction": HyperParam(float, 0.2, 0.0, 0.5,
+                                      description="share of the training rows held out to choose the training budget "
+                                                  "(never trained on; 0: train every row for the whole budget)"),
+    "patience": HyperParam(int, 2, 1, 50,
+                           description="validation checks without a better score before training stops early"),
+    "eval_every": HyperParam(int, None, 1, 10_000, optional=True,
+                             description="training steps between validation checks (None: after every epoch)"),
+    "max_minutes": HyperParam(float, None, 0.0, 10_000.0, low_open=True, optional=True,
+                              description="stop training after this many minutes, scoring included (at least one step "
+                                          "trains; the best checkpoint so far is kept; None: no time bound)"),
     "max_length": HyperParam(int, 384, 32, 4096,
                              description="tokens per row; a longer row loses prompt tokens from the left"),
     "seed": HyperParam(int, 0, 0, 2**32 - 1, description="row order and LoRA initialisation"),
@@ -145,7 +157,7 @@ def train_overrides(**values: Any) -> dict[str, Any]:
         raise LMError(f"override(s) {', '.join(f'{n}={values[n]!r}' for n in same)} equal the PARAMS default; "
                       "drop them from the overrides")
     return {name: PARAMS[name].check(name, value) for name, value in values.items()}
-CALLBACKS = ("progress", "should_stop")
+CALLBACKS = ("progress", "should_stop", "on_checkpoint")
 OTHER_KEYS = ("output_dir", "quant")
 
 
@@ -165,6 +177,10 @@ class TrainParams:
     weight_decay: float = PARAMS["weight_decay"].default
     serve: str = PARAMS["serve"].default
     micro_batch_tokens: int = PARAMS["micro_batch_tokens"].default
+    validation_fraction: float = PARAMS["validation_fraction"].default
+    patience: int = PARAMS["patience"].default
+    eval_every: int | None = PARAMS["eval_every"].default
+    max_minutes: float | None = PARAMS["max_minutes"].default
     bf16: bool = FLAGS["bf16"]
     gradient_checkpointing: bool = FLAGS["gradient_checkpointing"]
     release_served_models: bool = FLAGS["release_served_models"]

@@ -27,6 +27,13 @@ logger = logging.getLogger(__name__)
 
 _TRAIN_LOCK = threading.Lock()
 
+STOP_REASONS = {
+    "budget": "every epoch of its budget trained",
+    "patience": "stopped early, no better held-out score in its last checkpoints",
+    "time": "its time bound (max_minutes) reached",
+}
+"""Why a fine-tune's training ended (``TrainResult.stopped``), as a run says it."""
+
 
 class LocalLoRATrainingJob(TrainingJob):
     """A fine-tuning job of ``LocalLoRAProvider``; ``status()`` and ``progress`` report where it is."""
@@ -118,7 +125,7 @@ class LocalLoRAProvider(Provider):
         if not train_data:
             raise LMError("fine-tuning needs at least one training row; got 0")
         kw = train_kwargs or {}
-        user_progress, user_stop = kw.get("progress"), kw.get("should_stop")
+        user_progress, user_stop, on_checkpoint = kw.get("progress"), kw.get("should_stop"), kw.get("on_checkpoint")
         cancel_event = getattr(job, "cancel_event", None)
 
         def should_stop() -> bool:
@@ -151,7 +158,7 @@ class LocalLoRAProvider(Provider):
                     self.release()  # loaded again by the first call after the step
                 merged = params.serve == "merged"
                 result = train_lora(key, train_data, params, progress=progress, should_stop=should_stop,
-                                    merge=merged)
+                                    merge=merged, on_checkpoint=on_checkpoint)
                 if should_stop():
                     raise StepCancelled(
                         f"fine-tuning cancelled after step {result.steps} (before the export)"
@@ -195,6 +202,12 @@ class LocalLoRAProvider(Provider):
                         "merge_peak_rss_mb": result.merge_peak_rss_mb,
                         "export_peak_rss_mb": export_peak,
                         "device_peak_mb": result.device_peak_mb,
+                        # the budget chosen on held-out rows: each checkpoint's scores, the one kept, and why it ended
+                        "held_out_rows": result.held_out_rows,
+                        "checkpoints": result.checkpoints,
+                        "chosen_step": result.chosen_step,
+                        "stopped": result.stopped,
+                        "validation_seconds": result.validation_seconds,
                     },
                 }
                 (folder / "meta.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
@@ -203,10 +216,11 @@ class LocalLoRAProvider(Provider):
                 raise
         self.register(new_name, folder)
         logger.info(
-            "fine-tuned %s -> %s (%d steps, final loss %.4f, %s, %s)",
+            "fine-tuned %s -> %s (%d steps%s, final loss %.4f, %s, %s)",
             model,
             new_name,
             result.steps,
+            f", kept step {result.chosen_step}" if result.chosen_step is not None else "",
             result.final_loss or float("nan"),
             params.quant if params.serve == "merged" else "LoRA adapter on the base GGUF",
             folder,

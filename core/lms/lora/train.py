@@ -1,4 +1,5 @@
-"""Rows -> tokens and the LoRA training loop (answer-only loss); the served forms are ``export``'s."""
+"""The LoRA training loop (answer-only loss), its budget chosen on held-out rows (``validation``); the rows' tokens
+are ``rows``', the served forms ``export``'s."""
 
 from __future__ import annotations
 
@@ -12,97 +13,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core.errors import LMError, StepCancelled
-from core.lms import catalog
 from core.lms.cpu import return_freed_memory
 from core.lms.lora.base_weights import ensure_hf_cache, load_base_model
 from core.lms.lora.device import TrainDevice, check_fits, current_rss_mb, model_size, pick_device
 from core.lms.lora.params import TrainParams, restart_peak_rss, torch_threads, window_peak_rss_mb
+from core.lms.lora.rows import EncodedRow, encode_rows
+from core.lms.lora.validation import BudgetChooser, Checkpoint, holdout_split, score_rows, trainable_tensors
 
 logger = logging.getLogger(__name__)
-
-# --- rows -> tokens -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class EncodedRow:
-    """One training row as token ids: the prompt and the answer (the loss covers the answer only)."""
-
-    prompt: list[int]
-    answer: list[int]
-    truncated: bool = False
-    cut: int = 0
-    """Tokens the row lost to ``max_length`` (prompt tokens from the left, answer tokens from the end)."""
-
-
-class Tokenizer:
-    """llama.cpp's tokenizer of the shipped GGUF (vocab only), as the engine tokenizes prompts."""
-
-    def __init__(self, key: str) -> None:
-        import llama_cpp
-
-        from core.lms.native_log import route_native_logs
-
-        route_native_logs()  # its load chatter: the "llama.cpp" logger (a run's log file), not the console
-        self.key = key
-        self._llama = llama_cpp.Llama(model_path=str(catalog.gguf_path(key)), vocab_only=True, verbose=False)
-        self.bos = int(self._llama.token_bos())
-
-    def prompt(self, text: str) -> list[int]:
-        """Tokens of a rendered prompt (BOS added when the model wants one)."""
-        return list(self._llama.tokenize(text.encode("utf-8"), add_bos=True, special=True))
-
-    def answer(self, text: str) -> list[int]:
-        """Tokens of an answer continuing a prompt (no BOS)."""
-        return list(self._llama.tokenize(text.encode("utf-8"), add_bos=False, special=True))
-
-
-def _row_messages(row: Any, index: int) -> list[dict]:
-    messages = row.get("messages") if isinstance(row, dict) else None
-    if not isinstance(messages, list) or not messages:
-        raise LMError(
-            f"training row {index} must be {{'messages': [...]}} (chat format); got {str(row)[:120]!r}"
-        )
-    if not isinstance(messages[-1], dict) or messages[-1].get("role") != "assistant":
-        raise LMError(f"training row {index} must end with an assistant message (the target)")
-    return messages
-
-
-def encode_rows(
-    key: str, rows: Sequence[dict], max_length: int, tokenizer: Tokenizer | None = None
-) -> list[EncodedRow]:
-    """Render and tokenize chat rows; truncate each to ``max_length`` keeping the answer.
-
-    The prompt loses tokens from the left (after the BOS token, which is kept); an answer longer
-    than ``max_length - 1`` tokens is cut at the end (it keeps at least one prompt token).
-    """
-    tokenizer = tokenizer or Tokenizer(key)
-    end = catalog.end_of_turn(key)
-    out = []
-    for i, row in enumerate(rows):
-        messages = _row_messages(row, i)
-        try:
-            prompt_text = catalog.render_prompt(key, messages[:-1], add_generation_prompt=True)
-        except LMError as e:
-            raise LMError(f"training row {i}: {e}") from e
-        answer_text = messages[-1].get("content")
-        if not isinstance(answer_text, str):
-            raise LMError(f"training row {i}: the assistant message must have a str 'content'")
-        prompt = tokenizer.prompt(prompt_text)
-        answer = tokenizer.answer(answer_text + end)
-        whole = len(prompt) + len(answer)
-        truncated = False
-        if len(answer) > max_length - 1:
-            answer, truncated = answer[: max_length - 1], True
-        room = max_length - len(answer)
-        if len(prompt) > room:
-            keep_bos = bool(prompt) and prompt[0] == tokenizer.bos
-            head = prompt[:1] if keep_bos else []
-            tail_len = room - len(head)
-            prompt = head + (prompt[-tail_len:] if tail_len > 0 else [])
-            truncated = True
-        out.append(EncodedRow(prompt, answer, truncated, whole - len(prompt) - len(answer)))
-    return out
-
 
 # --- training -------------------------------------------------------------------------------------
 
@@ -142,6 +60,16 @@ class TrainResult:
     """This process's RSS before training (peak RSS minus it: what the training took on the CPU)."""
     device_peak_mb: float = 0.0
     """Peak memory torch reserved on a GPU (0 on the CPU)."""
+    held_out_rows: int = 0
+    """Rows held out to choose the budget (0: every row trained for the whole budget)."""
+    checkpoints: list[dict[str, Any]] = field(default_factory=list)
+    """Each checkpoint's step and held-out scores (``validation.Checkpoint.to_json``), step 0 the untrained LoRA."""
+    chosen_step: int | None = None
+    """The step whose LoRA the model carries (None without held-out rows: the last)."""
+    stopped: str = "budget"
+    """Why training ended: ``budget`` (every epoch, or ``max_steps``), ``patience`` (early) or ``time``."""
+    validation_seconds: float = 0.0
+    """Time spent scoring checkpoints (not in ``seconds_per_step``)."""
 
     @property
     def first_loss(self) -> float | None:
@@ -209,11 +137,10 @@ def _batch_tensors(rows: list[EncodedRow], pad_id: int) -> tuple[Any, Any, Any, 
     )
 
 
-def answer_loss(causal_lm: Any, rows: list[EncodedRow], device: TrainDevice, pad_id: int = 0) -> Any:
-    """Mean cross-entropy over the answer tokens; the LM head runs only at those positions (on ``device``, under
-    its autocast)."""
+def answer_logits(causal_lm: Any, rows: list[EncodedRow], device: TrainDevice, pad_id: int = 0) -> tuple[Any, Any, Any]:
+    """(logits in float32, target token ids, row index of each target) at the answer positions only: the LM head
+    runs only there (on ``device``, under its autocast)."""
     import torch
-    import torch.nn.functional as F
 
     input_ids, mask, b_idx, pos, targets = (t.to(device.kind) for t in _batch_tensors(rows, pad_id))
     with torch.autocast(device_type=device.kind, dtype=getattr(torch, device.autocast_dtype), enabled=device.autocast):
@@ -223,6 +150,14 @@ def answer_loss(causal_lm: Any, rows: list[EncodedRow], device: TrainDevice, pad
     softcap = getattr(causal_lm.config, "final_logit_softcapping", None)
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap
+    return logits, targets, b_idx
+
+
+def answer_loss(causal_lm: Any, rows: list[EncodedRow], device: TrainDevice, pad_id: int = 0) -> Any:
+    """Mean cross-entropy over the answer tokens."""
+    import torch.nn.functional as F
+
+    logits, targets, _ = answer_logits(causal_lm, rows, device, pad_id)
     return F.cross_entropy(logits, targets)
 
 
@@ -235,6 +170,7 @@ def train_lora(
     should_stop: Callable[[], bool] | None = None,
     merge: bool = True,
     device: TrainDevice | None = None,
+    on_checkpoint: Callable[[dict[str, Any]], Any] | None = None,
 ) -> TrainResult:
     """Train a LoRA on ``rows`` for ``key``; return losses and the merged model (``merge``) or the PEFT model.
 
@@ -242,6 +178,12 @@ def train_lora(
     is checked before every step and raises StepCancelled when it returns True. ``device``: where to train
     (default ``pick_device``); LMError before the first step when the training does not fit in its memory. The
     returned model is on the CPU in float32, whatever the device.
+
+    With ``validation_fraction`` > 0 and enough rows, a stratified share of ``rows`` is held out (never trained on)
+    and scores the LoRA before training and at every checkpoint (each epoch, or every ``eval_every`` steps);
+    training stops after ``patience`` checkpoints without a better score or past ``max_minutes``, and the returned
+    model carries the best checkpoint's LoRA (``validation``). ``on_checkpoint(data)`` hears each checkpoint
+    (``step``, ``val_loss``, ``val_exact``, ``best``) and, last, the choice (``chosen_step``, ``stopped``).
     """
     import torch
     from peft import LoraConfig, get_peft_model
@@ -251,9 +193,9 @@ def train_lora(
     threads = torch_threads()
     torch.set_num_threads(threads)
     started = time.monotonic()
-    encoded = encode_rows(key, rows, params.max_length)
-    truncated = sum(r.truncated for r in encoded)
-    cuts = [r.cut for r in encoded if r.cut]
+    every_row = encode_rows(key, rows, params.max_length)
+    truncated = sum(r.truncated for r in every_row)
+    cuts = [r.cut for r in every_row if r.cut]
     if truncated:
         logger.info(
             "%d of %d rows were longer than max_length=%d and were truncated",
@@ -261,8 +203,11 @@ def train_lora(
             len(rows),
             params.max_length,
         )
+    train_idx, held_idx = holdout_split([repr(r.answer) for r in every_row], params.validation_fraction, params.seed)
+    encoded, held = [every_row[i] for i in train_idx], [every_row[i] for i in held_idx]
     batches = batch_schedule(len(encoded), params)
     total = len(batches)
+    every = params.eval_every or max(1, -(-len(encoded) // params.batch_size))  # default: once per epoch
     device = device or pick_device(bf16=params.bf16)
     n_params, model_config = model_size(ensure_hf_cache(key))
     lengths = [len(r.prompt) + len(r.answer) for r in encoded]
@@ -295,10 +240,11 @@ def train_lora(
     trainable = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=params.learning_rate, weight_decay=params.weight_decay)
     logger.info(
-        "fine-tuning %s: %d rows, %d steps (batch %d in passes of at most %d tokens, %d epochs%s), LoRA r=%d "
-        "alpha=%g, lr=%g, %d trainable parameters, %d torch threads, on %s",
+        "fine-tuning %s: %d rows (%d more held out to choose the budget), at most %d steps (batch %d in passes of "
+        "at most %d tokens, %d epochs%s), LoRA r=%d alpha=%g, lr=%g, %d trainable parameters, %d torch threads, on %s",
         key,
-        len(rows),
+        len(encoded),
+        len(held),
         total,
         params.batch_size,
         params.micro_batch_tokens,
@@ -312,11 +258,38 @@ def train_lora(
         device.describe(),
     )
     losses: list[float] = []
+    chooser = BudgetChooser(params.patience)
+    held_passes = micro_batches(range(len(held)), [len(r.prompt) + len(r.answer) for r in held],
+                                params.micro_batch_tokens)
+    tensors = trainable_tensors(peft_model)
+    validation_seconds = 0.0
+
+    def checkpoint(step: int) -> None:
+        nonlocal validation_seconds
+        scoring = time.monotonic()
+        loss, exact = score_rows(causal_lm, held, held_passes, device, answer_logits)
+        validation_seconds += time.monotonic() - scoring
+        point = Checkpoint(step, loss, exact)
+        best = chooser.record(point, tensors)
+        logger.info("checkpoint at step %d: held-out loss %.4f, exact answers %.0f%% of %d%s", step, loss,
+                    100 * exact, len(held), " (best so far)" if best else "")
+        if on_checkpoint is not None:
+            on_checkpoint({**point.to_json(), "best": best, "held_out": len(held)})
+
+    stopped = "budget"
     train_started = time.monotonic()
     with _out_of_memory_as_lm_error(device, estimate, params):
+        if held:
+            checkpoint(0)  # the untrained model: a fine-tune must beat it to be kept
         for step, (batch, batch_passes) in enumerate(zip(batches, passes, strict=True), start=1):
             if should_stop is not None and should_stop():
                 raise StepCancelled(f"fine-tuning cancelled at step {step - 1} of {total}")
+            over_time = params.max_minutes is not None and time.monotonic() - train_started > 60 * params.max_minutes
+            if over_time and step > 1:  # at least one step trains
+                stopped = "time"
+                logger.info("fine-tuning stops at step %d of %d: max_minutes=%g reached", step - 1, total,
+                            params.max_minutes)
+                break
             step_started = time.monotonic()
             answers = sum(len(encoded[i].answer) for i in batch)
             value = 0.0
@@ -345,7 +318,21 @@ def train_lora(
             )
             if progress is not None:
                 progress(step, total, value)
-    train_seconds = time.monotonic() - train_started
+            if held and (step % every == 0 or step == total):
+                checkpoint(step)
+                if chooser.exhausted and step < total:
+                    stopped = "patience"
+                    logger.info("fine-tuning stops early at step %d of %d: %d checkpoints without a better held-out "
+                                "score than step %d's", step, total, params.patience, chooser.best.step)
+                    break
+        if held and losses and chooser.checkpoints[-1].step != len(losses):
+            checkpoint(len(losses))  # the last trained state (a time bound stopped between checkpoints)
+    if held and chooser.restore(tensors):
+        logger.info("kept the LoRA of step %d (of %d trained): the best held-out score", chooser.best.step,
+                    len(losses))
+    if held and on_checkpoint is not None:
+        on_checkpoint({"chosen_step": chooser.best.step, "stopped": stopped, "held_out": len(held)})
+    train_seconds = time.monotonic() - train_started - validation_seconds
     train_peak = window_peak_rss_mb()  # before the LoRA comes back to the CPU or is merged
     device_peak = torch.cuda.max_memory_reserved() / 2**20 if device.kind == "cuda" else 0.0
     moved = device.kind != "cpu" or device.dtype != "float32"
@@ -353,7 +340,8 @@ def train_lora(
         # the device's copy goes before the float32 one comes: the LoRA alone travels to the CPU (holding both
         # put the bf16 and the float32 weights in memory at once)
         state = _lora_state(peft_model)
-        del base, causal_lm, optimizer, trainable, peft_model
+        del base, causal_lm, optimizer, trainable, peft_model, tensors
+        chooser.best_state = None
         gc.collect()
         if device.kind == "cuda":
             torch.cuda.empty_cache()
@@ -374,7 +362,7 @@ def train_lora(
         seconds_per_step=round(train_seconds / max(1, len(losses)), 3),
         rows=len(rows),
         truncated_rows=truncated,
-        row_tokens=round(sum(len(r.prompt) + len(r.answer) + r.cut for r in encoded) / len(encoded), 1),
+        row_tokens=round(sum(len(r.prompt) + len(r.answer) + r.cut for r in every_row) / len(every_row), 1),
         cut_tokens=round(sum(cuts) / len(cuts), 1) if cuts else 0.0,
         max_cut_tokens=max(cuts, default=0),
         peak_rss_mb=train_peak,
@@ -386,6 +374,11 @@ def train_lora(
         memory_estimate_mb=round(estimate.total / 2**20, 1),
         rss_before_mb=rss_before,
         device_peak_mb=round(device_peak, 1),
+        held_out_rows=len(held),
+        checkpoints=[c.to_json() for c in chooser.checkpoints],
+        chosen_step=chooser.best.step if chooser.best else None,
+        stopped=stopped,
+        validation_seconds=round(validation_seconds, 2),
     )
 
 
