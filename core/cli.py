@@ -10,7 +10,9 @@
     python -m core predict BUNDLE --input '{"field": "..."}'
     python -m core models [--json]
     python -m core models --inspect PATH [--weights DIR] [--json]   check your own model before using it
-    python -m core doctor [--json]       do the embedded models run on this CPU? (child processes)
+    python -m core doctor [--json]       do the embedded models run on this CPU? (child processes); then measures
+                                         this machine's speed for the estimate if it is not cached for this build
+    python -m core calibrate [--json]    measure this machine's speed for the estimate again (a probe, ~30 s)
     python -m core app [--port 8501]     start the dashboard on localhost
 
 `make install` also installs these as the `studio` command (``studio run CONFIG.json``), which works
@@ -238,17 +240,41 @@ def _inspect_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _announce(check: Any) -> None:
+    print(f"checking {check.name} (in a child process)...", file=sys.stderr, flush=True)
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
+    """The checks; once they pass, this machine's calibration unless it is cached for this build (or
+    ``--no-calibrate``). A failed calibration is a warning (the estimate stays uncalibrated), not a failed check."""
     from core.lms.doctor import format_report, run_doctor
+    from core.plan import calibration
 
-    def announce(check: Any) -> None:
-        print(f"checking {check.name} (in a child process)...", file=sys.stderr, flush=True)
-
-    report = run_doctor(on_check=announce)
-    print(json.dumps(report.to_dict(), indent=2) if args.json else format_report(report))
+    report = run_doctor(on_check=_announce)
+    output, text, warnings = report.to_dict(), format_report(report), []
+    if report.ok and not args.no_calibrate:
+        cal, probes = calibration.ensure(on_probe=_announce)
+        output["calibration"] = cal.to_json()
+        text += "\n" + calibration.format_calibration(cal)
+        warnings = [r.diagnosis for r in probes if r.diagnosis]
+    print(json.dumps(output, indent=2) if args.json else text)
     for line in report.diagnoses():
         print(f"error: {line}", file=sys.stderr)
+    for line in warnings:
+        print(f"warning: the calibration failed, the estimates stay uncalibrated: {line}", file=sys.stderr)
     return 0 if report.ok else 1
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """Measure this machine's speed for the estimate (``core.plan.calibration``) and cache it."""
+    from core.plan import calibration
+
+    cal, probes = calibration.measure(on_probe=_announce)
+    print(json.dumps(cal.to_json(), indent=2) if args.json else calibration.format_calibration(cal))
+    failed = [r.diagnosis for r in probes if r.diagnosis]
+    for line in failed:
+        print(f"error: {line}", file=sys.stderr)
+    return 0 if not failed else 1
 
 
 def cmd_app(args: argparse.Namespace) -> int:
@@ -322,7 +348,13 @@ def build_parser() -> argparse.ArgumentParser:
     models.set_defaults(func=cmd_models)
     doctor = sub.add_parser("doctor", help="check that the embedded models run on this CPU (generation, a LoRA step)")
     doctor.add_argument("--json", action="store_true")
+    doctor.add_argument("--no-calibrate", action="store_true",
+                        help="skip measuring this machine's speed for the estimate (done when it is not cached)")
     doctor.set_defaults(func=cmd_doctor)
+    calibrate = sub.add_parser("calibrate", help="measure this machine's speed for the estimate (calls, training "
+                                                 "rows) in child processes, and cache it")
+    calibrate.add_argument("--json", action="store_true")
+    calibrate.set_defaults(func=cmd_calibrate)
     app = sub.add_parser("app", help="start the dashboard on http://localhost:PORT (never on other interfaces)")
     app.add_argument("--port", type=_port, default=8501)
     app.set_defaults(func=cmd_app)

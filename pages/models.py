@@ -53,6 +53,28 @@ def doctor_section() -> None:
             st.success(f"The embedded models run on this CPU (llama-cpp-python build: {report['build']}).")
 
 
+def calibration_section() -> None:
+    """This machine's speed against the reference machine's, which scales the estimates (``core.plan.calibration``);
+    measured again only on the button."""
+    from core.plan import calibration
+
+    st.subheader("This machine's speed (for the estimates)")
+    if st.button("Measure this machine's speed", icon=":material/speed:",
+                 help="Times a few calls of SmolLM2 and a few LoRA steps, in child processes (about half a minute), "
+                      "and caches the result for this machine and build."):
+        with st.spinner("Measuring calls and training steps in child processes..."):
+            st.session_state["calibration_failures"] = [r.diagnosis for r in calibration.measure()[1] if r.diagnosis]
+    for line in st.session_state.get("calibration_failures", []):
+        st.error(line)
+    cal = calibration.current()
+    (st.success if cal.calibrated else st.info)(calibration.headline(cal))
+    st.dataframe(pd.DataFrame(calibration.table_rows(cal), columns=["what", "value"]), hide_index=True,
+                 width="stretch")
+    for line in calibration.warnings(cal):
+        st.warning(line)
+    st.caption(calibration.REFERENCE_NOTE)
+
+
 def scripted_section(current: RunDraft) -> None:
     st.subheader("Fast scripted test LM")
     on = st.toggle(
@@ -179,6 +201,7 @@ def body() -> None:
     scripted_section(current)
     lm_table(current)
     embedded_section()
+    calibration_section()
     local_section(current)
     doctor_section()
     litellm_form(current)

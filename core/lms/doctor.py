@@ -321,8 +321,11 @@ LORA_ROWS = [
 ]
 
 
-def measure_lora_step(key: str) -> dict[str, Any]:
-    """One LoRA training step of ``key`` on two tiny rows, as a run trains (bf16 autocast)."""
+def measure_lora_step(key: str, rows: list[dict] | None = None, params: Any = None) -> dict[str, Any]:
+    """LoRA training steps of ``key`` as a run trains (bf16 autocast): by default one step on two tiny rows;
+    ``rows`` and ``params`` (a ``TrainParams``) for more (``core.plan.calibration`` times rows of a run's length).
+    From the trainer's progress callback: ``first_step_at``, the seconds to the end of the first step (it also loads
+    the weights and warms up), and ``step_seconds``, the time of each later step."""
     import math
 
     from core.lms import catalog
@@ -330,12 +333,17 @@ def measure_lora_step(key: str) -> dict[str, Any]:
 
     key = catalog.get_model(key).key
     warm = (ft.hf_cache_dir(key) / "source.json").is_file()
-    params = ft.TrainParams(epochs=1, max_steps=1, batch_size=2, max_length=64, lora_rank=4, lora_alpha=8.0)
-    result = ft.train_lora(key, LORA_ROWS, params, merge=False)
+    params = params or ft.TrainParams(epochs=1, max_steps=1, batch_size=2, max_length=64, lora_rank=4, lora_alpha=8.0)
+    ticks = [time.monotonic()]
+    result = ft.train_lora(key, rows or LORA_ROWS, params, merge=False,
+                           progress=lambda *_: ticks.append(time.monotonic()))
     loss = result.final_loss
     if loss is None or not math.isfinite(loss):
         raise RuntimeError(f"the LoRA step of {key} gave no finite loss ({loss})")
     return {"model": key, "steps": result.steps, "loss": loss, "seconds_per_step": result.seconds_per_step,
+            "step_seconds": [round(b - a, 3) for a, b in zip(ticks[1:-1], ticks[2:], strict=True)],
+            "first_step_at": round(ticks[1] - ticks[0], 2) if len(ticks) > 1 else None,
+            "rows": result.rows, "row_tokens": result.row_tokens, "truncated_rows": result.truncated_rows,
             "torch_threads": result.threads, "weights_cache": "warm" if warm else "converted now",
             "peak_rss_mb": result.peak_rss_mb}
 
@@ -353,16 +361,19 @@ CHILD_CHECKS: dict[str, Callable[[str], dict[str, Any]]] = {
 }
 
 
-def child_main(argv: list[str] | None = None) -> int:
-    """Entry point of a check's child process; writes its JSON result to ``$STUDIO_DOCTOR_RESULT``."""
-    parser = argparse.ArgumentParser(prog="python -m core.lms.doctor")
-    parser.add_argument("--child", choices=sorted(CHILD_CHECKS), required=True)
+def child_main(argv: list[str] | None = None, checks: dict[str, Callable[[str], dict[str, Any]]] | None = None,
+               prog: str = "python -m core.lms.doctor") -> int:
+    """Entry point of a check's child process; writes its JSON result to ``$STUDIO_DOCTOR_RESULT``. ``checks``:
+    the measurements it may run (default ``CHILD_CHECKS``; ``core.plan.calibration`` passes its probes)."""
+    checks = checks or CHILD_CHECKS
+    parser = argparse.ArgumentParser(prog=prog)
+    parser.add_argument("--child", choices=sorted(checks), required=True)
     parser.add_argument("model")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     result_path = os.environ.get(RESULT_ENV)
     try:
-        payload = {"ok": True, **CHILD_CHECKS[args.child](args.model)}
+        payload = {"ok": True, **checks[args.child](args.model)}
         _check_portable(payload)
         code = 0
     except Exception as e:  # noqa: BLE001 - reported to the parent as one line

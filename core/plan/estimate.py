@@ -35,6 +35,9 @@ predictors' calls cost time, since the run's call cache answers the unchanged up
 predictors once; a weight step whose label predictors learn from ``gold`` rows runs only the
 upstream predictors over the training set; a stratified prompt step after a weight step without demos
 bootstraps upstream demos (the program over a few training examples) and evaluates C sets of them.
+Every embedded time is that of the machine the constants were measured on, times this machine's factors
+(``core.plan.calibration``: calls for a call, training for a weight step's training and export), read from their
+cache, never measured here: 1.0 where this machine is not calibrated, as a note says.
 ``bench/quality.py`` prints this estimate's error against the measured wall time.
 """
 
@@ -50,6 +53,7 @@ from core.data import Table
 from core.errors import shown
 from core.optimizers.entry import EstimateContext
 from core.optimizers.table import get_optimizer
+from core.plan import calibration
 from core.programs import label_predictors
 
 # Per call; for the embedded models, that of a program that cannot be inspected (a user's file: the mean call of
@@ -263,11 +267,13 @@ def answer_tokens(config: RunConfig, program: Any, table: Table | None, name: st
 
 def embedded_call_seconds(config: RunConfig, program: Any, table: Table | None, name: str) -> float:
     """Seconds of one call of predictor ``name`` on the embedded models: the fixed part, its inputs' characters and
-    its answer's tokens. ``SECONDS_PER_CALL`` for a program that cannot be inspected."""
+    its answer's tokens. ``SECONDS_PER_CALL`` for a program that cannot be inspected. Times this machine's factor."""
+    speed = calibration.current().calls
     if program is None:
-        return SECONDS_PER_CALL["embedded"]
-    return (EMBEDDED_CALL_SECONDS + SECONDS_PER_INPUT_CHAR["embedded"] * call_input_chars(config, program, table, {name})
-            + SECONDS_PER_OUTPUT_TOKEN["embedded"] * answer_tokens(config, program, table, name))
+        return SECONDS_PER_CALL["embedded"] * speed
+    reads = SECONDS_PER_INPUT_CHAR["embedded"] * call_input_chars(config, program, table, {name})
+    writes = SECONDS_PER_OUTPUT_TOKEN["embedded"] * answer_tokens(config, program, table, name)
+    return speed * (EMBEDDED_CALL_SECONDS + reads + writes)
 
 
 def call_tokens(config: RunConfig, program: Any, table: Table | None, names: set[str], demos: int) -> tuple[float, float]:
@@ -322,6 +328,8 @@ def estimate(config: RunConfig, n_rows: int | None = None, table: Table | None =
         return total
 
     small_kind = next((kinds[a.lm] for a in config.predictors.values() if a.role == "small"), "embedded")
+    speed = calibration.current()  # this machine's factors (calls: embedded_call_seconds)
+    train_speed = speed.training if small_kind == "embedded" else 1.0
     cache = any(k == "embedded" for k in kinds.values())  # the embedded engine answers repeated calls once
     steps = [StepEstimate("baseline", "evaluation", p * v, seconds_for(p * v))]
     billed: list[tuple[int, int]] = [(p * v, 0)]  # (calls that reach the LMs, demos their prompts carry at most)
@@ -335,8 +343,8 @@ def estimate(config: RunConfig, n_rows: int | None = None, table: Table | None =
         done.append(spec.key)
         row = get_optimizer(spec.type)
         context = EstimateContext(predictors=p, train=n, val=v, labelled=labelled, cached=cache, prompted=prompted,
-                                  export_seconds=SECONDS_PER_EXPORT[small_kind], served=served, small=small,
-                                  small_upstream=small - small_labelled, served_upstream=served_upstream)
+                                  export_seconds=SECONDS_PER_EXPORT[small_kind] * train_speed, served=served,
+                                  small=small, small_upstream=small - small_labelled, served_upstream=served_upstream)
         cost = row.estimate(spec.settings, context)
         seconds = seconds_for(cost.calls - cost.cached) + cost.extra_seconds
         if cost.train_rows:
@@ -344,8 +352,8 @@ def estimate(config: RunConfig, n_rows: int | None = None, table: Table | None =
             if kept not in row_tokens:
                 row_tokens[kept] = training_row_tokens(config, program, table, kept)
             trained = min(row_tokens[kept], getattr(spec.settings, "max_length", None) or row_tokens[kept])
-            seconds += TRAIN_FIXED_SECONDS[small_kind] + (
-                cost.train_rows * SECONDS_PER_TRAIN_ROW[small_kind] * trained / TRAINED_ROW_TOKENS)
+            seconds += train_speed * (TRAIN_FIXED_SECONDS[small_kind]
+                                      + cost.train_rows * SECONDS_PER_TRAIN_ROW[small_kind] * trained / TRAINED_ROW_TOKENS)
         if spec.kind == "prompt":
             prompted = True
             billed.append((cost.calls - cost.cached, max(demos, _demos_after(spec.settings, choices))))
@@ -380,6 +388,7 @@ def estimate(config: RunConfig, n_rows: int | None = None, table: Table | None =
                      f"of ~{TRAINED_ROW_TOKENS} tokens on 2 CPU cores (a row is cut to max_length)"
                      + (f" (this run's rows: {trained})" if trained else "")
                      + "; repeated calls are answered from the run's cache")
+        notes.append(calibration.estimate_note(speed))
     if any(isinstance(spec, LocalLMSpec) for spec in config.lms.values()):
         notes.append("local models are priced at the embedded SmolLM2 135M's rates: a larger model takes longer, "
                      "and its first use converts it to GGUF once (SmolLM2's folder: ~10 s)")

@@ -111,3 +111,42 @@ def test_convert_now_makes_the_gguf_in_the_background(smollm2_folder: Path, tmp_
     next(b for b in at.button if b.label == "Refresh").click().run()
     assert f"Converted: {target.name} is in the model cache." in [c.value for c in at.caption]
     assert not any(b.label == "Convert now" for b in at.button)
+
+
+def test_the_models_page_shows_the_calibration_and_measures_only_on_the_button(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not calibrated at first (factors 1.0, the reason); the button runs the probes (faked here: calls 1.45x the
+    reference machine's time, training rows 1.3x) and the page shows the factors, the machine and the build."""
+    import json
+    import sys
+
+    from core.lms import doctor
+    from core.lms.doctor import Check
+    from core.plan import calibration
+
+    ran = []
+
+    def reports(payload: dict, name: str) -> Check:
+        code = (f"import json, os; open(os.environ[{doctor.RESULT_ENV!r}], 'w').write("
+                f"{json.dumps({'ok': True, **payload})!r})")
+        return Check(name, (sys.executable, "-c", code), 60)
+
+    def checks() -> list[Check]:
+        ran.append(1)
+        return [reports({"median_s": 0.538, "threads": 2}, "calibrate calls"),
+                reports({"row_seconds": 0.78, "torch_threads": 2}, "calibrate training")]
+
+    monkeypatch.setattr(calibration, "probe_checks", checks)
+    at = models_page()
+    assert ran == []  # never on render
+    assert any(i.value.startswith("Not calibrated: not measured on this machine yet") for i in at.info)
+    next(b for b in at.button if b.label == "Measure this machine's speed").click().run()
+    assert not at.exception and ran == [1]
+    assert any("Calls here take 1.45x the reference machine's time and training rows 1.30x: estimates are scaled."
+               == s.value for s in at.success)
+    table = next(d.value for d in at.dataframe if list(d.value.columns) == ["what", "value"])
+    shown = dict(zip(table["what"], table["value"], strict=True))
+    assert shown["calls"] == "x1.45: 0.538 s per 150-character call (reference 0.371 s)"
+    assert shown["training"].startswith("x1.30: 0.780 s per row of 384 tokens")
+    assert shown["build"].startswith("llama-cpp-python ") and "cores" in shown["machine"]
+    at.run()
+    assert ran == [1] and any("1.45x" in s.value for s in at.success)  # read from the cache, not measured again
