@@ -29,7 +29,7 @@ DEFAULT_TEMPLATE = "support_triage"
 # demos in the rows (short rows train fast). Measured on support triage's 30 gold rows (test split, 20):
 # lr 1e-3 x 12 steps and 2e-3 x 24 steps learn the format only (every intent 'bug', both right 15 %);
 # lr 3e-3, batch 4, 4 epochs (32 steps) learns the labels (intent 75 %, urgency 100 %). The number of epochs is
-# an upper bound: the weight step holds out a fifth of its rows and keeps the checkpoint that answers them best
+# an upper bound: the weight step keeps the checkpoint that answers the run's validation examples best
 # (core.lms.lora.validation), stopping after 2 checkpoints without a better one. A numeric table needed ~10
 # epochs of 50 gold rows to learn its thresholds (test 30 -> 54 by hand), where 4 learned nothing.
 EMBEDDED_TRAIN_OVERRIDES: dict[str, Any] = train_overrides(epochs=10, batch_size=4, learning_rate=3e-3)

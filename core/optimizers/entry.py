@@ -39,6 +39,8 @@ class BuildContext:
     teacher: Callable[[str | None], Any]
     # the run's event log for the step in progress: (kind, message, data); the run adds the step's strategy
     events: Events = no_events
+    # the run's validation examples: a weight step scores its checkpoints on their rows (never trains on them)
+    valset: Sequence[Any] = ()
 
 
 @dataclass(frozen=True)

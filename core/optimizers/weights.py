@@ -96,6 +96,7 @@ class RoleAwareFinetune(Teleprompter):
         adapter: dspy.Adapter | None = None,
         seed: int = 0,
         teacher_lm: Any = None,
+        valset: Sequence[dspy.Example] = (),
     ):
         super().__init__()
         if not small_predictors:
@@ -108,6 +109,7 @@ class RoleAwareFinetune(Teleprompter):
         self.adapter = adapter
         self.seed = seed
         self.teacher_lm = teacher_lm
+        self.valset = list(valset)
         self.last_stats: TraceStats | None = None
         self.finetuned: dict[str, str] = {}
 
@@ -116,10 +118,11 @@ class RoleAwareFinetune(Teleprompter):
         small = self._small_predictors(student)
         started = time.monotonic()
         traces, stats = self._collect_rows(student, small, trainset)
+        validation = self._validation_rows(student, small)
         self.hooks.on_phase("trace collection", time.monotonic() - started)
         for job in self._jobs_by_model(traces, small, stats).values():
             self.hooks.on_rows(job.model, list(job.evidence))
-            new_lm = self._finetune(job)
+            new_lm = self._finetune(job, validation.get(job.model, []))
             for predictor in job.predictors:
                 predictor.lm = new_lm
                 if self.settings.exclude_demos:  # served as trained, without demos (as DSPy's BootstrapFinetune)
@@ -166,6 +169,29 @@ class RoleAwareFinetune(Teleprompter):
         )
         return rows, stats
 
+    def _validation_rows(self, student: dspy.Module, small: dict[int, tuple[str, Any]]) -> dict[str, list[dict]]:
+        """Chat rows of the run's validation examples per small LM, from the same trace sources as the training
+        rows (unbalanced, never trained on): the weight step scores its checkpoints on them, so its budget is chosen
+        on the examples the run chooses its programs on, and every training row trains. The upstream calls they
+        need were made by the evaluations on the validation set: the run's call cache answers them. Empty without
+        a validation set or with ``validation_fraction`` 0 (the provider then holds out part of the training rows,
+        or trains the whole budget)."""
+        if not self.valset or self.settings.validation_fraction <= 0:
+            return {}
+        by_name = {name: predictor for name, predictor in small.values()}
+        plan = plan_sources(self.settings.trace_source, by_name, label_keys(self.valset), self.teacher_lm)
+        collected = collect_rows(student, self.valset, plan=plan, metric=self.metric,
+                                 min_score=self.settings.min_score, teacher_lm=self.teacher_lm,
+                                 num_threads=self.num_threads)
+        adapter = self.adapter or dspy.settings.adapter or dspy.ChatAdapter()
+        rows: dict[str, list[dict]] = {}
+        for item in sorted(collected.rows, key=_content_key):
+            predictor = by_name[item.predictor]
+            demos = [] if self.settings.exclude_demos else predictor.demos
+            rows.setdefault(predictor.lm.model, []).append(adapter.format_finetune_data(
+                signature=predictor.signature, demos=demos, inputs=item.inputs, outputs=item.outputs))
+        return rows
+
     def _jobs_by_model(
         self, traces: list[TraceRow], small: dict[int, tuple[str, Any]], stats: TraceStats
     ) -> dict[str, FinetuneJob]:
@@ -209,7 +235,7 @@ class RoleAwareFinetune(Teleprompter):
             raise StudioError(f"no training rows for the small LM(s) {empty}: their predictors never ran on kept traces")
         return jobs
 
-    def _finetune(self, job: FinetuneJob) -> Any:
+    def _finetune(self, job: FinetuneJob, validation: list[dict]) -> Any:
         model, rows = job.model, job.rows
         train_kwargs = {
             **self.settings.train_kwargs(),
@@ -218,6 +244,7 @@ class RoleAwareFinetune(Teleprompter):
             "progress": lambda step, total, loss: self.hooks.on_progress(model, step, total, loss),
             "should_stop": self.hooks.should_stop,
             "on_checkpoint": lambda data: self.hooks.on_checkpoint(model, data),
+            **({"validation_data": validation} if validation else {}),
             **self.hooks.extra_train_kwargs,
         }
         self.hooks.on_job_start(model, len(rows))

@@ -35,6 +35,7 @@ def build_optimizers(prepared: PreparedRun, weight_hooks: WeightStepHooks, adapt
         weight_hooks=inheriting_runtimes(weight_hooks, prepared.runtimes),  # a fine-tune keeps its base's limit
         teacher=lambda name: teacher_lm(prepared, name),
         events=events,
+        valset=tuple(prepared.split.val),
     )
     return {key: get_optimizer(spec.type).build(spec.settings, context) for key, spec in config.optimizers.items()}
 

@@ -194,7 +194,7 @@ def test_the_lora_provider_takes_omitted_hyper_parameters_from_the_table() -> No
 def test_recipes_state_only_what_they_change_of_the_table() -> None:
     from core.config.defaults import EMBEDDED_OPTIMIZERS, EMBEDDED_TRAIN_OVERRIDES
 
-    assert EMBEDDED_TRAIN_OVERRIDES == {"epochs": 4, "batch_size": 4, "learning_rate": 3e-3}
+    assert EMBEDDED_TRAIN_OVERRIDES == {"epochs": 10, "batch_size": 4, "learning_rate": 3e-3}
     settings = EMBEDDED_OPTIMIZERS["w"]["settings"]
     assert {name: value for name, value in settings.items() if name in PARAMS} == EMBEDDED_TRAIN_OVERRIDES
     assert FinetuneSettings(**settings).lora_rank == PARAMS["lora_rank"].default  # not restated: the table's

@@ -118,3 +118,15 @@ def test_a_time_bound_stops_training_and_still_scores_the_last_state(model_cache
     assert result.stopped == "time" and len(result.losses) == 1 and result.total_steps == 20 * 3
     assert [p["step"] for p in result.checkpoints] == [0, 1]  # the untrained LoRA and the last trained state
     assert time.monotonic() - started < 120
+
+
+def test_validation_rows_of_the_caller_score_and_every_training_row_trains(model_cache) -> None:
+    params, _ = lf.parse_train_kwargs(KEY, {"output_dir": "unused", "epochs": 1, "batch_size": 4, "seed": 0})
+    extra = _rows(16)[12:]
+    result = lf.train_lora(KEY, _rows(12), params, merge=False, validation_rows=extra)
+    assert result.held_out_rows == 4 and result.total_steps == 3  # all 12 rows train: 3 steps of 4
+    assert [p["step"] for p in result.checkpoints] == [0, 3]
+    off, _ = lf.parse_train_kwargs(KEY, {"output_dir": "unused", "epochs": 1, "batch_size": 4, "seed": 0,
+                                         "validation_fraction": 0.0, "max_steps": 1})
+    plain = lf.train_lora(KEY, _rows(12), off, merge=False, validation_rows=extra)
+    assert plain.held_out_rows == 0 and plain.checkpoints == [] and plain.chosen_step is None

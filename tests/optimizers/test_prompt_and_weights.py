@@ -154,3 +154,38 @@ def test_small_role_on_an_lm_that_cannot_finetune_is_refused(tmp_path: Path) -> 
                              _hooks(tmp_path))
     with pytest.raises(LMError, match="role 'small' but its LM 'openai/gpt-4o-mini' cannot be fine-tuned"):
         step.compile(_program(large, hosted), trainset=_examples(3))
+
+
+def test_the_validation_sets_rows_choose_the_budget_and_are_never_trained_on(tmp_path: Path, monkeypatch) -> None:
+    """The weight step formats the run's validation examples as rows of the same source (gold labels here) and hands
+    them to the provider as ``validation_data``: every training row trains, the validation rows only score."""
+    large = make_lm("large", tag="w7", hints=HINTS)
+    small = make_lm("small", tag="w7", hints=HINTS)
+    provider = type(small.provider)
+    seen: list[tuple[list[dict], dict]] = []
+    original = provider.finetune
+
+    def finetune(self, job, model, train_data, train_data_format, train_kwargs):
+        seen.append((train_data, dict(train_kwargs)))
+        return original(self, job, model, train_data, train_data_format, train_kwargs)
+
+    monkeypatch.setattr(provider, "finetune", finetune)
+    train, val = _examples(12), _examples(18)[12:]
+    settings = FinetuneSettings(trace_source="gold")
+    step = RoleAwareFinetune(make_metric("exact_match", ["label"]), ["classify"], settings, _hooks(tmp_path),
+                             valset=val)
+    with dspy.context(lm=large, adapter=dspy.ChatAdapter(use_json_adapter_fallback=False)):
+        step.compile(_program(large, small), trainset=train)
+    (rows, kwargs), = seen
+    validation = kwargs["validation_data"]
+    assert len(rows) == 12 and len(validation) == 6
+    answers = sorted(r["messages"][-1]["content"].split("]]\n")[1].split("\n")[0] for r in validation)
+    assert answers == sorted(e.label for e in val)
+    assert not {str(r["messages"]) for r in validation} & {str(r["messages"]) for r in rows}
+
+    seen.clear()
+    off = RoleAwareFinetune(make_metric("exact_match", ["label"]), ["classify"],
+                            FinetuneSettings(trace_source="gold", validation_fraction=0.0), _hooks(tmp_path), valset=val)
+    with dspy.context(lm=large, adapter=dspy.ChatAdapter(use_json_adapter_fallback=False)):
+        off.compile(_program(large, small), trainset=train)
+    assert "validation_data" not in seen[0][1]

@@ -17,8 +17,9 @@ contract" in docs/architecture.md). ``finetune`` does, in its own thread:
    The loss covers the answer tokens only, and the LM head is applied only at those positions
    (the full batch x seq x vocab logits would dominate a CPU step). Rows longer than
    ``max_length`` lose prompt tokens from the left (the BOS token is kept) (``rows``). Deterministic for a seed.
-   The budget is the data's (``validation``): a stratified share of the rows (``validation_fraction``) is held
-   out, scores the LoRA before training and at each checkpoint, and the LoRA of the best checkpoint is kept;
+   The budget is the data's (``validation``): the caller's validation rows (``train_kwargs["validation_data"]``:
+   the weight step gives the run's validation examples) or a stratified share of the rows (``validation_fraction``)
+   held out score the LoRA before training and at each checkpoint, and the LoRA of the best checkpoint is kept;
    training stops after ``patience`` checkpoints without a better one (``epochs``, ``max_steps`` and
    ``max_minutes`` bound it).
    The device (``device.pick_device``: CUDA, then MPS, then the CPU; bfloat16 where it computes in it)

@@ -158,7 +158,7 @@ def train_overrides(**values: Any) -> dict[str, Any]:
                       "drop them from the overrides")
     return {name: PARAMS[name].check(name, value) for name, value in values.items()}
 CALLBACKS = ("progress", "should_stop", "on_checkpoint")
-OTHER_KEYS = ("output_dir", "quant")
+OTHER_KEYS = ("output_dir", "quant", "validation_data")
 
 
 @dataclass(frozen=True)

@@ -126,6 +126,9 @@ class LocalLoRAProvider(Provider):
             raise LMError("fine-tuning needs at least one training row; got 0")
         kw = train_kwargs or {}
         user_progress, user_stop, on_checkpoint = kw.get("progress"), kw.get("should_stop"), kw.get("on_checkpoint")
+        validation = kw.get("validation_data") or None
+        if validation is not None and not isinstance(validation, list):
+            raise LMError(f"train_kwargs['validation_data'] must be a list of chat rows; got {type(validation).__name__}")
         cancel_event = getattr(job, "cancel_event", None)
 
         def should_stop() -> bool:
@@ -158,7 +161,7 @@ class LocalLoRAProvider(Provider):
                     self.release()  # loaded again by the first call after the step
                 merged = params.serve == "merged"
                 result = train_lora(key, train_data, params, progress=progress, should_stop=should_stop,
-                                    merge=merged, on_checkpoint=on_checkpoint)
+                                    merge=merged, on_checkpoint=on_checkpoint, validation_rows=validation)
                 if should_stop():
                     raise StepCancelled(
                         f"fine-tuning cancelled after step {result.steps} (before the export)"

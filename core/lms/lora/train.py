@@ -171,6 +171,7 @@ def train_lora(
     merge: bool = True,
     device: TrainDevice | None = None,
     on_checkpoint: Callable[[dict[str, Any]], Any] | None = None,
+    validation_rows: Sequence[dict] | None = None,
 ) -> TrainResult:
     """Train a LoRA on ``rows`` for ``key``; return losses and the merged model (``merge``) or the PEFT model.
 
@@ -179,8 +180,8 @@ def train_lora(
     (default ``pick_device``); LMError before the first step when the training does not fit in its memory. The
     returned model is on the CPU in float32, whatever the device.
 
-    With ``validation_fraction`` > 0 and enough rows, a stratified share of ``rows`` is held out (never trained on)
-    and scores the LoRA before training and at every checkpoint (each epoch, or every ``eval_every`` steps);
+    With ``validation_fraction`` > 0, ``validation_rows`` (the run's validation examples as chat rows), or else a
+    stratified share of ``rows`` when there are enough, is held out (never trained on) and scores the LoRA before training and at every checkpoint (each epoch, or every ``eval_every`` steps);
     training stops after ``patience`` checkpoints without a better score or past ``max_minutes``, and the returned
     model carries the best checkpoint's LoRA (``validation``). ``on_checkpoint(data)`` hears each checkpoint
     (``step``, ``val_loss``, ``val_exact``, ``best``) and, last, the choice (``chosen_step``, ``stopped``).
@@ -203,8 +204,12 @@ def train_lora(
             len(rows),
             params.max_length,
         )
-    train_idx, held_idx = holdout_split([repr(r.answer) for r in every_row], params.validation_fraction, params.seed)
-    encoded, held = [every_row[i] for i in train_idx], [every_row[i] for i in held_idx]
+    if validation_rows and params.validation_fraction > 0:  # the caller's: every training row trains
+        encoded, held = every_row, encode_rows(key, validation_rows, params.max_length)
+    else:
+        train_idx, held_idx = holdout_split([repr(r.answer) for r in every_row], params.validation_fraction,
+                                            params.seed)
+        encoded, held = [every_row[i] for i in train_idx], [every_row[i] for i in held_idx]
     batches = batch_schedule(len(encoded), params)
     total = len(batches)
     every = params.eval_every or max(1, -(-len(encoded) // params.batch_size))  # default: once per epoch

@@ -2,9 +2,11 @@
 which checkpoint the fine-tune keeps.
 
 A fixed budget suits one task and starves another (on a 150-row numeric table the embedded recipe learned
-nothing in its 4 epochs; by hand, 10 epochs took test 30 -> 54). So the trainer holds out a share of its rows
-(``validation_fraction``, stratified by answer so every label value is seen on both sides, never trained on),
-scores the LoRA on them at every checkpoint (each epoch, or every ``eval_every`` steps), keeps a copy of the
+nothing in its 4 epochs; by hand, 10 epochs took test 30 -> 54). So the trainer scores the LoRA on validation rows:
+the caller's (the weight step gives the run's validation examples, as rows of the same source), or else a share of
+its rows held out (``validation_fraction``, stratified by answer so every label value is seen on both sides),
+never trained on. It scores the LoRA on them at every checkpoint (each epoch, or every ``eval_every`` steps), keeps a
+copy of the
 best checkpoint's LoRA tensors, stops after ``patience`` checkpoints without a better one, and hands the best
 one on. A checkpoint's score is the share of held-out answers the model would write exactly (every answer token
 its greedy choice, read under teacher forcing from the same forward pass that gives the loss: if every token is
