@@ -9,12 +9,16 @@ from collections import Counter
 import pytest
 
 from core.lms import lora as lf
+from core.lms.lora.device import pick_device
+from core.lms.lora.rows import encode_rows
+from core.lms.lora.train import answer_logits, micro_batches
 from core.lms.lora.validation import (
     MIN_ROWS_TO_HOLD_OUT,
     BudgetChooser,
     Checkpoint,
     held_out_count,
     holdout_split,
+    score_rows,
 )
 
 KEY = "smollm2-135m"
@@ -90,12 +94,13 @@ def _rows(n: int) -> list[dict]:
 def test_the_trainer_scores_checkpoints_on_held_out_rows_and_keeps_the_best(model_cache) -> None:
     seen: list[dict] = []
     params, _ = lf.parse_train_kwargs(KEY, {"output_dir": "unused", "epochs": 4, "batch_size": 4, "seed": 0,
-                                            "learning_rate": 3e-3, "validation_fraction": 0.25, "patience": 2})
-    result = lf.train_lora(KEY, _rows(16), params, merge=False, on_checkpoint=seen.append)
-    assert result.held_out_rows == 4 and result.rows == 16
+                                            "learning_rate": 3e-3, "patience": 2})
+    validation = _rows(16)[12:]
+    result = lf.train_lora(KEY, _rows(12), params, merge=False, on_checkpoint=seen.append, validation_rows=validation)
+    assert result.held_out_rows == 4 and result.rows == 12
     points = result.checkpoints
-    # the untrained LoRA, then one checkpoint per epoch of 12 trained rows (3 steps)
-    assert [p["step"] for p in points][:2] == [0, 3] and all(p["step"] % 3 == 0 for p in points)
+    # the untrained LoRA, then one checkpoint per epoch of the 12 training rows
+    assert [p["step"] for p in points][:2] == [0, 3] and all(p["step"] % 3 == 0 for p in points)  # 12 rows: 3 steps
     assert points[0]["val_exact"] == 0.0  # the base model does not answer the made-up colours
     best = max(points, key=lambda p: (p["val_exact"], -p["val_loss"]))
     assert result.chosen_step == best["step"] and best["val_loss"] < points[0]["val_loss"]
@@ -108,6 +113,11 @@ def test_the_trainer_scores_checkpoints_on_held_out_rows_and_keeps_the_best(mode
     assert [s["step"] for s in heard if s["best"]][-1] == result.chosen_step and {s["held_out"] for s in heard} == {4}
     assert seen[-1] == {"chosen_step": result.chosen_step, "stopped": result.stopped, "held_out": 4}
     assert result.validation_seconds > 0
+    # the returned model carries the kept checkpoint's LoRA (scored in float32 now, in bfloat16 while training)
+    held = encode_rows(KEY, validation, params.max_length)
+    passes = micro_batches(range(len(held)), [len(r.prompt) + len(r.answer) for r in held], 768)
+    loss, exact = score_rows(result.peft_model.get_base_model(), held, passes, pick_device(bf16=False), answer_logits)
+    assert loss == pytest.approx(best["val_loss"], rel=0.05) and exact == best["val_exact"]
 
 
 def test_a_time_bound_stops_training_and_still_scores_the_last_state(model_cache) -> None:
