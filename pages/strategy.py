@@ -205,7 +205,7 @@ def estimate_section(current: RunDraft) -> None:
     c3.metric("Cost", "unknown" if result.cost is None else ("free (local)" if result.cost == 0 else
                                                              f"~${result.cost:.2f}"))
     st.dataframe(pd.DataFrame([
-        {"round": s.label, "optimizer": s.optimizer, "LM calls": s.calls, "fine-tuning steps": s.train_steps,
+        {"round": s.label, "optimizer": s.optimizer, "LM calls": s.calls, "fine-tuning steps (at most)": s.train_steps,
          "time": format_duration(s.seconds)} for s in result.steps
     ]), hide_index=True, width="stretch")
     st.caption(f"Split {result.sizes[0]}/{result.sizes[1]}/{result.sizes[2]}; plus {result.test_calls} calls "

@@ -52,6 +52,7 @@ from core.config.strategy import join_steps
 from core.data import Table
 from core.errors import shown
 from core.optimizers.entry import EstimateContext
+from core.optimizers.finetune import EXPECTED_BUDGET_SHARE
 from core.optimizers.table import get_optimizer
 from core.plan import calibration
 from core.programs import label_predictors
@@ -387,7 +388,8 @@ def estimate(config: RunConfig, n_rows: int | None = None, table: Table | None =
                      f"{'; '.join(read) or 'none'}), and ~{SECONDS_PER_TRAIN_ROW['embedded']} s per training row "
                      f"of ~{TRAINED_ROW_TOKENS} tokens on 2 CPU cores (a row is cut to max_length)"
                      + (f" (this run's rows: {trained})" if trained else "")
-                     + "; repeated calls are answered from the run's cache")
+                     + "; repeated calls are answered from the run's cache; a weight step stops when its "
+                     f"validation rows stop improving: priced at {EXPECTED_BUDGET_SHARE:.0%} of its epochs")
         notes.append(calibration.estimate_note(speed))
     if any(isinstance(spec, LocalLMSpec) for spec in config.lms.values()):
         notes.append("local models are priced at the embedded SmolLM2 135M's rates: a larger model takes longer, "
