@@ -24,7 +24,7 @@ from core.store.evidence import (
     training_sets,
 )
 from core.store.records import Round, Run
-from core.views.charts import label_figure, loss_figure
+from core.views.charts import LOSS_KINDS, label_figure, loss_figure
 from core.views.charts import round_label as strategy_label
 from core.views.evidence import (
     FILTER_LABELS,
@@ -188,7 +188,7 @@ def training(run: Run) -> None:
     if distribution:
         left.plotly_chart(label_figure(distribution, "Labels trained on"), width="stretch",
                           key=f"tr_labels_{run.id}_{chosen.round_index}_{chosen.model}")
-    events = loss_events(store().list_events(run.id, kinds=["train"]), strategy, chosen.model)
+    events = loss_events(store().list_events(run.id, kinds=LOSS_KINDS), strategy, chosen.model)
     if events:
         right.plotly_chart(loss_figure(events, "Loss"), width="stretch",
                            key=f"tr_loss_{run.id}_{chosen.round_index}_{chosen.model}")

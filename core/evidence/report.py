@@ -35,7 +35,7 @@ from core.store.evidence import (
 )
 from core.store.records import Round, Run
 from core.store.secrets import redact, redact_value
-from core.views.charts import label_figure, loss_figure, round_label, score_figure, usage_figure
+from core.views.charts import LOSS_KINDS, label_figure, loss_figure, round_label, score_figure, usage_figure
 from core.views.evidence import sources_legend
 from core.views.rounds import ROUND_COLUMNS, round_table
 
@@ -104,7 +104,7 @@ def _charts(store: Store, run: Run, rounds: list[Round], charts: _Charts) -> str
     parts = [charts.html(score_figure(rounds, planned), "chart-score")]
     if any(r.lm_usage for r in rounds):
         parts.append(charts.html(usage_figure(rounds), "chart-usage"))
-    train = store.list_events(run.id, kinds=["train"])
+    train = store.list_events(run.id, kinds=LOSS_KINDS)
     if train:
         parts.append(charts.html(loss_figure(train), "chart-loss"))
     return '<h2 id="charts">Charts</h2>' + "".join(parts)

@@ -210,7 +210,7 @@ class RoundRecorder:
             else:
                 message = (f"{model}: checkpoint at step {data['step']}: held-out loss {data['val_loss']:.4f}, "
                            f"exact answers {100 * data['val_exact']:.0f}%{' (best so far)' if data['best'] else ''}")
-            self.event("train", message, {"model": model, "strategy": self._step, **data})
+            self.event("checkpoint", message, {"model": model, "strategy": self._step, **data})
 
         def on_finetuned(old: str, new_lm: Any) -> None:
             new = new_lm.model

@@ -71,6 +71,10 @@ def score_figure(rounds: Sequence[Round], planned: Sequence[str] = (), title: st
     return _layout(fig, title)
 
 
+LOSS_KINDS = ["train", "checkpoint"]
+"""The events of the loss chart: training steps, and the checkpoints scored on validation rows (with the one kept)."""
+
+
 def loss_figure(train_events: Iterable[Event], title: str = "Fine-tuning loss") -> go.Figure:
     """Loss per training step, one line per weight step and model (from ``train`` events), with the loss on the
     held-out rows at each checkpoint (dashed) and the checkpoint the fine-tune kept (a star), as hosted

@@ -13,9 +13,10 @@ from core.config.schema import RunConfig
 from core.config.strategy import strategy_prefixes
 from core.store import Store
 from core.store.records import Event, Round, Run, RunStatus
+from core.views.charts import LOSS_KINDS
 
-LOG_KINDS = ("status", "step_start", "round", "traces", "train_start", "finetuned", "truncated", "candidates", "cancelled",
-             "error", "tracking")
+LOG_KINDS = ("status", "step_start", "round", "traces", "train_start", "checkpoint", "finetuned", "truncated",
+             "candidates", "cancelled", "error", "tracking")
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,7 @@ def run_snapshot(store: Store, run_id: int, log_limit: int = 200) -> RunSnapshot
     run = store.get_run(run_id)
     rounds = store.list_rounds(run_id)
     planned = strategy_prefixes(run.strategy) if run.strategy else [""]
-    train = store.list_events(run_id, kinds=["train"])
+    train = store.list_events(run_id, kinds=LOSS_KINDS)
     log = store.list_events(run_id, kinds=list(LOG_KINDS))[-log_limit:]
     return RunSnapshot(run, rounds, planned, _kinds(run.config), _progress(store, run, rounds, planned),
                        train, log)

@@ -52,6 +52,10 @@ def test_p_w_on_the_embedded_model_then_export_and_reload(tmp_path: Path) -> Non
     assert tuned.startswith("embedded/smollm2-135m:ft-")
     train = store.list_events(run_id, kinds=["train"])
     assert [e.data["step"] for e in train] == [1, 2] and all(e.data["loss"] > 0 for e in train)
+    # the 3 validation examples' rows scored the untrained LoRA and the last step; the choice closes the list
+    checkpoints = [e.data for e in store.list_events(run_id, kinds=["checkpoint"])]
+    assert [c["step"] for c in checkpoints[:-1]] == [0, 2] and {c["held_out"] for c in checkpoints} == {3}
+    assert checkpoints[-1]["chosen_step"] in (0, 2) and checkpoints[-1]["stopped"] == "budget"
     weights = store.list_artifacts(run_id, "weights")
     assert len(weights) == 1 and sorted(p.name for p in Path(weights[0].path).iterdir()) == ["adapter.gguf",
                                                                                             "meta.json"]

@@ -58,8 +58,9 @@ def test_loss_figure_one_line_per_step_and_model():
 
 def test_loss_figure_charts_the_held_out_loss_and_marks_the_kept_checkpoint():
     def event(i: int, **data) -> Event:
-        return Event(id=i, run_id=1, time="t", kind="train", message="", data={"model": "m/small", "strategy": "w",
-                                                                                 **data})
+        kind = "train" if "loss" in data else "checkpoint"
+        return Event(id=i, run_id=1, time="t", kind=kind, message="", data={"model": "m/small", "strategy": "w",
+                                                                              **data})
 
     events = [event(1, step=0, val_loss=2.0, val_exact=0.0, best=True, held_out=6)]
     events += [event(10 + i, step=i, total=6, loss=2.0 / i) for i in range(1, 7)]
