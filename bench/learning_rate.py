@@ -43,10 +43,10 @@ def measure(manager: Any, task: str, doc: dict[str, Any], lr: float, seed: int, 
     base_round = next((r for r in rounds if not r.strategy), None)
     indices = [r.index for r in (base_round, w_round) if r is not None]
     scores, _ = test_scores(store, run_id, indices) if run.status.value == "finished" else ({}, {})
-    train = [e.data for e in store.list_events(run_id, kinds=["train"])]
-    chosen = next((d for d in reversed(train) if "chosen_step" in d), {})
-    checkpoints = [{k: d[k] for k in ("step", "val_loss", "val_exact")} for d in train if "val_loss" in d]
-    steps = [d for d in train if "loss" in d]
+    scored = [e.data for e in store.list_events(run_id, kinds=["checkpoint"])]
+    chosen = next((d for d in reversed(scored) if "chosen_step" in d), {})
+    checkpoints = [{k: d[k] for k in ("step", "val_loss", "val_exact")} for d in scored if "val_loss" in d]
+    steps = [e.data for e in store.list_events(run_id, kinds=["train"]) if "loss" in e.data]
     return {
         "task": task, "learning_rate": lr, "seed": seed, "status": run.status.value, "error": run.error,
         "wall_seconds": round(wall, 1),
