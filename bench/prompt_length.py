@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import json
-import random
 import statistics
 import sys
 import time
@@ -31,19 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench_common import quiet_logging  # noqa: E402 - bench/ is on sys.path when run as a script
 
-
-def texts(chars: int, count: int, seed: int) -> list[str]:
-    """``count`` different texts of about ``chars`` characters, whole sentences of the bundled documents."""
-    with (ROOT / "data" / "documents.csv").open(encoding="utf-8") as f:
-        sentences = [s.strip() + "." for row in csv.DictReader(f) for s in row["document"].split(".") if s.strip()]
-    rng = random.Random(seed)
-    out = []
-    for _ in range(count):
-        text = ""
-        while len(text) < chars:
-            text += rng.choice(sentences) + " "
-        out.append(text[:chars].strip())
-    return out
+from core.plan.calibration import reference_texts as texts  # noqa: E402 - the calibration probe's texts
 
 
 def slope(points: list[tuple[float, float]]) -> float:
