@@ -187,10 +187,15 @@ class RoleAwareFinetune(Teleprompter):
         rows: dict[str, list[dict]] = {}
         for item in sorted(collected.rows, key=_content_key):
             predictor = by_name[item.predictor]
-            demos = [] if self.settings.exclude_demos else predictor.demos
-            rows.setdefault(predictor.lm.model, []).append(adapter.format_finetune_data(
-                signature=predictor.signature, demos=demos, inputs=item.inputs, outputs=item.outputs))
+            rows.setdefault(predictor.lm.model, []).append(self._chat_row(adapter, predictor, item))
         return rows
+
+    def _chat_row(self, adapter: dspy.Adapter, predictor: Any, item: TraceRow) -> dict:
+        """One trace as the chat row its LM trains on (or is scored on), with the predictor's demos unless
+        ``exclude_demos``."""
+        demos = [] if self.settings.exclude_demos else predictor.demos
+        return adapter.format_finetune_data(signature=predictor.signature, demos=demos, inputs=item.inputs,
+                                            outputs=item.outputs)
 
     def _jobs_by_model(
         self, traces: list[TraceRow], small: dict[int, tuple[str, Any]], stats: TraceStats
@@ -210,10 +215,7 @@ class RoleAwareFinetune(Teleprompter):
         for item in traces:
             predictor = by_name[item.predictor]
             model = predictor.lm.model
-            demos = [] if self.settings.exclude_demos else predictor.demos
-            row = adapter.format_finetune_data(
-                signature=predictor.signature, demos=demos, inputs=item.inputs, outputs=item.outputs
-            )
+            row = self._chat_row(adapter, predictor, item)
             evidence[model].append(TrainingRow(
                 predictor=item.predictor, messages=list(row.get("messages", [])),
                 outputs=dict(item.outputs), source=item.source, index=len(rows[model]),
