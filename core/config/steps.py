@@ -116,6 +116,10 @@ class FinetuneSettings(Settings):
         TRAIN_FLAGS["release_served_models"],
         description="close the llama.cpp models this process serves while the weights train (less memory; the "
                     "first call after the step loads its model again)")
+    share_prefix: bool = Field(
+        TRAIN_FLAGS["share_prefix"],
+        description="run the prompt prefix the rows of a step share once, not once per row (the same gradients, "
+                    "fewer tokens: faster steps, less memory)")
     serve: Literal["lora", "merged"] = _train_param("serve")
     # how the weight step picks its training rows
     min_score: float = Field(

@@ -49,6 +49,10 @@ from typing import Any
 from core.paths import DATA_DIR, studio_home
 
 FORMAT = 1
+TRAINER = 2
+"""The trainer's version as the probe sees it: 2 since a CPU without bfloat16 instructions trains in float32 (it was
+float32 under bfloat16 autocast: 68 s per probe row on an AVX2-only CPU, ~20x float32's). A probe of an older trainer
+is stale."""
 REFERENCE_CALL_SECONDS = 0.371  # median of 8 calls at 150 characters, bench/results/prompt_length.json
 REFERENCE_CALL_CHARS = 150
 CALLS = 8  # the bench's calls per length: the median of the same 8 texts
@@ -128,7 +132,19 @@ def machine_key() -> dict[str, Any]:
     from core.lms.doctor import installed_build
 
     return {"llama_cpp_python": _version("llama_cpp_python"), "llama_build": installed_build(),
-            "torch": _version("torch"), "cpu": cpu_model(), "cores": usable_cores()}
+            "torch": _version("torch"), "cpu": cpu_model(), "cpu_bf16": _cpu_bf16(), "cores": usable_cores(),
+            "trainer": TRAINER}
+
+
+def _cpu_bf16() -> bool:
+    """Whether the CPU computes in bfloat16 (the trainer's precision there: a CPU model's name does not say it)."""
+    try:
+        import torch
+
+        from core.lms.lora.device import cpu_computes_bf16
+    except ImportError:
+        return False
+    return cpu_computes_bf16(torch)
 
 
 def cache_path() -> Path:
@@ -310,7 +326,7 @@ def measure_training(key: str, steps: int = TRAIN_STEPS) -> dict[str, Any]:
     from core.lms.lora import TrainParams
 
     wanted = {"epochs": 1, "max_steps": steps, "batch_size": ROWS_PER_STEP, "max_length": REFERENCE_ROW_TOKENS,
-              "validation_fraction": 0.0}
+              "validation_fraction": 0.0, "share_prefix": False}  # whole rows, as the reference machine trained
     params = replace(TrainParams(), **{k: v for k, v in wanted.items() if k in {f.name for f in fields(TrainParams)}})
     metrics = measure_lora_step(key, reference_rows(steps * ROWS_PER_STEP), params)
     if not metrics["step_seconds"]:

@@ -15,26 +15,21 @@ long as the embedded models write them; ``bench/call_time.py``): a one-label ans
 analysis ~1.4 s. A program that cannot be inspected (a user's file): ~0.7 s per embedded call. Training on the CPU
 costs a fixed part per weight step (loading the base weights, setting up LoRA: ~20 s) and ~0.6 s per
 training row of 384 tokens, in proportion to the rows' length up to the weight step's ``max_length``, which cuts
-longer rows (a step of batch size B costs B rows).
+longer rows (a step of batch size B costs B rows), the prompt prefix a step's rows share at a discount.
 The length is that of the rows the run will train on: the small predictors' prompts formatted by the
 ChatAdapter, with their data fields as long as the data's own (mean per column), upstream outputs and
 labels as long as the embedded models write them, and, when the weight step keeps demos, the demos
 the last prompt step leaves (a stratified set: one per value of the label with the most values).
 
-Costs are known only for hosted LMs with prices. Each call is billed at the tokens of its prompt and answer
-as the ChatAdapter formats them for this program and data (a ChainOfThought answer holds its reasoning); a
-prompt step's calls and every later call carry the demos it may add (at most; until a weight step trains
-without them), so the cost is an upper bound where prompt steps keep fewer. Not modelled: how the length of a
-hosted call's prompt or answer changes its time (not measured here: no network), prompt caching discounts, and
-the demos in an embedded call's prompt (the engine keeps the evaluated prefix of each predictor's prompt,
-``core.lms.prefix_states``, so a candidate's demos are read once, not per call).
+Costs are known only for hosted LMs with prices. Each call is billed at the tokens of its prompt and answer as the
+ChatAdapter formats them for this program and data; a prompt step's calls and every later call carry the demos it may
+add (at most, until a weight step trains without them): an upper bound. Not modelled: how a hosted call's length
+changes its time (no network here), prompt caching discounts, and the demos in an embedded call's prompt (the engine
+keeps each predictor's evaluated prompt prefix, ``core.lms.prefix_states``: a candidate's demos are read once).
 
-The tiny-model path is modelled too: a stratified prompt step evaluates the current program, the
-same without demos (after the first prompt step) and C stratified sets, but only the label
-predictors' calls cost time, since the run's call cache answers the unchanged upstream
-predictors once; a weight step whose label predictors learn from ``gold`` rows runs only the
-upstream predictors over the training set; a stratified prompt step after a weight step without demos
-bootstraps upstream demos (the program over a few training examples) and evaluates C sets of them.
+The tiny-model path is modelled too: stratified prompt steps (only the label predictors' calls cost time, the run's
+call cache answering unchanged upstream predictors once), weight steps on ``gold`` rows (only the upstream predictors
+run over the training set), and a stratified prompt step after a weight step without demos.
 Every embedded time is that of the machine the constants were measured on, times this machine's factors
 (``core.plan.calibration``: calls for a call, training for a weight step's training and export), read from their
 cache, never measured here: 1.0 where this machine is not calibrated, as a note says.
@@ -57,19 +52,18 @@ from core.optimizers.table import get_optimizer
 from core.plan import calibration
 from core.programs import label_predictors
 
-# Per call; for the embedded models, that of a program that cannot be inspected (a user's file: the mean call of
-# the two-predictor sample pipelines), since an inspected program's calls are priced by what they read and write.
+# Per call; embedded: that of a program that cannot be inspected (an inspected one's calls are priced by their text).
 SECONDS_PER_CALL = {"embedded": 0.7, "scripted": 0.002, "litellm": 1.0, "factory": 1.0}
 # Training on the CPU, measured on the default run (bench/default_run.py, idle, 30 November 2026): 32 steps of 4
-# rows of 414 tokens (tokenized by the model), ~20 s from the start of training to its first step, then
-# 2.2-2.5 s per step; the training phase took 97.5-100.9 s. Time per row grows with the row's tokens. Those rows
-# were cut to the weight step's max_length, 384 tokens (the provider's meta.json: 30 of 30 truncated), and so were
-# the classifier's ~590-token rows of 1250-character reviews, which trained at the same 0.60 s per row (97.4 s,
-# bench/default_run.py --data): a row costs its tokens up to the weight step's max_length.
+# rows of 414 tokens cut to max_length 384, ~20 s to the first step, then 2.2-2.5 s per step; the classifier's
+# ~590-token rows, cut to 384 too, trained at the same 0.60 s per row: a row costs its tokens up to max_length.
 SECONDS_PER_TRAIN_ROW = {"embedded": 0.6, "scripted": 0.0025, "litellm": 0.0, "factory": 0.25}
 TRAIN_FIXED_SECONDS = {"embedded": 20.0, "scripted": 0.0, "litellm": 0.0, "factory": 0.0}
 TRAINED_ROW_TOKENS = 384  # the tokens per row SECONDS_PER_TRAIN_ROW was measured on (after the cut)
 REFERENCE_ROW_TOKENS = 414  # a training row of a program that cannot be inspected (support triage's)
+REFERENCE_SHARED_TOKENS = 246  # of which its predictor's rows all start with (the system message and field marker)
+SHARED_TOKEN_COST = 0.56  # of a row's own token: a step runs the shared prefix once (core.lms.lora.prefix; on those
+# rows a step of 4 took 8.4 s, 11.4 s for whole rows: bench/finetune_memory.py --matrix levers, 7 Dec 2026)
 CHARS_PER_TOKEN = 3.45  # SmolLM2's tokenizer on the training rows of the three sample tasks: 3.45-3.64
 # Field lengths (characters) of a call or a training row where the data does not say: what the embedded models
 # write as an upstream output (mean over the training rows of the quality runs: support triage's summaries 67, the
@@ -211,18 +205,25 @@ def _field_chars(config: RunConfig, table: Table | None, program: Any = None) ->
 
 
 def training_row_tokens(config: RunConfig, program: Any, table: Table | None, demos: int = 0) -> float:
-    """Tokens of one training row of the small predictors (their mean), formatted by the ChatAdapter as the
-    weight step formats them: data fields as long as in ``table``, other fields as the embedded models write
-    them, ``demos`` demos of the same size. ``REFERENCE_ROW_TOKENS`` for a program that cannot be inspected."""
+    """Tokens of one training row of the small predictors (``training_row_parts``)."""
+    return training_row_parts(config, program, table, demos)[0]
+
+
+def training_row_parts(config: RunConfig, program: Any, table: Table | None, demos: int = 0) -> tuple[float, float]:
+    """(tokens of a small predictors' training row as the weight step formats it: data fields as long as in
+    ``table``, others as the embedded models write them, ``demos`` demos; the prompt prefix all its rows share)."""
     small = {name for name, a in config.predictors.items() if a.role == "small"}
     chars = _formatted_chars(config, program, table, small, demos)
-    return (chars[0] + chars[1]) / CHARS_PER_TOKEN if chars else float(REFERENCE_ROW_TOKENS)
+    if not chars:
+        return float(REFERENCE_ROW_TOKENS), float(REFERENCE_SHARED_TOKENS)
+    return (chars[0] + chars[1]) / CHARS_PER_TOKEN, chars[2] / CHARS_PER_TOKEN
 
 
 def _formatted_chars(config: RunConfig, program: Any, table: Table | None, names: set[str],
-                     demos: int = 0) -> tuple[float, float] | None:
+                     demos: int = 0) -> tuple[float, float, float] | None:
     """Characters of one call of the predictors ``names`` (their mean) as the ChatAdapter formats it: the prompt
-    (system message, ``demos`` demos, the inputs) and the answer. Data fields as long as in ``table``, other fields
+    (system message, ``demos`` demos, the inputs), the answer, and the part of the prompt every call of a predictor
+    repeats (the messages before the inputs'). Data fields as long as in ``table``, other fields
     as the embedded models write them. None for a program that cannot be inspected or no such predictor."""
     if program is None:
         return None
@@ -230,7 +231,7 @@ def _formatted_chars(config: RunConfig, program: Any, table: Table | None, names
 
     chars = _field_chars(config, table, program)
     adapter = dspy.ChatAdapter()
-    prompts, answers = [], []
+    prompts, answers, shared = [], [], []
     for name, predictor in program.named_predictors():
         if name not in names:
             continue
@@ -241,7 +242,8 @@ def _formatted_chars(config: RunConfig, program: Any, table: Table | None, names
         messages = adapter.format_finetune_data(signature, [{**inputs, **outputs}] * demos, inputs, outputs)["messages"]
         prompts.append(sum(len(m["content"]) for m in messages[:-1]))
         answers.append(len(messages[-1]["content"]))
-    return (fmean(prompts), fmean(answers)) if prompts else None
+        shared.append(sum(len(m["content"]) for m in messages[:-2]))
+    return (fmean(prompts), fmean(answers), fmean(shared)) if prompts else None
 
 
 def call_input_chars(config: RunConfig, program: Any, table: Table | None, names: set[str]) -> float:
@@ -339,7 +341,7 @@ def estimate(config: RunConfig, n_rows: int | None = None, table: Table | None =
     served = 0  # label predictors fine-tuned without demos: later stratified prompt steps leave them as trained
     served_upstream = 0  # upstream predictors fine-tuned without demos: the same
     demos = 0  # demos per predictor after the last prompt step (at most)
-    row_tokens: dict[int, float] = {}  # demos kept in the rows -> tokens per row
+    row_tokens: dict[int, tuple[float, float]] = {}  # demos kept in the rows -> tokens per row, shared ones
     for spec in config.steps():
         done.append(spec.key)
         row = get_optimizer(spec.type)
@@ -351,8 +353,11 @@ def estimate(config: RunConfig, n_rows: int | None = None, table: Table | None =
         if cost.train_rows:
             kept = 0 if getattr(spec.settings, "exclude_demos", False) else demos
             if kept not in row_tokens:
-                row_tokens[kept] = training_row_tokens(config, program, table, kept)
-            trained = min(row_tokens[kept], getattr(spec.settings, "max_length", None) or row_tokens[kept])
+                row_tokens[kept] = training_row_parts(config, program, table, kept)
+            whole, shared = row_tokens[kept]
+            trained = min(whole, getattr(spec.settings, "max_length", None) or whole)
+            if getattr(spec.settings, "share_prefix", False) and trained == whole:  # a cut row shares no prefix
+                trained -= (1 - SHARED_TOKEN_COST) * shared
             seconds += train_speed * (TRAIN_FIXED_SECONDS[small_kind]
                                       + cost.train_rows * SECONDS_PER_TRAIN_ROW[small_kind] * trained / TRAINED_ROW_TOKENS)
         if spec.kind == "prompt":
@@ -380,13 +385,14 @@ def estimate(config: RunConfig, n_rows: int | None = None, table: Table | None =
 
     cost, notes = _cost(config, billed, share, tokens)
     if any(k == "embedded" for k in kinds.values()):
-        trained = ", ".join(f"~{tokens:.0f} tokens" for tokens in row_tokens.values())
+        trained = ", ".join(f"~{w:.0f} tokens, ~{n:.0f} of them a shared prefix" for w, n in row_tokens.values())
         read = [f"~{input_chars[lm]:.0f} input characters, ~{embedded_call[lm]:.2f} s each" for lm in embedded_call]
         notes.append(f"embedded models: ~{EMBEDDED_CALL_SECONDS} s per call, plus "
                      f"~{SECONDS_PER_INPUT_CHAR['embedded'] * 1000:.2f} s per 1000 input characters and "
                      f"~{SECONDS_PER_OUTPUT_TOKEN['embedded'] * 1000:.1f} ms per answer token (this run's calls: "
                      f"{'; '.join(read) or 'none'}), and ~{SECONDS_PER_TRAIN_ROW['embedded']} s per training row "
-                     f"of ~{TRAINED_ROW_TOKENS} tokens on 2 CPU cores (a row is cut to max_length)"
+                     f"of ~{TRAINED_ROW_TOKENS} tokens on 2 CPU cores (a row is cut to max_length; a shared prefix token "
+                     f"costs {SHARED_TOKEN_COST:.2f} of a row's own)"
                      + (f" (this run's rows: {trained})" if trained else "")
                      + "; repeated calls are answered from the run's cache; a weight step stops when its "
                      f"validation rows stop improving: priced at {EXPECTED_BUDGET_SHARE:.0%} of its epochs")

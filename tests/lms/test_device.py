@@ -94,8 +94,9 @@ def test_the_cpu_trains_bfloat16_weights_only_where_it_computes_in_bfloat16(
         assert (on.kind, on.dtype, on.autocast) == ("cpu", "bfloat16", True)
         assert on.describe() == "cpu (bfloat16)" and "AMX" in on.why
     else:
-        assert (on.kind, on.dtype, on.autocast) == ("cpu", "float32", True)
-        assert on.describe() == "cpu (float32, bf16 autocast on)" and "no bfloat16" in on.why
+        # emulated bfloat16 is several times slower than float32 there (bench/train_step.py): no autocast
+        assert (on.kind, on.dtype, on.autocast) == ("cpu", "float32", False)
+        assert on.describe() == "cpu (float32, bf16 autocast off)" and "no bfloat16" in on.why
     assert (off.kind, off.dtype, off.autocast) == ("cpu", "float32", False)
     assert off.describe() == "cpu (float32, bf16 autocast off)"
     assert 0 < on.free_bytes <= on.total_bytes
@@ -179,7 +180,7 @@ def test_the_estimate_stays_just_above_the_measured_cpu_peaks(smollm2: tuple[int
     for bf16, measured in ((True, 4764), (False, 7569)):
         cpu = TrainDevice("cpu", "float32", bf16)
         estimate = estimate_memory(n_params, TrainParams(bf16=bf16, micro_batch_tokens=8 * 384), cpu, config,
-                                   answer_tokens=8 * 18)
+                                   tokens=8 * 384, answer_tokens=8 * 18)  # as measured: one pass of 8 rows
         assert estimate.tokens == 8 * 384
         assert measured < estimate.total / 2**20 < measured * 1.25, (bf16, estimate.describe())
     bench = estimate_memory(n_params, TrainParams(), TrainDevice("cpu", "float32", True), config, tokens=2224,
@@ -189,7 +190,8 @@ def test_the_estimate_stays_just_above_the_measured_cpu_peaks(smollm2: tuple[int
     for device, tokens, measured in ((TrainDevice("cpu", "float32", True), 768, 1914),
                                      (TrainDevice("cpu", "bfloat16", True), 768, 1398),
                                      (TrainDevice("cpu", "bfloat16", True), 384, 900)):
-        passes = estimate_memory(n_params, TrainParams(micro_batch_tokens=tokens), device, config, answer_tokens=20)
+        passes = estimate_memory(n_params, TrainParams(micro_batch_tokens=tokens, max_length=384), device, config,
+                                 answer_tokens=20)
         assert passes.tokens == tokens
         assert measured < passes.total / 2**20 < measured * 1.3, (device, tokens, passes.describe())
     gpu = TrainDevice("cuda", "bfloat16", True)
@@ -206,7 +208,7 @@ def test_check_fits_refuses_before_training_with_the_numbers(smollm2: tuple[int,
     assert message.startswith("fine-tuning smollm2-135m (135 M parameters) needs ~")
     assert "activations" in message and "for 768 tokens a pass" in message
     assert "2 GB free on cuda: Fake GPU (bfloat16); lower micro_batch_tokens (now 768: the tokens of one pass) or " \
-           "max_length (now 384), turn gradient_checkpointing on" in message
+           "max_length (now 512), turn gradient_checkpointing on" in message
     # smaller passes fit the same device
     assert check_fits(n_params, TrainParams(micro_batch_tokens=64, max_length=64), small, config).total < 2 * GIB
 

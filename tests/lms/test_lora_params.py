@@ -96,7 +96,8 @@ def test_train_params_defaults_are_the_table() -> None:
     assert params == TrainParams(quant="Q8_0")
     assert FinetuneSettings().train_kwargs() == {**{name: PARAMS[name].default for name in SHARED},
                                                  "gradient_checkpointing": FLAGS["gradient_checkpointing"],
-                                                 "release_served_models": FLAGS["release_served_models"]}
+                                                 "release_served_models": FLAGS["release_served_models"],
+                                                 "share_prefix": FLAGS["share_prefix"]}
 
 
 @pytest.mark.parametrize(
@@ -148,7 +149,7 @@ def test_weight_step_hands_every_setting_to_the_provider(tmp_path: Path, monkeyp
         step.compile(program, trainset=trainset)
     assert len(received) == 1
     sent = received[0]
-    assert {name: sent[name] for name in [*SHARED, "gradient_checkpointing", "release_served_models"]} == settings.train_kwargs()
+    assert {name: sent[name] for name in [*SHARED, *FLAGS.keys() - {"bf16"}]} == settings.train_kwargs()
     assert sent["seed"] == 7
     params, _ = parse_train_kwargs(KEY, sent)  # what the weight step sends, the LoRA provider accepts
     assert (params.epochs, params.max_steps, params.lora_alpha, params.seed, params.serve) == (3, 5, 12, 7, "merged")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 
 from core.config.defaults import default_config_dict, scripted_config_dict
@@ -12,6 +14,7 @@ from core.plan.estimate import (
     HOSTED_CHARS_PER_TOKEN,
     SECONDS_PER_INPUT_CHAR,
     SECONDS_PER_TRAIN_ROW,
+    SHARED_TOKEN_COST,
     TRAINED_ROW_TOKENS,
     call_tokens,
     data_label_choices,
@@ -20,6 +23,7 @@ from core.plan.estimate import (
     format_duration,
     inspected_program,
     split_sizes,
+    training_row_parts,
     training_row_tokens,
 )
 from core.plan.prepare import data_source_path
@@ -174,13 +178,16 @@ def test_the_default_runs_estimate_is_near_its_measured_idle_time(monkeypatch: p
     triage 451.5 s (the weight step trained 48 of its 80 steps, 210.4 s); the pump readings (the held-out
     variant, 6cc776c) 761.4 s (90 of 100 steps, 499.6 s). The estimate prices 70 % of the epoch bound: +15 % and
     -19 % (an early stop is the data's, not known before the run)."""
-    from core.config.defaults import default_config
+    from core.config.defaults import default_config, default_config_dict
+    from core.config.schema import parse_config
     from core.plan import calibration
 
     measured = calibration.Calibration(calls=1.472, training=1.525, calibrated=True, measured_at="7 Dec 2026")
     monkeypatch.setattr(calibration, "current", lambda: measured)
     for template, seconds in (("support_triage", 451.5), ("pump_status", 761.4)):
-        result = estimate_from_source(default_config(template))  # with the sample's field lengths, as the page
+        doc = default_config_dict(template)  # as those runs trained: whole rows, cut to 384 tokens
+        doc["optimizers"]["w"]["settings"].update(share_prefix=False, max_length=384)
+        result = estimate_from_source(parse_config(doc))  # with the sample's field lengths, as the page
         assert abs(result.seconds - seconds) / seconds < 0.2, (template, result.seconds)
     weight = next(s for s in estimate_from_source(default_config()).steps if s.optimizer == "finetune")
     assert weight.train_steps == 80  # at most 10 epochs of 30 rows, batch 4
@@ -281,6 +288,9 @@ def test_rows_that_keep_the_demos_of_the_prompt_step_are_longer():
                                           "max_length": 4096,  # no row is cut
                                           "validation_fraction": 0.0}  # every row trained: rows = steps x batch
     config = parse_config(doc)
+    shared_doc = copy.deepcopy(doc)
+    doc["optimizers"]["w"]["settings"]["share_prefix"] = False  # every token of a row at a row's cost
+    config = parse_config(doc)
     five_labels = Table(columns=("text", "label"), format="json",
                         rows=tuple({"text": f"text {i}", "label": "abcde"[i % 5]} for i in range(60)))
     doc["strategy"] = "w"
@@ -295,6 +305,16 @@ def test_rows_that_keep_the_demos_of_the_prompt_step_are_longer():
         assert after_p.seconds - alone.seconds == pytest.approx(
             (kept - plain) * alone.train_steps * 4 * SECONDS_PER_TRAIN_ROW["embedded"] / TRAINED_ROW_TOKENS,
             rel=0.01)
+    # the demos are the same in every row of a step: with the shared prefix they cost SHARED_TOKEN_COST of that
+    shared_doc["strategy"] = "p -> w"
+    program = _inspected(config, five_labels)
+    plain, kept = (training_row_tokens(config, program, five_labels, k) for k in (0, 5))
+    shared_w = estimate(parse_config(shared_doc), table=five_labels).steps[2]
+    shared_doc["strategy"] = "w"
+    shared_alone = estimate(parse_config(shared_doc), table=five_labels).steps[1]
+    assert shared_w.seconds - shared_alone.seconds == pytest.approx(
+        SHARED_TOKEN_COST * (kept - plain) * shared_alone.train_steps * 4 * SECONDS_PER_TRAIN_ROW["embedded"]
+        / TRAINED_ROW_TOKENS, rel=0.01)
 
 
 def test_the_sample_tasks_rows_are_as_long_as_measured():
@@ -315,21 +335,27 @@ def test_the_sample_tasks_rows_are_as_long_as_measured():
 def test_a_row_costs_its_tokens_up_to_the_weight_steps_max_length():
     """The provider cuts a row to max_length tokens before training on it (the classifier's ~590-token rows of
     1250-character reviews trained at the 0.60 s per row of 384-token rows): 2000-character texts make ~850-token
-    rows, which cost 384 tokens' time under the default max_length and their whole length under 4096."""
-    def weight_step(max_length: int | None):
+    rows, which cost 512 tokens' time under the default max_length and their whole length under 4096, less the
+    discount of their shared prompt prefix (a cut row shares none: its prefix was cut)."""
+    def weight_step(max_length: int | None, share: bool = False):
         doc = default_config_dict("classifier")
-        doc["optimizers"]["w"]["settings"]["validation_fraction"] = 0.0  # every row trained: rows = steps x batch
+        doc["optimizers"]["w"]["settings"].update(validation_fraction=0.0, share_prefix=share)  # rows = steps x batch
         if max_length:
             doc["optimizers"]["w"]["settings"]["max_length"] = max_length
         result = estimate(parse_config(doc), table=_classifier_table(2000))
         return next(s for s in result.steps if s.optimizer == "finetune")
 
     config = parse_config(default_config_dict("classifier"))
-    assert config.optimizers["w"].settings.max_length == TRAINED_ROW_TOKENS == 384
-    tokens = training_row_tokens(config, _inspected(config, _classifier_table(2000)), _classifier_table(2000))
-    assert tokens > 2 * 384
+    assert config.optimizers["w"].settings.max_length == 512 and TRAINED_ROW_TOKENS == 384
+    assert config.optimizers["w"].settings.share_prefix
+    program = _inspected(config, _classifier_table(2000))
+    tokens, shared = training_row_parts(config, program, _classifier_table(2000))
+    assert tokens > 1.5 * 512 and 100 < shared < 400  # the system message and the first field's marker
     cut, whole = weight_step(None), weight_step(4096)
     rows = cut.train_steps * 4
     assert whole.seconds - cut.seconds == pytest.approx(
-        rows * SECONDS_PER_TRAIN_ROW["embedded"] * (tokens - 384) / TRAINED_ROW_TOKENS, rel=0.01)
+        rows * SECONDS_PER_TRAIN_ROW["embedded"] * (tokens - 512) / TRAINED_ROW_TOKENS, rel=0.01)
+    assert weight_step(None, share=True).seconds == pytest.approx(cut.seconds)  # cut: nothing shared
+    assert whole.seconds - weight_step(4096, share=True).seconds == pytest.approx(
+        rows * SECONDS_PER_TRAIN_ROW["embedded"] * (1 - SHARED_TOKEN_COST) * shared / TRAINED_ROW_TOKENS, rel=0.01)
     assert weight_step(256).seconds < cut.seconds  # a shorter bound, a shorter training

@@ -12,8 +12,8 @@ Precision, per device:
   here has run, for models small enough that float32 fits.
 - **MPS**: bfloat16 as on CUDA when a bfloat16 matmul under autocast runs on this Mac (it needs macOS 14 and a
   recent torch: probed, not assumed), else float32; never float16, for the reason above.
-- **CPU**: as before this module: the weights stay float32 and the ``bf16`` fine-tuning setting turns bfloat16
-  autocast on or off.
+- **CPU**: bfloat16 weights where the CPU has bfloat16 instructions (AVX512-BF16, AMX, Arm BF16), else float32
+  (bfloat16 emulated on an AVX2-only CPU was ~8x slower than float32: ``_cpu_device``).
 
 ``bf16`` off means float32 on every device. After training the LoRA comes back to the CPU in float32 for the
 export (``core.lms.lora.train``), whatever the device.
@@ -59,6 +59,17 @@ KINDS = ("cuda", "mps", "cpu")
 # where the CPU's autocast keeps some in float32), not measured here.
 ACTIVATION_BYTES = {"reduced": 88, "float32": 156}
 """Bytes kept for the backward pass per token, hidden unit and layer."""
+
+
+def pass_token_budget(micro_batch_tokens: int, device: TrainDevice) -> int:
+    """The tokens of one forward pass on ``device``: ``micro_batch_tokens`` under reduced precision; in float32
+    without autocast, as many as hold the same activation memory (88/156 of it: 768 -> 433), so that a CPU without
+    bfloat16 instructions trains in the memory a CPU with them takes (``bench/finetune_memory.py --matrix levers``)."""
+    if device.dtype != "float32" or device.autocast:
+        return micro_batch_tokens
+    return max(32, round(micro_batch_tokens * ACTIVATION_BYTES["reduced"] / ACTIVATION_BYTES["float32"]))
+
+
 LORA_BYTES = 16
 """Per LoRA parameter: float32 weight, gradient and AdamW's two moments."""
 HEAD_BYTES = 16
@@ -225,11 +236,17 @@ def cpu_computes_bf16(torch: Any) -> bool:
     return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
 
 
+NO_BF16_WHY = ("the CPU has no bfloat16 instructions: float32 (bfloat16 is emulated there, ~20x slower: "
+               "bench/finetune_memory.py --matrix levers)")
+
+
 def _cpu_device(torch: Any, bf16: bool) -> TrainDevice:
-    """On a CPU with bfloat16 instructions the base weights are loaded in bfloat16 (as on a GPU); elsewhere they
-    stay float32 with bfloat16 autocast. ``bench/finetune_memory.py`` measured both on SmolLM2 (batch 8 of
-    384-token rows): bfloat16 weights took 0.5 GB less and their steps ran as fast or faster, with the same losses
-    to 2 %."""
+    """On a CPU with bfloat16 instructions the base weights are loaded in bfloat16 (as on a GPU); elsewhere
+    everything is float32, whatever ``bf16`` says. ``bench/finetune_memory.py`` measured on SmolLM2 (batch 8 of
+    384-token rows, a CPU with AMX): bfloat16 weights took 0.5 GB less than float32 weights under bfloat16 autocast
+    and their steps ran as fast or faster, with the same losses to 2 %. On a CPU with AVX2 only (AMD EPYC, 2
+    cores, 7 Dec 2026) oneDNN emulates bfloat16: a step of 4 of the default run's rows took 164 s under bfloat16
+    autocast and 8.4 s in float32 (``bench/finetune_memory.py --matrix levers``), so autocast is never used there."""
     total, free = _system_memory()
     name = platform.processor() or platform.machine() or "CPU"
     if not bf16:
@@ -237,8 +254,7 @@ def _cpu_device(torch: Any, bf16: bool) -> TrainDevice:
     if cpu_computes_bf16(torch):
         return TrainDevice("cpu", "bfloat16", True, name, total, free,
                            why="the CPU computes in bfloat16 (AVX512-BF16 or AMX): bfloat16 weights, float32 LoRA")
-    return TrainDevice("cpu", "float32", True, name, total, free,
-                       why="the CPU has no bfloat16 instructions: float32 weights, bfloat16 autocast")
+    return TrainDevice("cpu", "float32", False, name, total, free, why=NO_BF16_WHY)
 
 
 def current_rss_mb() -> float:
@@ -326,7 +342,8 @@ def estimate_memory(n_params: int, params: TrainParams, device: TrainDevice, con
     largest forward pass (``tokens``: rows x padded length; default what ``micro_batch_tokens`` allows: at most
     ``batch_size x max_length``, at least one row of ``max_length``), the LM head at the answer positions
     (``answer_tokens`` of the largest pass; default a quarter of ``tokens``) and the runtime."""
-    tokens = tokens or min(params.batch_size * params.max_length, max(params.micro_batch_tokens, params.max_length))
+    tokens = tokens or min(params.batch_size * params.max_length,
+                           max(pass_token_budget(params.micro_batch_tokens, device), params.max_length))
     answer_tokens = answer_tokens if answer_tokens is not None else tokens // 4
     s = _shape(config, n_params)
     reduced = device.dtype != "float32" or device.autocast
@@ -392,7 +409,10 @@ def train_line(train: Mapping[str, Any]) -> str | None:
     if not isinstance(device, Mapping) or not device.get("describe"):
         return None
     epochs = train.get("epochs", "?")
-    passes = f" in passes of at most {train['micro_batch_tokens']} tokens" if train.get("micro_batch_tokens") else ""
+    tokens = train.get("pass_tokens") or train.get("micro_batch_tokens")
+    passes = f" in passes of at most {tokens} tokens" if tokens else ""
+    if train.get("shared_tokens"):
+        passes += f", {train['shared_tokens']:.0f} prompt tokens shared per step"
     plan = (f"{train.get('rows', '?')} rows, {train.get('steps', '?')} steps of batch {train.get('batch_size', '?')}"
             f"{passes} ({epochs} epoch{'' if epochs == 1 else 's'}, max_length {train.get('max_length', '?')})")
     memory = []

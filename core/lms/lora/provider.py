@@ -211,6 +211,8 @@ class LocalLoRAProvider(Provider):
                         "chosen_step": result.chosen_step,
                         "stopped": result.stopped,
                         "validation_seconds": result.validation_seconds,
+                        "pass_tokens": result.pass_tokens,  # micro_batch_tokens on the device (float32: fewer)
+                        "shared_tokens": result.shared_tokens,
                     },
                 }
                 (folder / "meta.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")

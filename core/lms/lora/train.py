@@ -15,8 +15,9 @@ from typing import Any
 from core.errors import LMError, StepCancelled
 from core.lms.cpu import return_freed_memory
 from core.lms.lora.base_weights import ensure_hf_cache, load_base_model
-from core.lms.lora.device import TrainDevice, check_fits, current_rss_mb, model_size, pick_device
+from core.lms.lora.device import TrainDevice, check_fits, current_rss_mb, model_size, pass_token_budget, pick_device
 from core.lms.lora.params import TrainParams, restart_peak_rss, torch_threads, window_peak_rss_mb
+from core.lms.lora.prefix import SharedPrefix, pass_tokens, step_shared
 from core.lms.lora.rows import EncodedRow, encode_rows
 from core.lms.lora.validation import BudgetChooser, Checkpoint, holdout_split, score_rows, trainable_tensors
 
@@ -70,6 +71,10 @@ class TrainResult:
     """Why training ended: ``budget`` (every epoch, or ``max_steps``), ``patience`` (early) or ``time``."""
     validation_seconds: float = 0.0
     """Time spent scoring checkpoints (not in ``seconds_per_step``)."""
+    pass_tokens: int = 0
+    """The tokens a forward pass held at most (``device.pass_token_budget`` of ``micro_batch_tokens``)."""
+    shared_tokens: float = 0.0
+    """Mean prompt-prefix tokens a step's rows shared, run once for the step (``prefix``; 0: whole rows)."""
 
     @property
     def first_loss(self) -> float | None:
@@ -95,15 +100,15 @@ def batch_schedule(n_rows: int, params: TrainParams) -> list[list[int]]:
     return batches
 
 
-def micro_batches(batch: Sequence[int], lengths: Sequence[int], budget: int) -> list[list[int]]:
+def micro_batches(batch: Sequence[int], lengths: Sequence[int], budget: int, shared: int = 0) -> list[list[int]]:
     """The rows of one optimizer step (indices into ``lengths``, their tokens) as forward passes of at most
-    ``budget`` padded tokens each: longest first, so a pass pads to its first row; a row longer than the budget
-    goes alone. Their gradients add up to the whole batch's (``train_lora`` weighs each pass by its answer
-    tokens), in the memory of one pass."""
+    ``budget`` padded tokens each (``prefix.pass_tokens``: a ``shared`` prefix counts once): longest first, so a
+    pass pads to its first row; a row longer than the budget goes alone. Their gradients add up to the whole
+    batch's (``train_lora`` weighs each pass by its answer tokens), in the memory of one pass."""
     out: list[list[int]] = []
     current: list[int] = []
     for i in sorted(batch, key=lambda i: (-lengths[i], i)):
-        if current and (len(current) + 1) * lengths[current[0]] > budget:
+        if current and pass_tokens([lengths[current[0]]] * (len(current) + 1), shared) > budget:
             out.append(current)
             current = []
         current.append(i)
@@ -112,19 +117,20 @@ def micro_batches(batch: Sequence[int], lengths: Sequence[int], budget: int) -> 
     return out
 
 
-def _batch_tensors(rows: list[EncodedRow], pad_id: int) -> tuple[Any, Any, Any, Any, Any]:
-    """(input_ids, attention_mask, target row index, target hidden position, target token ids)."""
+def _batch_tensors(rows: list[EncodedRow], pad_id: int, shared: int = 0) -> tuple[Any, Any, Any, Any, Any]:
+    """(input_ids, attention_mask, target row index, target hidden position, target token ids) of the rows' tokens
+    after the first ``shared`` (a ``prefix.SharedPrefix`` holds those)."""
     import torch
 
-    length = max(len(r.prompt) + len(r.answer) for r in rows)
+    length = max(len(r.prompt) + len(r.answer) for r in rows) - shared
     input_ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), length), dtype=torch.long)
     b_idx, pos, targets = [], [], []
     for b, row in enumerate(rows):
-        ids = row.prompt + row.answer
+        ids = (row.prompt + row.answer)[shared:]
         input_ids[b, : len(ids)] = torch.tensor(ids, dtype=torch.long)
         mask[b, : len(ids)] = 1
-        for j in range(len(row.prompt), len(ids)):
+        for j in range(len(row.prompt) - shared, len(ids)):
             b_idx.append(b)
             pos.append(j - 1)  # the hidden state at j-1 predicts token j
             targets.append(ids[j])
@@ -137,14 +143,22 @@ def _batch_tensors(rows: list[EncodedRow], pad_id: int) -> tuple[Any, Any, Any, 
     )
 
 
-def answer_logits(causal_lm: Any, rows: list[EncodedRow], device: TrainDevice, pad_id: int = 0) -> tuple[Any, Any, Any]:
+def answer_logits(causal_lm: Any, rows: list[EncodedRow], device: TrainDevice, pad_id: int = 0,
+                  prefix: SharedPrefix | None = None) -> tuple[Any, Any, Any]:
     """(logits in float32, target token ids, row index of each target) at the answer positions only: the LM head
-    runs only there (on ``device``, under its autocast)."""
+    runs only there (on ``device``, under its autocast). With a ``prefix`` (the rows' shared first tokens, computed
+    once) only the rows' own tokens run."""
     import torch
 
-    input_ids, mask, b_idx, pos, targets = (t.to(device.kind) for t in _batch_tensors(rows, pad_id))
+    shared = prefix.length if prefix is not None else 0
+    input_ids, mask, b_idx, pos, targets = (t.to(device.kind) for t in _batch_tensors(rows, pad_id, shared))
+    cache = {}
+    if prefix is not None:
+        mask = torch.cat([torch.ones((len(rows), shared), dtype=mask.dtype, device=mask.device), mask], dim=1)
+        cache = {"past_key_values": prefix.cache(len(rows)), "use_cache": True}
     with torch.autocast(device_type=device.kind, dtype=getattr(torch, device.autocast_dtype), enabled=device.autocast):
-        hidden = causal_lm.model(input_ids=input_ids, attention_mask=mask, use_cache=False).last_hidden_state
+        hidden = causal_lm.model(input_ids=input_ids, attention_mask=mask, **({"use_cache": False} | cache)
+                                 ).last_hidden_state
         logits = causal_lm.lm_head(hidden[b_idx, pos])
     logits = logits.float()
     softcap = getattr(causal_lm.config, "final_logit_softcapping", None)
@@ -153,11 +167,12 @@ def answer_logits(causal_lm: Any, rows: list[EncodedRow], device: TrainDevice, p
     return logits, targets, b_idx
 
 
-def answer_loss(causal_lm: Any, rows: list[EncodedRow], device: TrainDevice, pad_id: int = 0) -> Any:
+def answer_loss(causal_lm: Any, rows: list[EncodedRow], device: TrainDevice, pad_id: int = 0,
+                prefix: SharedPrefix | None = None) -> Any:
     """Mean cross-entropy over the answer tokens."""
     import torch.nn.functional as F
 
-    logits, targets, _ = answer_logits(causal_lm, rows, device, pad_id)
+    logits, targets, _ = answer_logits(causal_lm, rows, device, pad_id, prefix)
     return F.cross_entropy(logits, targets)
 
 
@@ -216,9 +231,17 @@ def train_lora(
     device = device or pick_device(bf16=params.bf16)
     n_params, model_config = model_size(ensure_hf_cache(key))
     lengths = [len(r.prompt) + len(r.answer) for r in encoded]
-    passes = [micro_batches(b, lengths, params.micro_batch_tokens) for b in batches]
+
+    def shared_of(rows: Sequence[EncodedRow]) -> int:  # the prompt prefix a step's rows share (``prefix``)
+        return step_shared([r.prompt for r in rows], model_config, max(len(r.prompt) + len(r.answer) for r in rows),
+                           gradient_checkpointing=params.gradient_checkpointing) if params.share_prefix else 0
+
+    shares = [shared_of([encoded[i] for i in b]) for b in batches]
+    budget = pass_token_budget(params.micro_batch_tokens, device)  # float32: fewer tokens, the same memory
+    passes = [micro_batches(b, lengths, budget, n) for b, n in zip(batches, shares, strict=True)]
     estimate = check_fits(n_params, params, device, model_config, model=key,
-                          tokens=max(len(m) * lengths[m[0]] for p in passes for m in p),
+                          tokens=max(pass_tokens([lengths[i] for i in m], n)
+                                     for p, n in zip(passes, shares, strict=True) for m in p),
                           answer_tokens=max(sum(len(encoded[i].answer) for i in m) for p in passes for m in p))
     logger.info("training on %s (%s): needs %s, %s GB free", device.describe(), device.why, estimate.describe(),
                 f"{device.free_bytes / 2**30:.1f}" if device.free_bytes else "unknown")
@@ -246,33 +269,27 @@ def train_lora(
     optimizer = torch.optim.AdamW(trainable, lr=params.learning_rate, weight_decay=params.weight_decay)
     logger.info(
         "fine-tuning %s: %d rows (%d more held out to choose the budget), at most %d steps (batch %d in passes of "
-        "at most %d tokens, %d epochs%s), LoRA r=%d alpha=%g, lr=%g, %d trainable parameters, %d torch threads, on %s",
-        key,
-        len(encoded),
-        len(held),
-        total,
-        params.batch_size,
-        params.micro_batch_tokens,
-        params.epochs,
-        f", max_steps {params.max_steps}" if params.max_steps else "",
-        params.lora_rank,
-        params.lora_alpha,
-        params.learning_rate,
-        sum(p.numel() for p in trainable),
-        torch.get_num_threads(),
-        device.describe(),
-    )
+        "at most %d tokens, %d of a step's prompt prefix shared at most, %d epochs%s), LoRA r=%d alpha=%g, lr=%g, "
+        "%d trainable parameters, %d torch threads, on %s", key, len(encoded), len(held), total, params.batch_size,
+        budget, max(shares, default=0), params.epochs, f", max_steps {params.max_steps}" if params.max_steps else "",
+        params.lora_rank, params.lora_alpha, params.learning_rate, sum(p.numel() for p in trainable),
+        torch.get_num_threads(), device.describe())
     losses: list[float] = []
     chooser = BudgetChooser(params.patience)
     held_passes = micro_batches(range(len(held)), [len(r.prompt) + len(r.answer) for r in held],
-                                params.micro_batch_tokens)
+                                budget, shared_of(held) if held else 0)
+
+    def held_logits(lm: Any, rows: list[EncodedRow], on: TrainDevice) -> tuple[Any, Any, Any]:  # no gradient
+        n = shared_of(rows)
+        return answer_logits(lm, rows, on, prefix=SharedPrefix(lm, rows[0].prompt[:n], on, grad=False) if n else None)
+
     tensors = trainable_tensors(peft_model)
     validation_seconds = 0.0
 
     def checkpoint(step: int) -> None:
         nonlocal validation_seconds
         scoring = time.monotonic()
-        loss, exact = score_rows(causal_lm, held, held_passes, device, answer_logits)
+        loss, exact = score_rows(causal_lm, held, held_passes, device, held_logits)
         validation_seconds += time.monotonic() - scoring
         point = Checkpoint(step, loss, exact)
         best = chooser.record(point, tensors)
@@ -298,8 +315,10 @@ def train_lora(
             step_started = time.monotonic()
             answers = sum(len(encoded[i].answer) for i in batch)
             value = 0.0
+            shared = shares[step - 1]  # the rows' common prompt prefix runs once for the step (``prefix``)
+            prefix = SharedPrefix(causal_lm, encoded[batch[0]].prompt[:shared], device, grad=True) if shared else None
             for micro in batch_passes:  # the batch's mean loss over its answer tokens, one pass at a time
-                loss = answer_loss(causal_lm, [encoded[i] for i in micro], device)
+                loss = answer_loss(causal_lm, [encoded[i] for i in micro], device, prefix=prefix)
                 if not torch.isfinite(loss):
                     raise LMError(
                         f"fine-tuning diverged at step {step} (loss {loss.item()}); lower learning_rate "
@@ -309,18 +328,15 @@ def train_lora(
                 (loss * share).backward()
                 value += float(loss.item()) * share
                 del loss
+            if prefix is not None:
+                prefix.backward()
+                del prefix
             torch.nn.utils.clip_grad_norm_(trainable, 1.0)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             losses.append(value)
-            logger.info(
-                "step %d/%d loss %.4f (%.1f s, peak RSS %.0f MB)",
-                step,
-                total,
-                value,
-                time.monotonic() - step_started,
-                window_peak_rss_mb(),
-            )
+            logger.info("step %d/%d loss %.4f (%.1f s, peak RSS %.0f MB)", step, total, value,
+                        time.monotonic() - step_started, window_peak_rss_mb())
             if progress is not None:
                 progress(step, total, value)
             if held and (step % every == 0 or step == total):
@@ -384,6 +400,8 @@ def train_lora(
         chosen_step=chooser.best.step if chooser.best else None,
         stopped=stopped,
         validation_seconds=round(validation_seconds, 2),
+        pass_tokens=budget,
+        shared_tokens=round(sum(shares[: len(losses)]) / max(1, len(losses)), 1),
     )
 
 
