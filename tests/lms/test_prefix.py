@@ -107,3 +107,23 @@ def test_what_is_shared_and_what_a_pass_holds() -> None:
     assert can_share({"sliding_window": 512}, 512) and not can_share({"sliding_window": 512}, 513)
     assert not can_share({"text_config": {"num_kv_shared_layers": 10}}, 100)
     assert step_shared([a, b], {"sliding_window": 8}, 22) == 0 and step_shared([a, b], llama, 22) == 20
+
+
+def test_held_out_scores_over_one_prefix_are_those_of_whole_rows() -> None:
+    """A checkpoint scores its held-out rows in passes of one row over one prefix run (train_lora's held_logits)."""
+    from core.lms.lora.validation import score_rows
+
+    model, lm = tiny("llama")
+    batch = rows()
+    whole = score_rows(lm, batch, [[0], [1], [2]], CPU, answer_logits)
+    prefix: list[SharedPrefix] = []
+
+    def over_one_prefix(m: object, part: list[EncodedRow], on: TrainDevice) -> tuple[object, object, object]:
+        if not prefix:  # built inside score_rows: without gradients, dropout off
+            prefix.append(SharedPrefix(m, batch[0].prompt[:24], on, grad=False))
+        return answer_logits(m, part, on, prefix=prefix[0])
+
+    shared = score_rows(lm, batch, [[0], [1], [2]], CPU, over_one_prefix)
+    assert len(prefix) == 1 and not prefix[0]._leaves[0][0].requires_grad
+    assert shared[0] == pytest.approx(whole[0], rel=1e-5) and shared[1] == whole[1]
+    assert lm.training  # score_rows put the model back in training mode

@@ -276,12 +276,14 @@ def train_lora(
         torch.get_num_threads(), device.describe())
     losses: list[float] = []
     chooser = BudgetChooser(params.patience)
-    held_passes = micro_batches(range(len(held)), [len(r.prompt) + len(r.answer) for r in held],
-                                budget, shared_of(held) if held else 0)
+    held_shared = shared_of(held) if held else 0  # the held-out rows' common prefix: run once per checkpoint
+    held_passes = micro_batches(range(len(held)), [len(r.prompt) + len(r.answer) for r in held], budget, held_shared)
+    held_prefix: list[SharedPrefix | None] = []
 
     def held_logits(lm: Any, rows: list[EncodedRow], on: TrainDevice) -> tuple[Any, Any, Any]:  # no gradient
-        n = shared_of(rows)
-        return answer_logits(lm, rows, on, prefix=SharedPrefix(lm, rows[0].prompt[:n], on, grad=False) if n else None)
+        if not held_prefix:
+            held_prefix.append(SharedPrefix(lm, held[0].prompt[:held_shared], on, grad=False) if held_shared else None)
+        return answer_logits(lm, rows, on, prefix=held_prefix[0])
 
     tensors = trainable_tensors(peft_model)
     validation_seconds = 0.0
@@ -289,7 +291,9 @@ def train_lora(
     def checkpoint(step: int) -> None:
         nonlocal validation_seconds
         scoring = time.monotonic()
+        held_prefix.clear()  # the LoRA changed since the last checkpoint: so did the prefix's keys and values
         loss, exact = score_rows(causal_lm, held, held_passes, device, held_logits)
+        held_prefix.clear()
         validation_seconds += time.monotonic() - scoring
         point = Checkpoint(step, loss, exact)
         best = chooser.record(point, tensors)
