@@ -132,19 +132,21 @@ def machine_key() -> dict[str, Any]:
     from core.lms.doctor import installed_build
 
     return {"llama_cpp_python": _version("llama_cpp_python"), "llama_build": installed_build(),
-            "torch": _version("torch"), "cpu": cpu_model(), "cpu_bf16": _cpu_bf16(), "cores": usable_cores(),
+            "torch": _version("torch"), "cpu": cpu_model(), "cpu_flags": _precision_flags(), "cores": usable_cores(),
             "trainer": TRAINER}
 
 
-def _cpu_bf16() -> bool:
-    """Whether the CPU computes in bfloat16 (the trainer's precision there: a CPU model's name does not say it)."""
-    try:
-        import torch
+PRECISION_FLAGS = ("avx2", "avx512f", "avx512bw", "avx512_bf16", "amx_bf16", "bf16")
+"""The CPU flags the trainer's precision and speed turn on (``core.lms.lora.device``): a CPU model's name ("AMD
+EPYC") does not tell an AVX2-only CPU from one with bfloat16 instructions."""
 
-        from core.lms.lora.device import cpu_computes_bf16
-    except ImportError:
-        return False
-    return cpu_computes_bf16(torch)
+
+def _precision_flags() -> str:
+    """Which of ``PRECISION_FLAGS`` this CPU has (read from the kernel: every estimate reads the key, the app's
+    process must not import torch for it)."""
+    from core.lms.lora.device import cpu_flags
+
+    return " ".join(flag for flag in PRECISION_FLAGS if flag in cpu_flags())
 
 
 def cache_path() -> Path:

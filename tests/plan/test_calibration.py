@@ -182,3 +182,18 @@ def test_a_failed_calibration_is_a_warning_of_the_doctor_not_a_failed_check(prob
            "process crashed with SIGSEGV" in err
     assert cli.main(["calibrate"]) == 1  # asked for alone, it fails
     assert "error: calibrate calls fake: the check process crashed with SIGSEGV" in capsys.readouterr().err
+
+
+def test_the_machine_key_tells_cpus_apart_by_their_precision_flags_without_importing_torch():
+    """Every estimate reads the key (in the app's process): it names the trainer's version and the CPU flags its
+    precision turns on (an AVX2-only "AMD EPYC" trains ~20x slower than one with bfloat16 instructions), and it
+    does not import torch to find them."""
+    import subprocess
+
+    code = ("import json, sys; from core.plan import calibration; key = calibration.machine_key(); "
+            "print(json.dumps([key['trainer'], key['cpu_flags'], 'torch' in sys.modules]))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          cwd=Path(calibration.__file__).resolve().parents[2])
+    trainer, flags, torch_imported = json.loads(done.stdout.splitlines()[-1])
+    assert trainer == calibration.TRAINER and torch_imported is False
+    assert set(flags.split()) <= set(calibration.PRECISION_FLAGS)

@@ -13,7 +13,7 @@ Precision, per device:
 - **MPS**: bfloat16 as on CUDA when a bfloat16 matmul under autocast runs on this Mac (it needs macOS 14 and a
   recent torch: probed, not assumed), else float32; never float16, for the reason above.
 - **CPU**: bfloat16 weights where the CPU has bfloat16 instructions (AVX512-BF16, AMX, Arm BF16), else float32
-  (bfloat16 emulated on an AVX2-only CPU was ~8x slower than float32: ``_cpu_device``).
+  (bfloat16 emulated on an AVX2-only CPU was ~20x slower than float32: ``_cpu_device``).
 
 ``bf16`` off means float32 on every device. After training the LoRA comes back to the CPU in float32 for the
 export (``core.lms.lora.train``), whatever the device.
@@ -229,11 +229,15 @@ def cpu_computes_bf16(torch: Any) -> bool:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except Exception:  # noqa: BLE001 - an older or other build: read the flags
         pass
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def cpu_flags() -> set[str]:
+    """The kernel's CPU flags (``/proc/cpuinfo``; empty where there is none), read without torch."""
     try:
-        flags = set(Path("/proc/cpuinfo").read_text(encoding="ascii", errors="replace").split())
+        return set(Path("/proc/cpuinfo").read_text(encoding="ascii", errors="replace").split())
     except OSError:
-        return False
-    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+        return set()
 
 
 NO_BF16_WHY = ("the CPU has no bfloat16 instructions: float32 (bfloat16 is emulated there, ~20x slower: "

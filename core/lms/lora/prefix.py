@@ -7,11 +7,11 @@ pass. With it, a training step runs the shared prefix once (batch 1), hands its 
 cache) to the forward passes of the rows' own tokens (the suffixes), and, after the last pass, sends the gradients
 those passes left on the keys and values back through the prefix's forward pass: the LoRA's gradient is the one of
 whole rows (causal attention: prefix tokens never see the suffix), to float rounding
-(``tests/lms/test_prefix.py``). ``bench/train_step.py`` measures the step with and without it.
+(``tests/lms/test_prefix.py``). ``bench/finetune_memory.py --matrix levers`` measures the step with and without it.
 
 The prefix's activations are kept once per step, the suffixes' once per pass: the memory of a pass is the prefix's
-tokens plus its rows' suffix tokens (``pass_tokens``), which ``train.micro_batches`` keeps under
-``micro_batch_tokens``.
+tokens plus its rows' suffix tokens (``pass_tokens``), which ``train.micro_batches`` keeps under the device's
+budget (``device.pass_token_budget``).
 
 Not shared (whole rows, as before): fewer than ``MIN_SHARED`` common tokens, gradient checkpointing (which turns
 the model's cache off), a model with a sliding attention window shorter than the rows (its cache keeps only the
