@@ -15,7 +15,7 @@ The levers:
 * ``gradient_checkpointing``: activations recomputed in the backward pass.
 
 * ``--matrix levers``: the default run's rows (support triage's classify predictor, batch 4) by the shared prompt
-  prefix (``core.lms.lora.prefix``), ``max_length`` 384 (cuts them) or 512, and bfloat16 autocast on float32
+  prefix (``core.lms.lora.prefix``; its second run for the backward pass on or off), ``max_length`` 384 (cuts them) or 512, and bfloat16 autocast on float32
   weights (emulated on a CPU without bfloat16 instructions).
 
     python bench/finetune_memory.py            # the matrix, 4 steps each (~4 min on 2 cores)
@@ -55,6 +55,7 @@ QUICK = [MATRIX[0], MATRIX[4]]
 TRIAGE = {"rows_kind": "triage", "batch_size": 4, "micro_batch_tokens": 768, "weights": "float32", "autocast": False}
 LEVERS: list[dict[str, Any]] = [
     {**TRIAGE, "max_length": 512, "share_prefix": True},
+    {**TRIAGE, "max_length": 512, "share_prefix": True, "recompute_prefix": False},
     {**TRIAGE, "max_length": 512, "share_prefix": False},
     {**TRIAGE, "max_length": 384, "share_prefix": False},
     {**TRIAGE, "max_length": 384, "share_prefix": True},
@@ -87,6 +88,7 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
     import dspy
     import finetune as ticket_bench  # bench/finetune.py: the ticket task and its rows
 
+    import core.lms.lora.prefix as prefix
     from core.lms.lora.device import TrainDevice, pick_device
     from core.lms.lora.params import TrainParams
     from core.lms.lora.train import train_lora
@@ -100,6 +102,7 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
         rows = [adapter.format_finetune_data(ticket_bench.TicketIntent, demos=demos, inputs={"ticket": t["ticket"]},
                                              outputs={"intent": t["intent"]})
                 for t in tickets[spec["demos"]: spec["demos"] + spec["rows"]]]
+    prefix.RECOMPUTE = spec.get("recompute_prefix", True)  # off: the prefix's activations kept through the passes
     cpu = pick_device("cpu")
     device = TrainDevice("cpu", spec["weights"], spec.get("autocast", True), cpu.name, cpu.total_bytes,
                          cpu.free_bytes, why="bench")

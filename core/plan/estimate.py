@@ -62,8 +62,8 @@ TRAIN_FIXED_SECONDS = {"embedded": 20.0, "scripted": 0.0, "litellm": 0.0, "facto
 TRAINED_ROW_TOKENS = 384  # the tokens per row SECONDS_PER_TRAIN_ROW was measured on (after the cut)
 REFERENCE_ROW_TOKENS = 414  # a training row of a program that cannot be inspected (support triage's)
 REFERENCE_SHARED_TOKENS = 246  # of which its predictor's rows all start with (the system message and field marker)
-SHARED_TOKEN_COST = 0.56  # of a row's own token: a step runs the shared prefix once (core.lms.lora.prefix; on those
-# rows a step of 4 took 8.4 s, 11.4 s for whole rows: bench/finetune_memory.py --matrix levers, 7 Dec 2026)
+SHARED_TOKEN_COST = 0.68  # of a row's own token: the shared prefix runs once a step, again for the backward pass
+# (core.lms.lora.prefix; a step of 4 of those rows: 10.2 s, whole rows 12.6 s: bench/finetune_memory.py --matrix levers)
 CHARS_PER_TOKEN = 3.45  # SmolLM2's tokenizer on the training rows of the three sample tasks: 3.45-3.64
 # Field lengths (characters) of a call or a training row where the data does not say: what the embedded models
 # write as an upstream output (mean over the training rows of the quality runs: support triage's summaries 67, the

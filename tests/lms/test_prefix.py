@@ -81,6 +81,37 @@ def test_a_shared_prefix_gives_the_loss_and_gradients_of_whole_rows(family: str)
     assert any(float(g.abs().sum()) > 0 for name, g in got.items() if "layers.0." in name)
 
 
+def test_the_prefix_run_again_for_its_backward_draws_the_same_dropout_as_a_kept_one(monkeypatch) -> None:
+    """With a LoRA dropout, the prefix's second run (``RECOMPUTE``) must draw the masks of its first, which the
+    passes' gradients were computed against: the gradients equal those of keeping the first run's graph."""
+    import core.lms.lora.prefix as prefix_module
+
+    def grads(recompute: bool) -> tuple[dict[str, object], object]:
+        monkeypatch.setattr(prefix_module, "RECOMPUTE", recompute)
+        torch.manual_seed(0)
+        model = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+            vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=256))
+        lora = peft.get_peft_model(model, peft.LoraConfig(r=4, lora_alpha=8, lora_dropout=0.5,
+                                                          target_modules="all-linear", init_lora_weights=False))
+        lora.train()
+        lm = lora.get_base_model()
+        batch = rows()
+        torch.manual_seed(7)
+        prefix = SharedPrefix(lm, batch[0].prompt[:24], CPU, grad=True)
+        for micro in ([0, 2], [1]):
+            answer_loss(lm, [batch[i] for i in micro], CPU, prefix=prefix).backward()
+        prefix.backward()
+        return lora_grads(lora), torch.get_rng_state()
+
+    kept, kept_rng = grads(False)
+    again, again_rng = grads(True)
+    assert set(kept) == set(again) and len(kept) > 0
+    for name, grad in kept.items():
+        assert torch.allclose(again[name], grad, rtol=1e-5, atol=1e-7), name
+    assert torch.equal(kept_rng, again_rng)  # the second run leaves the random stream where the step left it
+
+
 def test_scoring_with_a_prefix_gives_the_logits_of_whole_rows() -> None:
     model, lm = tiny("llama")
     model.eval()
