@@ -15,6 +15,7 @@ of issue 11. Progress goes to stderr; the last line of stdout is one JSON object
     python bench/quality.py --quick               # CI-sized smoke run: tiny splits, 1 seed, 2 LoRA steps
     python bench/quality.py --tasks support_triage --seeds 0
     python bench/quality.py --tasks pump_status --seeds 0   # the numeric table (sensor readings -> status)
+    python bench/quality.py --tasks pump_status --no-w     # p -> w -> p runs only (its rounds: 4 strategies, no w)
     python bench/quality.py --task my.csv:my_config.json
     python bench/quality.py --merge a.json b.json  # one table from runs already measured (e.g. one seed each)
     python bench/quality.py --merge a.json b.json --default-run d.json  # 5-min target judged on default_run.py
@@ -161,9 +162,10 @@ def earlier_w_runs(paths: list[str]) -> dict[tuple[str, int, Any], dict[str, Any
 
 
 def measure_task(manager: Any, name: str, doc: dict[str, Any], seed: int, quick: bool,
-                 test: int | None = None, earlier_w: dict[str, Any] | None = None) -> dict[str, Any]:
+                 test: int | None = None, earlier_w: dict[str, Any] | None = None,
+                 run_w: bool = True) -> dict[str, Any]:
     """One seed of one task: a p -> w -> p run (4 strategies) and a w run (or ``earlier_w``, the same
-    seed's ``w`` measured before, see ``--reuse-w``)."""
+    seed's ``w`` measured before, see ``--reuse-w``; none with ``run_w`` False, see ``--no-w``)."""
     from core.config.schema import parse_config
     from core.plan.estimate import estimate_from_source
 
@@ -208,6 +210,9 @@ def measure_task(manager: Any, name: str, doc: dict[str, Any], seed: int, quick:
         result["seconds"]["w"] = earlier_w["seconds"]
         result["w_reused_from"] = earlier_w["from"]
         _log(f"{name} seed {seed}: w reused from {earlier_w['from']}; test scores {result['scores']}")
+        return result
+    if not run_w:
+        _log(f"{name} seed {seed}: no w run (--no-w); test scores {result['scores']}")
         return result
     w_doc = sized(doc, seed, "w", quick, test)
     w_id = run_config(manager, w_doc)
@@ -342,6 +347,9 @@ def main() -> int:
     parser.add_argument("--reuse-w", nargs="+", default=[], metavar="JSON",
                         help="take each task and seed's w score from these earlier --out files instead of running w "
                              "again (w has no prompt step: for a change to prompt steps)")
+    parser.add_argument("--no-w", action="store_true",
+                        help="only the p -> w -> p run of each task and seed (baseline, p, p -> w, p -> w -> p: its "
+                             "rounds), no w run: the w column stays empty")
     parser.add_argument("--out", default=None, help="also write the JSON (and partial results) to this file")
     args = parser.parse_args()
     default_runs = default_run_measurements(args.default_run) if args.default_run else None
@@ -363,7 +371,8 @@ def main() -> int:
     for seed in seeds:  # seed-major: every task gets a first seed before any gets a second
         for name, doc in docs.items():
             test = None if args.quick else args.test
-            results.append(measure_task(manager, name, doc, seed, args.quick, test, reuse.get((name, seed, args.test))))
+            results.append(measure_task(manager, name, doc, seed, args.quick, test, reuse.get((name, seed, args.test)),
+                                        run_w=not args.no_w))
             table = summarize(results, list(docs))
             partial = {"bench": "quality", "quick": args.quick, "seeds": seeds, "test_examples": args.test,
                        "table": table,
