@@ -257,7 +257,9 @@ def targets(table: dict[str, Any], results: list[dict[str, Any]],
         return table[task][strategy]["mean"]
 
     tasks = [t for t in table if all(mean(t, s) is not None for s in STRATEGIES)]
-    gain = {t: round(mean(t, "p -> w -> p") - mean(t, "baseline"), 1) for t in tasks}
+    # the gain needs only the p -> w -> p run's rounds (a --no-w measurement has them); beating p and w needs w
+    gained = [t for t in table if mean(t, "baseline") is not None and mean(t, "p -> w -> p") is not None]
+    gain = {t: round(mean(t, "p -> w -> p") - mean(t, "baseline"), 1) for t in gained}
     beats_parts = {t: mean(t, "p -> w -> p") > mean(t, "p") and mean(t, "p -> w -> p") > mean(t, "w") for t in tasks}
     if default_runs:
         default_seconds = [d["wall_seconds"] for d in default_runs]

@@ -112,3 +112,23 @@ def test_a_task_re_measured_in_a_later_file_replaces_the_earlier_seeds(tmp_path)
     assert merged["table"]["classifier"]["w"]["seeds"] == [30.0, 30.0]
     assert merged["table"]["support_triage"]["p -> w -> p"]["seeds"] == [80.0, 70.0]
     assert len(merged["runs"]) == 4
+
+
+def test_a_merge_of_runs_without_w_gives_the_gain_and_leaves_w_out(tmp_path: Path) -> None:
+    """``--no-w`` measures only the p -> w -> p run: its gain over the baseline is judged, p-and-w is not."""
+    runs = []
+    for seed, scores in ((0, [34.0, 34.0, 32.0, 32.0]), (1, [34.0, 36.0, 90.0, 94.0])):
+        doc = _run_doc("pump_status", seed, [*scores[:2], 0.0, *scores[2:]], 900.0)
+        del doc["scores"]["w"], doc["seconds"]["w"]
+        runs.append(doc)
+    path = tmp_path / "no_w.json"
+    path.write_text(json.dumps({"bench": "quality", "test_examples": None, "runs": runs}), encoding="utf-8")
+    done = _bench("--merge", str(path))
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    row = result["table"]["pump_status"]
+    assert row["w"]["mean"] is None and row["w"]["seeds"] == []
+    assert row["p -> w -> p"]["seeds"] == [32.0, 94.0] and row["baseline"]["mean"] == 34.0
+    targets = result["targets"]
+    assert targets["pwp_minus_baseline"] == {"pump_status": 29.0}  # (32 + 94) / 2 - 34
+    assert targets["tasks_scored"] == [] and targets["pwp_beats_p_and_w"] == {}
