@@ -13,8 +13,8 @@ The prefix's activations are not kept while the passes run: its forward pass run
 one, for the backward pass after the step's last pass (the random state of the first run restored: a LoRA dropout
 draws the same masks). So a step holds the activations of the prefix or of one pass's own tokens, not both. A
 pass attends over the prefix and its rows (``pass_tokens``, which ``train.micro_batches`` keeps under the device's
-budget, ``device.pass_token_budget``). Measured on the default run's rows (``bench/finetune_memory.py --matrix
-levers``, float32, passes of one row, 2 AVX2 cores): 1286 MB of training memory at 10.2 s a step, against ~1500 MB
+budget, ``device.pass_token_budget``). Measured on the default run's rows (``bench/finetune_memory.py``'s levers
+rows, float32, passes of one row, 2 AVX2 cores: ``bench/results/finetune_levers_recompute.json``): 1286 MB of training memory at 10.2 s a step, against ~1500 MB
 at ~9.1 s when the first run's graph is kept through the passes (``RECOMPUTE = False``), and 1557 MB at 12.6 s for
 whole rows.
 
