@@ -14,9 +14,9 @@ one, for the backward pass after the step's last pass (the random state of the f
 draws the same masks). So a step holds the activations of the prefix or of one pass's own tokens, not both. A
 pass attends over the prefix and its rows (``pass_tokens``, which ``train.micro_batches`` keeps under the device's
 budget, ``device.pass_token_budget``). Measured on the default run's rows (``bench/finetune_memory.py``'s levers
-rows, float32, passes of one row, 2 AVX2 cores: ``bench/results/finetune_levers_recompute.json``): 1286 MB of training memory at 10.2 s a step, against ~1500 MB
-at ~9.1 s when the first run's graph is kept through the passes (``RECOMPUTE = False``), and 1557 MB at 12.6 s for
-whole rows.
+rows, float32, passes of one row, 2 AVX2 cores: ``bench/results/finetune_levers_recompute.json``): 1286 MB of
+training memory at 10.2 s a step, against ~1500 MB at ~9.1 s when the first run's graph is kept through the passes
+(``RECOMPUTE = False``), and 1557 MB at 12.6 s for whole rows.
 
 Not shared (whole rows, as before): fewer than ``MIN_SHARED`` common tokens, gradient checkpointing (which turns
 the model's cache off), a model with a sliding attention window shorter than the rows (its cache keeps only the
