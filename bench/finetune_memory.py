@@ -15,8 +15,8 @@ The levers:
 * ``gradient_checkpointing``: activations recomputed in the backward pass.
 
 * ``--matrix levers``: the default run's rows (support triage's classify predictor, batch 4) by the shared prompt
-  prefix (``core.lms.lora.prefix``; its second run for the backward pass on or off), ``max_length`` 384 (cuts them) or 512, and bfloat16 autocast on float32
-  weights (emulated on a CPU without bfloat16 instructions).
+  prefix (``core.lms.lora.prefix``; its second run for the backward pass on or off), ``max_length`` 384 (cuts
+  them) or 512, and bfloat16 autocast on float32 weights (emulated on a CPU without bfloat16 instructions).
 
     python bench/finetune_memory.py            # the matrix, 4 steps each (~4 min on 2 cores)
     python bench/finetune_memory.py --matrix levers   # ~10 min on 2 AVX2 cores (the autocast step alone ~3 min)

@@ -141,9 +141,10 @@ PRECISION_FLAGS = ("avx2", "avx512f", "avx512bw", "avx512_bf16", "amx_bf16", "bf
 EPYC") does not tell an AVX2-only CPU from one with bfloat16 instructions."""
 
 
+@functools.cache
 def _precision_flags() -> str:
-    """Which of ``PRECISION_FLAGS`` this CPU has (read from the kernel: every estimate reads the key, the app's
-    process must not import torch for it)."""
+    """Which of ``PRECISION_FLAGS`` this CPU has (read from the kernel once per process: every estimate reads the
+    key, and the app's process must not import torch for it)."""
     from core.lms.lora.device import cpu_flags
 
     return " ".join(flag for flag in PRECISION_FLAGS if flag in cpu_flags())
